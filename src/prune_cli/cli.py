@@ -1,0 +1,104 @@
+"""`prune-run`: the Hydra entry point.
+
+Two jobs before Hydra runs anything: turn an unknown config-group option into one line (Hydra's
+own message is several lines and exits 1), and, for single runs, compose the config once so
+Hydra's errors (unknown key, bad override syntax) become one line with exit status 2 too.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from prune_cli.errors import ConfigError
+
+CONF_MODULE = "prune_cli.conf"
+
+
+def _die(message: str) -> None:
+    print(f"prune-run: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _group_options(group: str) -> list[str] | None:
+    folder = resources.files(CONF_MODULE)
+    for part in group.split("/"):
+        folder = folder / part
+    if not folder.is_dir():
+        return None
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def check_group_choices(args: list[str]) -> None:
+    """`method=foo` where method/foo.yaml does not exist -> one line naming the options."""
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key.startswith("hydra") or "." in key:
+            continue
+        options = _group_options(key)
+        if options is None:
+            continue
+        for choice in _sweep_values(value):
+            if choice not in options and choice != "null":
+                _die(f"{key}={choice}: unknown option; one of {', '.join(options)}")
+
+
+def _sweep_values(value: str) -> list[str]:
+    if value.startswith(("choice(", "range(", "glob(")):
+        return []  # leave sweep functions to Hydra
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def precompose(args: list[str]) -> None:
+    """Compose once outside Hydra's runner (single runs only) to report override errors in one line."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_module(CONF_MODULE, version_base="1.3"):
+            compose("config", overrides=overrides)
+    except Exception as err:  # Hydra/OmegaConf errors: keep their first line, it names the key
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        _die(first)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@hydra.main(config_path="pkg://prune_cli.conf", config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from prune_cli.pipeline import Pipeline
+    from prune_cli.validate import validate
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        plan = validate(cfg)
+    except ConfigError as err:
+        _die(str(err))
+    metrics = Pipeline(cfg, run_dir, plan).run()
+    primary = metrics.get("primary")
+    print(f"prune-run: {cfg.task.name} {metrics['primary_metric']}={primary} "
+          f"heads={metrics['heads_kept']}/{metrics['heads_total']} -> {run_dir}")
+    return primary  # what optuna-style sweepers optimise
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    check_group_choices(args)
+    informational = {"--help", "-h", "--hydra-help", "--info", "--version", "--cfg", "-c", "--shell-completion", "-sc"}
+    if not any(a in ("-m", "--multirun") or a.split("=")[0] in informational for a in args):
+        precompose(args)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

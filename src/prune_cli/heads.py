@@ -1,0 +1,242 @@
+"""HeadSpace: every attention head of a model, with one flat index 0..H-1.
+
+Everything else in prune-cli (gates, scores, masks, heads.json, `heads=K`) speaks in that flat
+index, so one global top-K covers encoder-only and encoder-decoder models alike.
+
+The walk is driven by the *layout* of the attention modules, not by model class names: a module
+whose q/k/v projections have known attribute names (BERT's query/key/value, DistilBERT's
+q_lin/k_lin/v_lin, BART/Marian's q_proj/k_proj/v_proj, T5's q/k/v) is an attention block, and its
+output projection is found next to them. That covers the encoder families transformers builds from
+these few patterns (BERT, RoBERTa, ELECTRA, XLM-R, DistilBERT, BART, mBART, Marian, Pegasus, T5...).
+
+A pruned model remembers the ORIGINAL ids of the heads it kept, in `model.config` under
+`RECORD_KEY` (written by `prune_cli.surgery`), keyed by block name relative to the base model
+(`model.base_model`), so the record survives `save_pretrained` and is valid whichever head class
+(`AutoModel`, `...ForSequenceClassification`) reloads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from prune_cli.errors import ConfigError
+
+#: config attribute holding {block name relative to the base model: [kept original head ids]}
+RECORD_KEY = "prune_cli_kept_heads"
+
+SCOPES = ("all", "encoder", "decoder", "cross")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one family of attention modules names its parts.
+
+    `o` is relative to the attention module; a leading ".." climbs to its parent (BERT keeps the
+    output projection in the sibling `output` module). `count_attrs` / `width_attrs` are the module
+    attributes holding the head count and heads*head_dim, which surgery keeps up to date.
+    """
+
+    q: str
+    k: str
+    v: str
+    o: str
+    head_dim_attr: str
+    count_attrs: tuple[str, ...]
+    width_attrs: tuple[str, ...] = ()
+
+
+LAYOUTS: tuple[Layout, ...] = (
+    Layout("query", "key", "value", "..output.dense", "attention_head_size", ("num_attention_heads",), ("all_head_size",)),
+    Layout("q_lin", "k_lin", "v_lin", "out_lin", "attention_head_size", ("n_heads",)),
+    Layout("q_proj", "k_proj", "v_proj", "out_proj", "head_dim", ("num_heads",)),
+    Layout("q", "k", "v", "o", "key_value_proj_dim", ("n_heads",), ("inner_dim",)),
+)
+
+_CROSS_NAMES = {"encoder_attn", "EncDecAttention", "crossattention", "cross_attn", "cross_attention"}
+
+
+@dataclass(frozen=True)
+class Block:
+    """One attention module: which heads it still has and where its projections live."""
+
+    name: str  # dotted path (from the model root) of the attention module that owns q/k/v
+    kind: str  # "encoder" | "decoder" | "cross"
+    layer: int
+    heads: tuple[int, ...]  # ORIGINAL head ids still present, in the order they sit in the weights
+    head_dim: int
+    offset: int  # flat index of this block's first head in its HeadSpace
+    q: str
+    k: str
+    v: str
+    o: str
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.heads)
+
+
+def match_layout(module: nn.Module) -> Layout | None:
+    """The layout `module` follows, or None if it is not an attention block."""
+    for layout in LAYOUTS:
+        if all(isinstance(getattr(module, a, None), nn.Linear) for a in (layout.q, layout.k, layout.v)) and isinstance(
+            getattr(module, layout.head_dim_attr, None), int
+        ):
+            return layout
+    return None
+
+
+def resolve(name: str, relative: str) -> str:
+    """Dotted path of `relative` (which may start with '..') seen from module `name`."""
+    parts = name.split(".") if name else []
+    while relative.startswith(".."):
+        parts = parts[:-1]
+        relative = relative[2:].lstrip(".")
+    return ".".join(parts + ([relative] if relative else []))
+
+
+def base_prefix(model: nn.Module) -> str:
+    """'bert.' for BertForSequenceClassification, '' for BertModel or T5: the record is keyed
+    relative to the base model so any head class can reload a pruned checkpoint."""
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and isinstance(getattr(model, prefix, None), nn.Module):
+        return prefix + "."
+    return ""
+
+
+def read_record(model: nn.Module) -> dict[str, list[int]]:
+    """{root-relative block name: kept original head ids} stored by surgery (empty if unpruned)."""
+    config = getattr(model, "config", None)
+    record = getattr(config, RECORD_KEY, None) or {}
+    prefix = base_prefix(model)
+    return {prefix + name: list(ids) for name, ids in record.items()}
+
+
+def _kind(name: str) -> str:
+    parts = name.split(".")
+    if _CROSS_NAMES.intersection(parts):
+        return "cross"
+    return "decoder" if "decoder" in parts else "encoder"
+
+
+def _layer(name: str) -> int:
+    for part in name.split("."):
+        if part.isdigit():
+            return int(part)
+    return 0
+
+
+class HeadSpace:
+    """All attention blocks of one model in forward order, and the flat head index over them."""
+
+    def __init__(self, blocks: Sequence[Block]):
+        self.blocks = list(blocks)
+
+    # ---- construction --------------------------------------------------
+    @classmethod
+    def from_model(cls, model: nn.Module, dense: bool = False) -> HeadSpace:
+        """`dense=True` ignores the pruning record: the space of the model before any pruning
+        (only valid on a model built from its config, whose shapes are still dense)."""
+        record = {} if dense else read_record(model)
+        modules = dict(model.named_modules())
+        blocks, offset = [], 0
+        for name, module in modules.items():
+            layout = match_layout(module)
+            if layout is None:
+                continue
+            o_name = resolve(name, layout.o)
+            if not isinstance(modules.get(o_name), nn.Linear):
+                continue
+            head_dim = getattr(module, layout.head_dim_attr)
+            width = getattr(module, layout.q).out_features
+            heads = tuple(record[name]) if name in record else tuple(range(width // head_dim))
+            if len(heads) * head_dim != width:
+                raise ValueError(
+                    f"{name}: {width} query features do not hold the {len(heads)} heads of size {head_dim} "
+                    f"recorded in config.{RECORD_KEY}"
+                )
+            blocks.append(
+                Block(
+                    name=name,
+                    kind=_kind(name),
+                    layer=_layer(name),
+                    heads=heads,
+                    head_dim=head_dim,
+                    offset=offset,
+                    q=f"{name}.{layout.q}" if name else layout.q,
+                    k=f"{name}.{layout.k}" if name else layout.k,
+                    v=f"{name}.{layout.v}" if name else layout.v,
+                    o=o_name,
+                )
+            )
+            offset += len(heads)
+        if not blocks:
+            raise ValueError(f"no attention blocks found in {type(model).__name__} (known layouts: {_layout_names()})")
+        return cls(blocks)
+
+    @classmethod
+    def from_config(cls, config, auto_class=None, dense: bool = False) -> HeadSpace:
+        """The HeadSpace of the model `config` describes, without loading or allocating weights.
+
+        The model is built on the meta device (`auto_class` when given, so block names match the
+        task's model, else the class in `config.architectures`). Pruned shapes recorded in the
+        config are applied unless `dense`, which gives the space before any pruning. Validation
+        counts heads this way before anything is downloaded or loaded.
+        """
+        from prune_cli.surgery import apply_record, build_model  # surgery imports this module
+
+        with torch.device("meta"):
+            model = build_model(config, auto_class)
+        if dense:
+            return cls.from_model(model, dense=True)
+        return cls.from_model(apply_record(model))
+
+    # ---- flat index ----------------------------------------------------
+    @property
+    def total(self) -> int:
+        return sum(b.num_heads for b in self.blocks)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Per-block views of a [H] tensor (or slices of a list)."""
+        if len(flat) != self.total:
+            raise ValueError(f"expected {self.total} values (one per head), got {len(flat)}")
+        return [flat[b.offset : b.offset + b.num_heads] for b in self.blocks]
+
+    def nested(self, flat) -> list[list]:
+        """Per-block python lists, e.g. the `mask` field of heads.json."""
+        return [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in self.split(flat)]
+
+    def scope_mask(self, scope: str) -> torch.Tensor:
+        """bool [H]: the heads of blocks of this kind ('all' = every head)."""
+        if scope not in SCOPES:
+            raise ConfigError("heads_scope", scope, f"one of {', '.join(SCOPES)}")
+        return torch.tensor(
+            [scope == "all" or b.kind == scope for b in self.blocks for _ in b.heads], dtype=torch.bool
+        ).reshape(self.total)
+
+    def describe(self) -> list[dict]:
+        """[{name, kind, layer, heads}] with ORIGINAL head ids: the block list of heads.json."""
+        return [{"name": b.name, "kind": b.kind, "layer": b.layer, "heads": list(b.heads)} for b in self.blocks]
+
+    def kinds(self) -> dict[str, int]:
+        """Heads per kind, e.g. {'encoder': 24, 'decoder': 24, 'cross': 24}."""
+        counts: dict[str, int] = {}
+        for b in self.blocks:
+            counts[b.kind] = counts.get(b.kind, 0) + b.num_heads
+        return counts
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, HeadSpace) and self.blocks == other.blocks
+
+    def __repr__(self) -> str:
+        return f"HeadSpace({len(self.blocks)} blocks, {self.total} heads, {self.kinds()})"
+
+
+def _layout_names() -> str:
+    return ", ".join(f"{lay.q}/{lay.k}/{lay.v}/{lay.o}" for lay in LAYOUTS)

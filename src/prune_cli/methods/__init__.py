@@ -1,0 +1,30 @@
+"""Pruning methods, looked up by `method.name`; importing one never imports the others."""
+
+from __future__ import annotations
+
+import importlib
+
+from omegaconf import DictConfig
+
+from prune_cli.errors import ConfigError
+from prune_cli.methods.base import Pruner, ScoreContext, top_k_mask
+
+METHODS = {
+    "none": "prune_cli.methods.baselines:NoPruning",
+    "random": "prune_cli.methods.baselines:RandomScores",
+    "michel": "prune_cli.methods.michel:MichelImportance",
+    "dsp": "prune_cli.methods.dsp:DSP",
+    "ste": "prune_cli.methods.ste:STE",
+    "voita": "prune_cli.methods.voita:Voita",
+}
+
+
+def get_pruner(cfg: DictConfig, space, seed: int) -> Pruner:
+    name = cfg.get("name")
+    if name not in METHODS:
+        raise ConfigError("method", name, f"one of {sorted(METHODS)}")
+    module, cls = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg, space, seed)
+
+
+__all__ = ["METHODS", "Pruner", "ScoreContext", "get_pruner", "top_k_mask"]

@@ -1,0 +1,254 @@
+"""The run: a list of stages from config, each reading and updating one small `State`.
+
+    finetune -> prune -> finetune -> evaluate -> export      (scorers: michel, random)
+    prune_joint -> evaluate -> export                        (learners, regime=joint)
+    finetune -> learn_gates -> finetune -> evaluate -> export (learners, regime=pipelined)
+
+After every stage the state is checkpointed in `<run>/checkpoints/`; running the same command
+again with `hydra.run.dir=<run>` skips the stages that finished and resumes a training stage from
+its last mid-stage checkpoint. Pruning is always finished by surgery, so every stage after it
+trains and evaluates the physically smaller model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from prune_cli import report
+from prune_cli.gates import Gates
+from prune_cli.heads import HeadSpace
+from prune_cli.methods import ScoreContext, get_pruner, top_k_mask
+from prune_cli.schedules import rounds
+from prune_cli.surgery import count_params, load_pruned, remove_heads, save_pruned
+from prune_cli.tracking import RunLogger
+from prune_cli.train import make_accelerator, seed_everything, train, train_loader
+from prune_cli.validate import Plan, validate
+
+
+@dataclass
+class State:
+    model: torch.nn.Module
+    tokenizer: object
+    space: HeadSpace  # of the DENSE model: heads.json speaks in its flat index
+    mask: torch.Tensor  # bool [H]: kept heads
+    scores: torch.Tensor | None = None
+    evals: list = field(default_factory=list)
+    stages: list = field(default_factory=list)
+    params_dense: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "mask": self.mask.int().tolist(),
+            "scores": None if self.scores is None else self.scores.double().tolist(),
+            "evals": self.evals,
+            "stages": self.stages,
+            "params_dense": self.params_dense,
+        }
+
+
+class Pipeline:
+    def __init__(self, cfg: DictConfig, run_dir: Path, plan: Plan | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.plan = plan or validate(cfg)
+        self.task = self.plan.task
+        self.ckpt_dir = self.run_dir / "checkpoints"
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> dict:
+        cfg, plan = self.cfg, self.plan
+        t0 = time.time()
+        seed_everything(cfg.seed)
+        self.logger = RunLogger(cfg, self.run_dir)
+        self.accelerator = make_accelerator(cfg.trainer, cfg.seed)
+        try:
+            state, done = self._start()
+            self.splits = self.task.splits(state.tokenizer)
+            self.pruner = get_pruner(cfg.method, state.space, cfg.seed)
+            for i, name in enumerate(plan.stages):
+                if i < done:
+                    continue
+                t = time.time()
+                seed_everything(cfg.seed + i)
+                result = getattr(self, f"_stage_{name}")(state, i) or {}
+                state.stages.append({"stage": name, "index": i, "seconds": round(time.time() - t, 2), **result})
+                self._checkpoint(state, i, changed_model=name in _MODEL_CHANGING)
+            metrics = self._finish(state, time.time() - t0)
+        except BaseException:
+            self.logger.finish(exit_code=1)
+            raise
+        self.logger.finish()
+        shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        return metrics
+
+    def _start(self) -> tuple[State, int]:
+        progress = self.ckpt_dir / "progress.json"
+        if progress.is_file():
+            saved = json.loads(progress.read_text())
+            model = load_pruned(saved["model_dir"], auto_class=self.task.auto_class())
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(saved["model_dir"])
+            space = HeadSpace.from_config(model.config, type(model), dense=True)
+            state = State(model, tokenizer, space, torch.tensor(saved["mask"], dtype=torch.bool))
+            state.scores = None if saved["scores"] is None else torch.tensor(saved["scores"], dtype=torch.float64)
+            state.evals, state.stages, state.params_dense = saved["evals"], saved["stages"], saved["params_dense"]
+            self.logger.step = saved.get("global_step", 0)
+            return state, saved["done"] + 1
+        model, tokenizer = self.task.load_model(self.cfg.model)
+        space = HeadSpace.from_model(model)
+        state = State(model, tokenizer, space, torch.ones(space.total, dtype=torch.bool))
+        state.params_dense = count_params(model)
+        return state, 0
+
+    def _checkpoint(self, state: State, index: int, changed_model: bool) -> None:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        progress = self.ckpt_dir / "progress.json"
+        previous = json.loads(progress.read_text())["model_dir"] if progress.is_file() else None
+        model_dir = previous
+        if changed_model or previous is None:
+            model_dir = str(self.ckpt_dir / f"model-{index}")
+            save_pruned(state.model, model_dir, state.tokenizer)
+        report.write_json(
+            progress, {"done": index, "model_dir": model_dir, "global_step": self.logger.step, **state.to_json()}
+        )
+        if previous and previous != model_dir:
+            shutil.rmtree(previous, ignore_errors=True)
+
+    # ------------------------------------------------------------------ stages
+    def _train(self, state: State, index: int, name: str, epochs=None, **kw) -> dict:
+        collate = self.task.collate_fn(state.tokenizer)
+        return train(
+            model=state.model, dataset=self.splits.train, collate_fn=collate, tcfg=self.cfg.trainer,
+            accelerator=self.accelerator, seed=self.cfg.seed + index, logger=self.logger, epochs=epochs,
+            checkpoint=self.ckpt_dir / f"train-{index}.pt", evaluate=lambda step: self._evaluate(state, name),
+            desc=name, **kw,
+        )
+
+    def _stage_train(self, state: State, index: int) -> dict:
+        return self._train(state, index, "train")
+
+    def _stage_finetune(self, state: State, index: int) -> dict:
+        recovering = any(s["stage"] in ("prune", "prune_joint", "learn_gates") for s in state.stages)
+        epochs = self.cfg.trainer.get("recovery_epochs") if recovering else None
+        return self._train(state, index, "finetune", epochs=epochs)
+
+    def _stage_prune(self, state: State, index: int) -> dict:
+        """Score, keep the top-K (in rounds if the schedule says so), then remove heads."""
+        eligible = state.space.scope_mask(self.cfg.heads_scope)
+        in_scope = int(eligible.sum())
+        mask = state.mask.clone()
+        collate = self.task.collate_fn(state.tokenizer)
+        device = self.accelerator.device
+        state.model.to(device)
+
+        def batches():
+            loader = train_loader(self.splits.train, collate, int(self.cfg.trainer.batch_size), self.cfg.seed, shuffle=False)
+            for batch in loader:
+                yield {k: v.to(device) for k, v in batch.items()}
+
+        with Gates(state.model, state.space) as gates:
+            for kept in rounds(self.cfg.schedule, in_scope, self.plan.keep):
+                ctx = ScoreContext(state.model, gates, batches, mask, self.accelerator)
+                scores = self.pruner.score(ctx)
+                mask = top_k_mask(scores, kept, eligible & mask) | ~eligible
+                self.logger.log({"prune/heads_kept": int(mask.sum()), "prune/heads_kept_in_scope": kept})
+        state.scores = scores
+        return self._apply(state, mask)
+
+    def _stage_prune_joint(self, state: State, index: int, freeze_model: bool = False) -> dict:
+        """Learner methods: gates learned while training; then the exact top-K and surgery."""
+        eligible = state.space.scope_mask(self.cfg.heads_scope)
+        self.pruner.setup(keep=self.plan.keep, eligible=eligible)
+        name = "learn_gates" if freeze_model else "prune_joint"
+        with Gates(state.model, state.space) as gates:
+            result = self._train(state, index, name, pruner=self.pruner, gates=gates, freeze_model=freeze_model)
+        mask = self.pruner.final_mask(self.plan.keep) | ~eligible
+        state.scores = self.pruner.scores()
+        if hasattr(self.pruner, "history"):
+            report.write_json(self.run_dir / "mask_trajectory.json", {"space": state.space.describe(), **self.pruner.history()})
+        return {**result, **self._apply(state, mask)}
+
+    def _stage_learn_gates(self, state: State, index: int) -> dict:
+        return self._stage_prune_joint(state, index, freeze_model=True)
+
+    def _apply(self, state: State, mask: torch.Tensor) -> dict:
+        """Physically remove the heads outside `mask` (mask is over the dense flat index)."""
+        current = HeadSpace.from_model(state.model)
+        # map the dense mask onto the model's current blocks (a resumed model may already be pruned)
+        keep_now = torch.cat([m[list(b.heads)] if b.num_heads else m[:0]
+                              for b, m in zip(current.blocks, state.space.split(mask))])
+        remove_heads(state.model, keep_now, current)
+        state.mask = mask
+        self.logger.log({"heads_kept": int(mask.sum()), "params": count_params(state.model)})
+        return {"heads_kept": int(mask.sum()), "params": count_params(state.model)}
+
+    def _evaluate(self, state: State, stage: str) -> dict:
+        bs = int(self.cfg.task.get("eval_batch_size") or self.cfg.trainer.eval_batch_size)
+        metrics = self.task.evaluate(state.model, state.tokenizer, self.splits, self.accelerator, bs)
+        self.logger.log({f"eval/{k}": v for k, v in metrics.items()})
+        state.evals.append({"stage": stage, "heads_kept": int(state.mask.sum()), "metrics": metrics})
+        return metrics
+
+    def _stage_evaluate(self, state: State, index: int) -> dict:
+        return {"metrics": self._evaluate(state, "evaluate")}
+
+    def _stage_export(self, state: State, index: int) -> dict:
+        if not self.cfg.get("export_model", True):
+            return {}
+        save_pruned(state.model, self.run_dir / "model", state.tokenizer)
+        return {"path": "model"}
+
+    def _stage_bench(self, state: State, index: int) -> dict:
+        from prune_cli.bench import bench_run_model
+
+        return bench_run_model(self.cfg, state, self.run_dir)
+
+    # ------------------------------------------------------------------ outputs
+    def _finish(self, state: State, seconds: float) -> dict:
+        final_eval = next((e["metrics"] for e in reversed(state.evals)), {})
+        primary = self.task.primary_metric
+        metrics = {
+            "task": self.cfg.task.name,
+            "model": self.cfg.model.name,
+            "method": self.cfg.method.name,
+            "seed": self.cfg.seed,
+            "primary_metric": primary,
+            "primary": final_eval.get(primary),
+            "eval": final_eval,
+            "heads_total": state.space.total,
+            "heads_kept": int(state.mask.sum()),
+            "params": count_params(state.model),
+            "params_dense": self.params_dense,
+            "evals": state.evals,
+            "stages": state.stages,
+            "wall_time_s": round(seconds, 2),
+            **getattr(self.task, "metric_info", {}),
+        }
+        report.write_json(self.run_dir / "metrics.json", metrics)
+        scores = state.scores
+        heads = report.heads_record(state.space, state.mask, scores, method=self.cfg.method.name,
+                                    heads_scope=self.cfg.heads_scope)
+        report.write_json(self.run_dir / "heads.json", heads)
+        png = report.plot_heads(self.run_dir / "heads.png", state.space, state.mask, scores,
+                                title=f"{self.cfg.model.name} {self.cfg.task.name} {self.cfg.method.name}: "
+                                      f"{heads['heads_kept']}/{heads['heads_total']} heads")
+        self.logger.summary({f"final/{k}": v for k, v in final_eval.items() if isinstance(v, (int, float))})
+        self.logger.summary({"final/heads_kept": metrics["heads_kept"], "final/params": metrics["params"]})
+        self.logger.image("heads", png)
+        return metrics
+
+
+_MODEL_CHANGING = {"train", "finetune", "prune", "prune_joint", "learn_gates"}
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    OmegaConf.resolve(cfg)
+    return Pipeline(cfg, run_dir).run()

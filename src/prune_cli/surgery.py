@@ -1,0 +1,193 @@
+"""Surgery: make a model physically smaller by removing attention heads, and save/reload it.
+
+`remove_heads` slices the query/key/value rows and the output-projection columns of every head
+that is not kept, so the pruned model does less work (the point of pruning), and layers may keep
+different numbers of heads, zero included. Invariant, tested on every supported architecture: the
+pruned model computes what the dense model computes with those heads gated to 0.
+
+A checkpoint of such a model cannot be reloaded by `from_pretrained` (its shapes differ from
+what the config says), so the kept ORIGINAL head ids of every pruned block are stored in the
+config (`heads.RECORD_KEY`); `load_pruned` builds the dense model from the config, re-applies
+the record to get the shapes, then loads the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import prune_linear_layer
+
+from prune_cli.heads import RECORD_KEY, HeadSpace, base_prefix, match_layout, read_record
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters, counting tied tensors once (`parameters()` already de-duplicates them)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_model(config, auto_class=None, **kwargs) -> nn.Module:
+    """A freshly initialised model for `config`: the task's auto class when given, else the class
+    named in `config.architectures`, else the bare AutoModel. Dense shapes (see `apply_record`)."""
+    import transformers
+
+    if auto_class is not None:  # an AutoModelFor... class or a concrete model class
+        build = getattr(auto_class, "from_config", None) or auto_class._from_config
+        return build(config, **kwargs)
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    if cls is not None:
+        return cls._from_config(config, **kwargs)
+    return transformers.AutoModel.from_config(config, **kwargs)
+
+
+def remove_heads(model: nn.Module, keep: torch.Tensor, space: HeadSpace | None = None) -> HeadSpace:
+    """Remove every head whose entry in `keep` (bool [space.total]) is False; returns the new space.
+
+    `space` must describe `model` as it is now (a model pruned before has fewer heads: build the
+    space with `HeadSpace.from_model`). Parameters are replaced, so build optimizers afterwards.
+    """
+    space = space or HeadSpace.from_model(model)
+    keep = torch.as_tensor(keep, dtype=torch.bool).flatten().cpu()
+    if keep.numel() != space.total:
+        raise ValueError(f"keep mask has {keep.numel()} entries, the model has {space.total} heads")
+    record = {name[len(base_prefix(model)):]: ids for name, ids in read_record(model).items()}
+    modules = dict(model.named_modules())
+    for block, kept in zip(space.blocks, space.split(keep)):
+        if bool(kept.all()):
+            continue
+        local = kept.nonzero().flatten().tolist()
+        _slice_block(model, modules, block.name, local, block.head_dim, block.o)
+        record[_relative(model, block.name)] = [block.heads[i] for i in local]
+    setattr(model.config, RECORD_KEY, record)
+    return HeadSpace.from_model(model)
+
+
+def apply_record(model: nn.Module) -> nn.Module:
+    """Give a dense-built model the shapes of the pruned model its config describes (weights are
+    then loaded over them). A no-op for a model that was never pruned."""
+    modules = dict(model.named_modules())
+    for name, ids in read_record(model).items():
+        module = modules.get(name)
+        layout = match_layout(module) if module is not None else None
+        if layout is None:
+            raise ValueError(f"config.{RECORD_KEY} names {name!r}, which is not an attention block of {type(model).__name__}")
+        head_dim = getattr(module, layout.head_dim_attr)
+        if getattr(module, layout.q).out_features != len(ids) * head_dim:
+            from prune_cli.heads import resolve
+
+            _slice_block(model, modules, name, list(range(len(ids))), head_dim, resolve(name, layout.o))
+    return model
+
+
+def save_pruned(model: nn.Module, path, tokenizer=None) -> Path:
+    """A standard HF folder (config carries the kept heads) plus `heads.json` for humans."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    space = HeadSpace.from_model(model)
+    (path / "heads.json").write_text(
+        json.dumps({"heads_kept": space.total, "params": count_params(model), "blocks": space.describe()}, indent=1)
+    )
+    return path
+
+
+def load_pruned(path, auto_class=None, **kwargs) -> nn.Module:
+    """Rebuild a model saved by `save_pruned` (or any unpruned HF folder) with its pruned shapes."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    path = Path(path)
+    config = AutoConfig.from_pretrained(path)
+    model = apply_record(build_model(config, auto_class, **kwargs))
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {path}")
+    state = {}
+    for f in files:
+        state.update(load_file(f))
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{path}: weights not in the model: {result.unexpected_keys[:5]}")
+    model.tie_weights()
+    loaded = {p.data_ptr() for k, p in model.state_dict().items() if k in state}
+    # keys the model does not save (e.g. Marian's sinusoidal positions) keep their built values
+    ignore = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or [])]
+    untied = [k for k in result.missing_keys
+              if model.state_dict()[k].data_ptr() not in loaded and not any(p.search(k) for p in ignore)]
+    if untied:
+        raise ValueError(f"{path}: weights missing from the checkpoint: {untied[:5]}")
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------- internals
+def _relative(model: nn.Module, name: str) -> str:
+    prefix = base_prefix(model)
+    return name[len(prefix):] if prefix and name.startswith(prefix) else name
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+def _slice_block(model, modules, name: str, local: list[int], head_dim: int, o_name: str) -> None:
+    """Keep heads `local` (positions in the block's current weights) of attention module `name`."""
+    module = modules[name]
+    layout = match_layout(module)
+    if hasattr(module, "relative_attention_bias") or hasattr(module, "has_relative_attention_bias"):
+        raise NotImplementedError(
+            f"{name}: head surgery on T5-style relative-position attention is not supported yet (gates work)"
+        )
+    index = (torch.tensor(local, dtype=torch.long)[:, None] * head_dim + torch.arange(head_dim)).flatten()
+    with warnings.catch_warnings():  # "Initializing zero-element tensors is a no-op" for empty blocks
+        warnings.simplefilter("ignore", UserWarning)
+        for attr in (layout.q, layout.k, layout.v):
+            lin = getattr(module, attr)
+            setattr(module, attr, prune_linear_layer(lin, index.to(lin.weight.device), dim=0))
+        o_proj = modules[o_name]
+        _set_module(model, o_name, prune_linear_layer(o_proj, index.to(o_proj.weight.device), dim=1))
+    modules[o_name] = model.get_submodule(o_name)
+    for attr in layout.count_attrs:
+        setattr(module, attr, len(local))
+    for attr in layout.width_attrs:
+        if hasattr(module, attr):
+            setattr(module, attr, len(local) * head_dim)
+    if not local:
+        inside = o_name.startswith(name + ".")
+        module.forward = _EmptyAttention(module, head_dim, o_name[len(name) + 1:] if inside else None)
+
+
+class _EmptyAttention:
+    """Forward of an attention block that kept no heads: its contribution is the output
+    projection's bias (or nothing, when the projection lives outside the block, as in BERT).
+
+    The stock forwards cannot run with zero heads (`view(..., -1, head_dim)` on an empty tensor is
+    ambiguous). A decoder self-attention still appends empty keys/values to the KV cache, so the
+    cache keeps counting positions for generation.
+    """
+
+    def __init__(self, module: nn.Module, head_dim: int, o_attr: str | None):
+        self.module_ref = [module]  # a list keeps this a plain object, not a registered submodule
+        self.head_dim = head_dim
+        self.o_attr = o_attr  # the output projection inside the block (BART, DistilBERT), else None
+
+    def __call__(self, *args, **kwargs):
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        empty = hidden.new_zeros(*hidden.shape[:-1], 0)
+        cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+        module = self.module_ref[0]
+        if cache is not None and kwargs.get("key_value_states") is None and getattr(module, "layer_idx", None) is not None:
+            from transformers.cache_utils import EncoderDecoderCache
+
+            self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+            kv = hidden.new_zeros(hidden.shape[0], 1, hidden.shape[1], self.head_dim)
+            self_cache.update(kv, kv, module.layer_idx)
+        out = empty if self.o_attr is None else module.get_submodule(self.o_attr)(empty)
+        return out, None

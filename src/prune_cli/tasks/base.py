@@ -1,0 +1,93 @@
+"""The contract every task family (GLUE, SQuAD, CoNLL, translation) fulfils.
+
+The pipeline, trainer and pruning methods only ever talk to a task through this class, so a new
+task family never needs pruning code of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig
+
+
+@dataclass
+class Splits:
+    """Tokenised data: one training split and one or more evaluation splits.
+
+    `train` and every value of `eval` are `datasets.Dataset` (or any map-style torch dataset) whose
+    rows the task's `collate_fn` turns into model inputs *including the loss targets* (e.g.
+    `labels`), so the trainer can call `model(**batch).loss` for every task.
+    `eval_raw` keeps whatever the task needs to score predictions (untokenised examples,
+    offsets, references); the trainer never looks at it.
+    """
+
+    train: Any
+    eval: dict[str, Any]
+    eval_raw: dict[str, Any] = field(default_factory=dict)
+
+
+class Task:
+    """Base class. Subclasses set `name`, `primary_metric` and override what differs.
+
+    Life cycle, as the pipeline drives it:
+      1. `Task(cfg.task)` then `validate()`  -- cheap checks (files, columns, names); raise
+         `prune_cli.errors.ConfigError` before any model is loaded.
+      2. `load_model(cfg.model)` -> (model, tokenizer)
+      3. `splits(tokenizer)` -> Splits
+      4. training uses `collate_fn(tokenizer)` over `Splits.train`
+      5. `evaluate(model, tokenizer, splits, accelerator, batch_size)` -> flat dict of metrics,
+         e.g. {"accuracy": 0.71, "accuracy_mm": 0.70}; keys for extra eval splits get a suffix.
+    """
+
+    name: str = "task"
+    primary_metric: str = "accuracy"
+    greater_is_better: bool = True
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    # 1 ------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ConfigError for missing/malformed local data. Must not load a model."""
+
+    # 2 ------------------------------------------------------------------
+    def auto_class(self):
+        """The `transformers.AutoModelFor...` class for this task."""
+        raise NotImplementedError
+
+    def model_kwargs(self) -> dict:
+        """Extra kwargs for `from_pretrained` (e.g. num_labels, problem_type)."""
+        return {}
+
+    def model_config(self, model_cfg: DictConfig):
+        """The model's `PretrainedConfig`, read without weights (validation counts heads from it).
+        From-scratch models (translation) override this to build the config from YAML."""
+        from prune_cli.errors import ConfigError
+        from prune_cli.models import load_config, resolve_source
+
+        try:
+            return load_config(model_cfg)
+        except ConfigError:
+            raise
+        except Exception as err:  # unreadable config.json, unknown model type, ...
+            raise ConfigError("model", resolve_source(model_cfg), f"a loadable Hugging Face model ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+    def load_model(self, model_cfg: DictConfig):
+        from prune_cli.models import load_pretrained
+
+        return load_pretrained(model_cfg, self.auto_class(), **self.model_kwargs())
+
+    # 3-5 ----------------------------------------------------------------
+    def splits(self, tokenizer) -> Splits:
+        raise NotImplementedError
+
+    def collate_fn(self, tokenizer) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    def evaluate(self, model, tokenizer, splits: Splits, accelerator, batch_size: int) -> dict[str, float]:
+        raise NotImplementedError

@@ -1,0 +1,71 @@
+"""Run logging: W&B (offline by default) plus plain files, so a run is readable without W&B.
+
+Every number that goes to W&B also lands in `<run>/log.jsonl`, one JSON object a line, with the
+global step; a run killed half-way still leaves its curve behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class RunLogger:
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.run_dir / "log.jsonl", "a", buffering=1)
+        self.step = 0  # global optimisation step across stages (W&B needs it monotone)
+        self.wandb_run = None
+        mode = cfg.logger.mode
+        if mode != "disabled":
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.wandb_run = wandb.init(
+                project=cfg.logger.project,
+                entity=cfg.logger.get("entity"),
+                group=cfg.logger.get("group"),
+                tags=list(cfg.logger.get("tags") or []),
+                name=f"{cfg.task.name}-{cfg.method.name}-k{cfg.get('heads')}-s{cfg.seed}",
+                mode=mode,
+                dir=str(self.run_dir),
+                config=OmegaConf.to_container(cfg, resolve=True),
+                reinit="finish_previous",
+            )
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        step = self.step if step is None else step
+        clean = {k: _plain(v) for k, v in metrics.items()}
+        self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log(clean, step=step)
+
+    def summary(self, metrics: dict) -> None:
+        if self.wandb_run is not None:
+            for k, v in metrics.items():
+                self.wandb_run.summary[k] = _plain(v)
+
+    def image(self, key: str, path: Path) -> None:
+        if self.wandb_run is not None and Path(path).is_file():
+            import wandb
+
+            self.wandb_run.log({key: wandb.Image(str(path))}, step=self.step)
+
+    def finish(self, exit_code: int = 0) -> None:
+        self._jsonl.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish(exit_code=exit_code)
+            self.wandb_run = None
+
+
+def _plain(v):
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v

