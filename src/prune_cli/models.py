@@ -66,7 +66,19 @@ def load_pretrained(model_cfg: DictConfig, auto_class, **kwargs):
 
     source = resolve_source(model_cfg)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = auto_class.from_pretrained(
-        source, attn_implementation=model_cfg.get("attn_implementation", "sdpa"), **kwargs
-    )
+    attn = model_cfg.get("attn_implementation", "sdpa")
+    if _is_pruned(source):  # a prune-run export: its shapes differ from what the config says
+        from prune_cli.surgery import load_pruned
+
+        return load_pruned(source, auto_class, attn_implementation=attn).train(), tokenizer
+    model = auto_class.from_pretrained(source, attn_implementation=attn, **kwargs)
     return model, tokenizer
+
+
+def _is_pruned(source: str) -> bool:
+    import json
+
+    from prune_cli.heads import RECORD_KEY
+
+    config = Path(source) / "config.json"
+    return config.is_file() and bool(json.loads(config.read_text()).get(RECORD_KEY))

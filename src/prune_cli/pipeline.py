@@ -226,7 +226,7 @@ class Pipeline:
             "heads_total": state.space.total,
             "heads_kept": int(state.mask.sum()),
             "params": count_params(state.model),
-            "params_dense": self.params_dense,
+            "params_dense": state.params_dense,
             "evals": state.evals,
             "stages": state.stages,
             "wall_time_s": round(seconds, 2),

@@ -85,8 +85,12 @@ def check(cfg: DictConfig) -> None:
 
 
 def progress(cfg: DictConfig, step: int, total_steps: int) -> float:
-    """0 until the warm-up ends, then linear to 1 at the end of the anneal window, then 1."""
-    last = max(int(total_steps) - 1, 1)
+    """0 until the warm-up ends, then linear to 1 at the end of the anneal window, then 1.
+
+    A run of a single step is all end: its only step is the last, where the budget is K."""
+    if int(total_steps) <= 1:
+        return 1.0
+    last = int(total_steps) - 1
     start = _fraction(cfg, "warmup", 0.0) * last
     length = _fraction(cfg, "anneal", 1.0) * last
     if length <= 0:

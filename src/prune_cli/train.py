@@ -139,7 +139,10 @@ def train(
     """
     loader = train_loader(dataset, collate_fn, int(tcfg.batch_size), seed, num_workers=int(tcfg.num_workers))
     plan = budget(tcfg, len(loader), epochs)
-    optimizer = torch.optim.AdamW(_param_groups(model, tcfg, pruner, freeze_model), lr=float(tcfg.lr))
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, tcfg, pruner, freeze_model), lr=float(tcfg.lr),
+        betas=tuple(tcfg.get("adam_betas") or (0.9, 0.999)), eps=float(tcfg.get("adam_eps") or 1e-8),
+    )
     scheduler = _scheduler(optimizer, tcfg, plan.steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if pruner is not None and hasattr(pruner, "to"):

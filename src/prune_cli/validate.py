@@ -68,7 +68,7 @@ def validate(cfg: DictConfig) -> Plan:
             raise ConfigError(f"task.{key}", v, "a positive integer or null (all rows)")
 
     method = cfg.method
-    stages = list(cfg.pipeline) if cfg.get("pipeline") is not None else _default_pipeline(method)
+    stages = list(cfg.pipeline) if cfg.get("pipeline") is not None else _default_pipeline(method, cfg.model)
     for s in stages:
         _check_choice("pipeline", s, STAGES)
     pruning = [s for s in stages if s in PRUNING_STAGES]
@@ -105,13 +105,19 @@ def _check_choice(key: str, value, allowed) -> None:
         raise ConfigError(key, value, f"one of {', '.join(allowed)}")
 
 
-def _default_pipeline(method: DictConfig) -> list[str]:
+def _default_pipeline(method: DictConfig, model: DictConfig) -> list[str]:
+    """The method's pipeline (per regime for learners). A model built from scratch (and not
+    loaded from `model.path`) has nothing to fine-tune yet: its first stage trains it."""
     if method.get("pipelines") is not None:
         regime = method.get("regime", "joint")
         if regime not in method.pipelines:
             raise ConfigError("method.regime", regime, f"one of {', '.join(method.pipelines)}")
-        return list(method.pipelines[regime])
-    return list(OmegaConf.to_container(method.default_pipeline))
+        stages = list(method.pipelines[regime])
+    else:
+        stages = list(OmegaConf.to_container(method.default_pipeline))
+    if model.get("from_scratch") and not model.get("path"):
+        stages = ["train", *stages[1:]] if stages and stages[0] == "finetune" else ["train", *stages]
+    return stages
 
 
 def _count_heads(cfg: DictConfig, task, scope: str) -> tuple[int, int]:

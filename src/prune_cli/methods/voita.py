@@ -1,31 +1,42 @@
 """Voita et al. 2019 ("Analyzing Multi-Head Self-Attention: Specialized Heads Do the Heavy Lifting,
-the Rest Can Be Pruned"): a stochastic hard-concrete gate on every head, trained with an L0 penalty.
+the Rest Can Be Pruned"): a stochastic hard-concrete gate on every head, with an L0 objective.
 
 Each head h has log_alpha_h; a training step samples gate_h ~ HardConcrete(log_alpha_h) (exactly 0
-or 1 with positive probability) and the loss gets lambda * sum_h P(gate_h != 0), the expected number
-of open heads (Louizos et al. 2018's L0 relaxation).
+or 1 with positive probability). Voita et al. add lambda * sum_h P(gate_h != 0), the expected
+number of open heads (Louizos et al. 2018's L0 relaxation), and sweep lambda to reach a sparsity.
+`heads=K` is our contract, and a fixed lambda only steers K indirectly, so by default the method
+solves for the multiplier at every step instead (`controller: projection`):
 
-lambda only steers K indirectly (Voita et al. sweep it; the official DSP code uses l0_penalty
-0.0015 for BERT/MNLI with a 0.1 learning rate for log_alpha). Since `heads=K` is the contract, the
-default `controller: lagrangian` turns the penalty into a constraint, as in Wang, Wohlwend & Lei
-2020 ("Structured Pruning of Large Language Models"): the term is
+    E[L0](s) = sum_h P(gate_h != 0 | log_alpha_h + s) = K_t
 
-    lambda1 * (E[L0] - K_t) + lambda2 * (E[L0] - K_t)^2,        E[L0] = sum_h P(gate_h != 0)
+is solved for one shift s shared by every head (bisection: E[L0] is increasing in s), and the
+gates are sampled from log_alpha + s. The expected number of open heads is therefore K_t at every
+step, whatever the scale of the task's gradients. s depends on log_alpha through the constraint
+(implicit function theorem: ds/dlog_alpha_h = -P'_h / sum_j P'_j), and that dependence is kept in
+the graph. The gradient each log_alpha receives is then g_h + lambda_t * P'_h with
+lambda_t = -sum_j g_j / sum_j P'_j: exactly Voita's L0 penalty gradient, with the lambda that keeps
+E[L0] on target this step (a lambda search done in closed form). Heads compete for the K_t
+expected slots; the task decides which.
 
-minimised over log_alpha and MAXIMISED over (lambda1, lambda2): after every optimiser step both
-multipliers take a plain gradient-ascent step, lambda1 += lambda_lr * v, lambda2 += lambda_lr * v^2,
-v = E[L0] - K_t in heads. lambda1 thus keeps Voita's meaning (a penalty per open head) and grows
-until exactly K_t gates are expected open; the quadratic term damps the oscillation. The ascent is
-done here rather than by the trainer's optimizer, which can only descend. `controller: fixed` is
-Voita's original (a constant `l0_penalty`); either way `final_mask(k)` projects to exactly k heads
-(top-k of log_alpha), and log_stats reports `expected_open`, the K the gates reached before it.
+Why not a Lagrangian whose multiplier ascends over steps (Wang, Wohlwend & Lei 2020)? On a toy
+problem (72 heads, Adam, lr 0.1) its multiplier lagged behind the gates and overshot: once a
+hard-concrete gate closes it stops receiving task gradient, so overshooting K is hard to undo,
+and the right step size depended on the scale of the loss. The projection has no such knob.
 
-Hard-concrete constants (config keys): beta=0.33 and (gamma, zeta)=(-0.1, 1.1) as in Voita et
-al.'s code (lena-voita/the-story-of-heads); Louizos et al. use beta=2/3. log_alpha is initialised
-U(-0.68, 0.68), the Xavier bound of the official [1, 12, 1, 1] gate tensor.
+`controller: fixed` is Voita's original objective (a constant `l0_penalty`, lambda in the paper),
+for reproducing their sweeps; K is then whatever lambda gives. Either way `final_mask(k)` projects
+to exactly k heads (top-k of log_alpha), and the K the gates reached before that projection is
+reported: `k_reached` = heads whose deterministic test-time gate (Louizos et al.'s estimator, the
+one Voita et al. prune with) is non-zero, logged every step, in `history()` (mask_trajectory.json)
+and in `self.k_reached` after `final_mask`.
+
+Hard-concrete constants (config keys): temperature 1/3 and stretch (gamma, zeta) = (-0.1, 1.1), as
+in Voita et al.; log_alpha starts U(-init_scale, init_scale).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -33,8 +44,25 @@ from prune_cli.errors import ConfigError
 from prune_cli.methods.relaxed import GateLearner, HardConcrete, binary_entropy_bits, choice, number
 
 
+def solve_shift(log_alpha: torch.Tensor, offset: float, target: float, iters: int = 100) -> float:
+    """s with sum_h sigmoid(log_alpha_h + s + offset) == target, 0 < target < n (bisection).
+
+    The sum is increasing in s; the bracket puts every term below 1e-21 at `lo` and above
+    1 - 1e-21 at `hi`, so it holds the root for any target not within 1e-20 of 0 or n.
+    """
+    a = log_alpha.detach().double().cpu()
+    lo, hi = -50.0 - offset - float(a.max()), 50.0 - offset - float(a.min())
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if float(torch.sigmoid(a + mid + offset).sum()) > target:
+            hi = mid
+        else:
+            lo = mid
+    return 0.5 * (lo + hi)
+
+
 class Voita(GateLearner):
-    CONTROLLERS = ("lagrangian", "fixed")
+    CONTROLLERS = ("projection", "fixed")
 
     def __init__(self, cfg, space, seed: int = 0):
         super().__init__(cfg, space, seed)
@@ -43,62 +71,88 @@ class Voita(GateLearner):
             raise ConfigError("method.gamma", gamma, "a negative number (the gate's lower stretch limit)")
         if not zeta > 1:
             raise ConfigError("method.zeta", zeta, "a number above 1 (the gate's upper stretch limit)")
-        self.gate = HardConcrete(beta=number(cfg, "beta", 0.33, positive=True), gamma=gamma, zeta=zeta)
-        self.controller = choice(cfg, "controller", "lagrangian", self.CONTROLLERS)
+        beta = number(cfg, "temperature", 1 / 3, positive=True)
+        self.gate = HardConcrete(beta=beta, gamma=gamma, zeta=zeta)
+        self.controller = choice(cfg, "controller", "projection", self.CONTROLLERS)
         self.l0_penalty = number(cfg, "l0_penalty", 0.0015, low=0.0)
-        self.lambda_lr = number(cfg, "lambda_lr", 0.01, low=0.0)
-        self.lambda1 = number(cfg, "lambda_init", 0.0015)
-        self.lambda2 = 0.0
-        self._target: int | None = None
-        self._violation: float | None = None  # E[L0] - K_t seen by the last extra_loss
-        self._ascended_at: int | None = None  # step of the last multiplier update
+        self.shift = 0.0  # the projection's s at the last step (0 with controller=fixed)
+        self.k_reached: int | None = None
+
+    @property
+    def _offset(self) -> float:
+        """P(gate != 0) = sigmoid(log_alpha + offset)."""
+        return -self.gate.beta * math.log(-self.gate.gamma / self.gate.zeta)
+
+    def effective(self, log_alpha: torch.Tensor, budget: int) -> torch.Tensor:
+        """log_alpha + s, s solving E[L0] = budget, differentiable through s (implicit function)."""
+        if self.controller != "projection":
+            return log_alpha
+        n = log_alpha.numel()
+        if budget <= 0 or budget >= n:
+            return log_alpha  # gate_values handles "all closed" / "all open" without a shift
+        s0 = solve_shift(log_alpha, self._offset, float(budget))
+        p = torch.sigmoid(log_alpha.detach() + s0 + self._offset)
+        slope = p * (1 - p)  # dP_h / dlog_alpha_h at the solution
+        # value s0; gradient ds/dlog_alpha_h = -slope_h / sum(slope)
+        s = s0 - (slope * (log_alpha - log_alpha.detach())).sum() / slope.sum().clamp_min(1e-300)
+        self.shift = s0
+        return log_alpha + s
 
     # ---- gates -------------------------------------------------------------------------------
     def _train_gates(self, step: int, total_steps: int, budget: int) -> torch.Tensor:
-        self._ascend(step)
-        self._target = budget
         log_alpha = self.inside(self.logits)
-        eps = 1e-6  # keeps log(u) and log(1 - u) finite, as the official gate does
+        n = log_alpha.numel()
+        if self.controller == "projection" and (budget <= 0 or budget >= n):
+            # the constraint fixes every gate; keep the graph so a frozen model still backpropagates
+            values = log_alpha * 0.0 + (1.0 if budget >= n else 0.0)
+            self._stats = {"budget": float(budget), "expected_open": float(budget), "k_reached": float(budget)}
+            return values
+        eff = self.effective(log_alpha, budget)
+        eps = 1e-6  # keeps log(u) and log(1 - u) finite
         u = torch.rand(log_alpha.shape, generator=self.generator, dtype=torch.float64)
         u = (u * (1 - 2 * eps) + eps).to(log_alpha.device)
-        values = self.gate.sample(log_alpha, u)
-        p_open = self.gate.prob_open(log_alpha.detach())
+        values = self.gate.sample(eff, u)
+        p_open = self.gate.prob_open(eff.detach())
         self._stats = {
             "budget": float(budget),
             "expected_open": float(p_open.sum()),
+            "k_reached": float(self._reached(eff.detach())),
             "sampled_open": float((values.detach() > 0).sum()),
             "mask_entropy": binary_entropy_bits(p_open),
-            "lambda": self.lambda1 if self.controller == "lagrangian" else self.l0_penalty,
+            "shift": self.shift,
         }
-        if self.controller == "lagrangian":
-            self._stats["lambda2"] = self.lambda2
         return values
 
-    def extra_loss(self) -> torch.Tensor:
-        expected = self.gate.prob_open(self.inside(self.logits)).sum()
-        if self.controller == "fixed":
-            return self.l0_penalty * expected
-        if self._target is None:
-            raise RuntimeError("Voita.extra_loss() needs gate_values(...) first (it sets the target K_t)")
-        v = expected - self._target
-        self._violation = float(v.detach())
-        return self.lambda1 * v
+    def _reached(self, eff: torch.Tensor) -> int:
+        """Heads whose deterministic (test-time) gate is non-zero."""
+        return int((self.gate.mean_gate(eff) > 0).sum())
 
-    def _ascend(self, step: int) -> None:
-        if self.controller != "lagrangian" or self._violation is None or step == self._ascended_at:
-            return
-        self._ascended_at = step
-        import os, math
-        eta=float(os.environ.get("ETA","0.05"))
-        self.lambda1 = min(max(max(self.lambda1,1e-8) * math.exp(eta * self._violation / self.n_eligible), 1e-8), 1e4)
+    def extra_loss(self) -> torch.Tensor | float:
+        if self.controller == "fixed":
+            return self.l0_penalty * self.gate.prob_open(self.inside(self.logits)).sum()
+        return 0.0  # the projection enforces E[L0] = K_t itself
+
+    # ---- the end -----------------------------------------------------------------------------
+    def final_mask(self, k: int) -> torch.Tensor:
+        """Exactly k heads (top-k of log_alpha); records the K the gates had reached before."""
+        log_alpha = self.inside(self.logits.detach().cpu())
+        n = log_alpha.numel()
+        if self.controller == "projection" and 0 < self.keep < n:
+            reached = self._reached(self.effective(log_alpha, self.keep))
+        elif self.controller == "projection":
+            reached = self.keep
+        else:
+            reached = self._reached(log_alpha)
+        self.k_reached = reached
+        self._stats["k_reached"] = float(reached)
+        return super().final_mask(k)
+
+    def history(self) -> dict:
+        return {**super().history(), "k_reached": self.k_reached, "controller": self.controller}
 
     # ---- resume ------------------------------------------------------------------------------
     def _extra_state(self) -> dict:
-        return {"lambda1": self.lambda1, "lambda2": self.lambda2, "violation": self._violation,
-                "ascended_at": self._ascended_at}
+        return {"shift": self.shift}
 
     def _load_extra_state(self, state: dict) -> None:
-        self.lambda1 = float(state.get("lambda1", self.lambda1))
-        self.lambda2 = float(state.get("lambda2", self.lambda2))
-        self._violation = state.get("violation")
-        self._ascended_at = state.get("ascended_at")
+        self.shift = float(state.get("shift", 0.0))

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
+from contextlib import closing
 from numbers import Integral
 from pathlib import Path
 
@@ -132,18 +133,21 @@ class GlueTask(Task):
         given = str(self.cfg.data_dir)
         if not folder.is_dir():
             raise ConfigError("task.data_dir", given, f"an existing folder in the GLUE TSV layout ({self.name}: {', '.join(self._files().values())})")
-        for split, name in self._files().items():
+        for name in self._files().values():
             path = folder / name
             if not path.is_file():
                 raise ConfigError("task.data_dir", given, f"a GLUE {self.name} folder holding {name}")
-            rows = read_tsv(path)
-            header = next(rows, None) if self.cfg.local.header else None
-            peek = [row for _, row in zip(range(PEEK_ROWS), rows)]
+            with closing(read_tsv(path)) as rows:
+                header = next(rows, None) if self.cfg.local.header else None
+                peek = [row for _, row in zip(range(PEEK_ROWS), rows)]
             if not peek:
                 raise ConfigError("task.data_dir", given, f"a non-empty {name}")
             try:
                 index = self._column_index(header)
-                for row in peek:
+                # a few truncated rows are tolerated (the loader skips them, see _local_examples);
+                # a file where no row has the columns is the wrong file
+                complete = [row for row in peek if len(row) > max(index)] or peek[:1]
+                for row in complete:
                     self._example(row, index)
             except ValueError as err:
                 raise ConfigError("task.data_dir", given, f"a GLUE {self.name} folder: {name} {err}") from None
@@ -155,7 +159,7 @@ class GlueTask(Task):
             import datasets
 
             datasets.load_dataset_builder(str(self.cfg.hub), self.cfg.hub_config)
-        except Exception:
+        except (OSError, ValueError):  # ConnectionError / DatasetNotFoundError (a FileNotFoundError)
             raise ConfigError(
                 "task.data_dir", None,
                 f"a local GLUE {self.name} folder (task.data_dir=<folder with {', '.join(self._files().values())}>), "
@@ -224,21 +228,21 @@ class GlueTask(Task):
     def _local_examples(self, split: str, cap: int | None) -> tuple[list[list[str]], list]:
         """Reads only as far as `cap`: a few dozen SST-2 rows should not cost a 67k-row parse."""
         path = self._data_dir() / self._files()[split]
-        rows = read_tsv(path)
-        index = self._column_index(next(rows, None) if self.cfg.local.header else None)
         texts, labels, skipped = [], [], 0
-        for row in rows:
-            if cap and len(labels) >= cap:
-                break
-            if len(row) <= max(index):  # QQP's train.tsv has a few truncated rows: skip, as GLUE's own loaders do
-                skipped += 1
-                continue
-            try:
-                t, y = self._example(row, index)
-            except ValueError as err:
-                raise ConfigError("task.data_dir", str(self.cfg.data_dir), f"a GLUE {self.name} folder: {path.name} {err}") from None
-            texts.append(t)
-            labels.append(y)
+        with closing(read_tsv(path)) as rows:
+            index = self._column_index(next(rows, None) if self.cfg.local.header else None)
+            for row in rows:
+                if cap and len(labels) >= cap:
+                    break
+                if len(row) <= max(index):  # QQP's train.tsv has a few truncated rows: skip, as GLUE's own loaders do
+                    skipped += 1
+                    continue
+                try:
+                    t, y = self._example(row, index)
+                except ValueError as err:
+                    raise ConfigError("task.data_dir", str(self.cfg.data_dir), f"a GLUE {self.name} folder: {path.name} {err}") from None
+                texts.append(t)
+                labels.append(y)
         if skipped:
             log.warning("%s: skipped %d rows with too few fields", path, skipped)
         if not labels:
@@ -266,11 +270,11 @@ class GlueTask(Task):
         columns, labels = self.examples(split)
         # one text column: single sentences; two: pairs, truncated longest-first to max_length
         enc = tokenizer(*columns, truncation=True, max_length=int(self.cfg.max_length))
-        data = {k: enc[k] for k in enc.keys()}
+        data = dict(enc)
         data["labels"] = labels
         features = None
         if self.is_regression:  # float32 targets: MSELoss wants the logits' dtype
-            features = datasets.Features({k: datasets.Sequence(datasets.Value("int64")) for k in enc.keys()})
+            features = datasets.Features({k: datasets.List(datasets.Value("int64")) for k in enc})
             features["labels"] = datasets.Value("float32")
         return datasets.Dataset.from_dict(data, features=features)
 

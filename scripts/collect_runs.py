@@ -1,0 +1,119 @@
+"""Turn a folder of prune-run runs (a `multirun/...` sweep, or several) into the paper-style
+table and curve: primary metric against heads kept, one row/line per method.
+
+    python scripts/collect_runs.py multirun/2026-11-23_10-00-00 --out results/dsp_curve
+
+writes `<out>.md` (one table per task), `<out>.json` (every run's numbers) and `<out>.png`
+(one panel per task, metric vs heads kept, in the style of the DSP paper's figure 2).
+A method's label includes its regime when it has one (dsp/joint, dsp/pipelined).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def find_runs(roots: list[Path]) -> list[dict]:
+    """One record per finished run (a folder holding metrics.json) under `roots`."""
+    runs = []
+    for root in roots:
+        for metrics_file in sorted(root.rglob("metrics.json")):
+            run_dir = metrics_file.parent
+            metrics = json.loads(metrics_file.read_text())
+            cfg_file = run_dir / ".hydra" / "config.yaml"
+            cfg = OmegaConf.load(cfg_file) if cfg_file.is_file() else OmegaConf.create({})
+            method = metrics.get("method") or OmegaConf.select(cfg, "method.name", default="?")
+            regime = OmegaConf.select(cfg, "method.regime", default=None)
+            if regime and OmegaConf.select(cfg, "method.pipelines", default=None) is not None and not cfg.get("pipeline"):
+                method = f"{method}/{regime}"
+            runs.append({
+                "run": str(run_dir),
+                "task": metrics.get("task"),
+                "method": method,
+                "heads_kept": metrics.get("heads_kept"),
+                "heads_total": metrics.get("heads_total"),
+                "metric": metrics.get("primary_metric"),
+                "value": metrics.get("primary"),
+                "params": metrics.get("params"),
+                "seed": metrics.get("seed"),
+                "wall_time_s": metrics.get("wall_time_s"),
+            })
+    return runs
+
+
+def table(runs: list[dict]) -> str:
+    """Markdown: per task, methods as rows, heads kept as columns (mean over seeds, n if > 1)."""
+    out = []
+    by_task = defaultdict(list)
+    for r in runs:
+        by_task[r["task"]].append(r)
+    for task, rows in sorted(by_task.items()):
+        metric = rows[0]["metric"]
+        heads = sorted({r["heads_kept"] for r in rows}, reverse=True)
+        cells = defaultdict(list)
+        for r in rows:
+            if r["value"] is not None:
+                cells[(r["method"], r["heads_kept"])].append(r["value"])
+        out.append(f"### {task} ({metric}, heads kept of {rows[0]['heads_total']})\n")
+        out.append("| method | " + " | ".join(str(h) for h in heads) + " |")
+        out.append("|---|" + "---:|" * len(heads))
+        for method in sorted({r["method"] for r in rows}):
+            vals = []
+            for h in heads:
+                v = cells.get((method, h))
+                vals.append("" if not v else f"{100 * sum(v) / len(v):.1f}" + (f" (n={len(v)})" if len(v) > 1 else ""))
+            out.append(f"| {method} | " + " | ".join(vals) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in runs})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = [r for r in runs if r["task"] == task and r["value"] is not None]
+        for method in sorted({r["method"] for r in rows}):
+            pts = defaultdict(list)
+            for r in rows:
+                if r["method"] == method:
+                    pts[r["heads_kept"]].append(100 * r["value"])
+            xs = sorted(pts)
+            ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", label=method)
+        ax.set_title(task)
+        ax.set_xlabel("heads kept")
+        ax.set_ylabel(rows[0]["metric"] if rows else "")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("roots", nargs="+", type=Path, help="sweep or run folders")
+    parser.add_argument("--out", type=Path, default=Path("results/runs"), help="output path stem")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.roots)
+    if not runs:
+        raise SystemExit(f"no metrics.json under {', '.join(map(str, args.roots))}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    md = table(runs)
+    args.out.with_suffix(".md").write_text(md)
+    args.out.with_suffix(".json").write_text(json.dumps(runs, indent=1))
+    plot(runs, args.out.with_suffix(".png"))
+    print(md)
+    print(f"wrote {args.out}.md, .json, .png ({len(runs)} runs)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""End to end through the real `prune-run` command: real MiniLM, real RTE rows, real W&B offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+RTE = DATA / "glue" / "RTE"
+
+TINY = [
+    "model=minilm", "task=rte", f"task.data_dir={RTE}", "task.max_train_samples=32", "task.max_eval_samples=24",
+    "trainer.max_steps=2", "trainer.batch_size=8", "trainer.progress_bar=false",
+]
+
+
+def prune_run(args, cwd, env_extra=None, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "prune_cli.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_michel_end_to_end_keeps_exactly_k_heads(tmp_path):
+    run_dir = tmp_path / "run"
+    res = prune_run([*TINY, "method=michel", "heads=36", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    heads = json.loads((run_dir / "heads.json").read_text())
+    assert heads["heads_total"] == 72 and heads["heads_kept"] == 36
+    assert sum(map(sum, heads["mask"])) == 36
+    assert len(heads["blocks"]) == 6 and all(len(s) == 12 for s in heads["scores"])
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["task"] == "rte" and metrics["primary_metric"] == "accuracy"
+    assert 0.0 <= metrics["eval"]["accuracy"] <= 1.0
+    assert metrics["heads_kept"] == 36 and metrics["params"] < metrics["params_dense"]
+    assert (run_dir / "heads.png").stat().st_size > 1000
+
+    from prune_cli.heads import HeadSpace
+    from prune_cli.surgery import count_params, load_pruned
+
+    model = load_pruned(run_dir / "model")
+    assert HeadSpace.from_model(model).total == 36
+    assert count_params(model) == metrics["params"]
+
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline_runs) == 1 and offline_runs[0].stat().st_size > 0
+    assert not (run_dir / "checkpoints").exists()  # a finished run cleans its resume state
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["method=nope"], "method=nope: unknown option; one of"),
+        (["model=minilm", "method=michel", "heads=200"], "heads=200: 0..72: minilm has 72 heads"),
+        (["model=minilm", "method=michel", "heads=-1"], "heads=-1"),
+        (["model=minilm", "method=michel", "heads=1.5"], "heads=1.5: a whole number"),
+        (["model=minilm", "method=michel", "sparsity=1.0"], "sparsity=1.0: a fraction of heads to remove in [0, 1)"),
+        (["model=minilm", "method=michel", "heads=36", "sparsity=0.5"], "give heads= OR sparsity=, not both"),
+        (["task=rte", "task.data_dir=/nonexistent/RTE", "method=michel", "heads=10"], "task.data_dir"),
+        (["model=bert-base-uncased", "method=michel", "heads=10"], "model='google-bert/bert-base-uncased'"),
+        (["model=minilm", "model.path=/nonexistent/model", "method=michel", "heads=10"], "model.path"),
+        (["no_such_key=1"], "no_such_key"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, expected):
+    res = prune_run([*args, "logger.mode=disabled", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    assert expected in lines[0] and "Traceback" not in res.stderr
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_wrong_columns_named_before_model_loads(tmp_path):
+    res = prune_run(["task=rte", f"task.data_dir={DATA / 'glue' / 'SST-2'}", "method=random", "heads=10",
+                     "logger.mode=disabled"], cwd=tmp_path)
+    assert res.returncode == 2 and "task.data_dir" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cfg_job_prints_composed_config(tmp_path):
+    res = prune_run(["--cfg", "job", "model=minilm", "task=sst2", "method=random", "sparsity=0.5"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "sparsity: 0.5" in res.stdout and "name: random" in res.stdout and "name: sst2" in res.stdout
+
+
+def test_relative_data_dir_resolves_against_launch_folder(tmp_path):
+    """`task.data_dir=glue/RTE` means <where prune-run was started>/glue/RTE."""
+    (tmp_path / "glue").mkdir()
+    (tmp_path / "glue" / "RTE").symlink_to(RTE)
+    run_dir = tmp_path / "run"
+    res = prune_run([*TINY[:2], "task.data_dir=glue/RTE", *TINY[3:], "trainer.max_steps=1", "logger.mode=disabled",
+                     "export_model=false", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["method"] == "none" and metrics["heads_kept"] == 72 and "accuracy" in metrics["eval"]

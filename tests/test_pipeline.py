@@ -1,0 +1,82 @@
+"""Pipeline behaviour that needs no subprocess: resume after a crash, sweeps, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from prune_cli.pipeline import Pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+RTE = ROOT.parent / "shared" / "data" / "glue" / "RTE"
+MRPC = ROOT.parent / "shared" / "data" / "glue" / "MRPC"
+
+
+def make_cfg(*overrides):
+    with initialize_config_module("prune_cli.conf", version_base="1.3"):
+        return compose("config", overrides=[
+            "model=minilm", "task=rte", f"task.data_dir={RTE}", "task.max_train_samples=16",
+            "task.max_eval_samples=16", "trainer.max_steps=2", "trainer.batch_size=8",
+            "trainer.progress_bar=false", "logger.mode=disabled", *overrides,
+        ])
+
+
+@pytest.mark.slow
+def test_crash_mid_run_resumes_without_redoing_finished_stages(tmp_path, monkeypatch):
+    cfg = make_cfg("method=random", "heads=30", "export_model=false")
+    calls = []
+    original = Pipeline._stage_evaluate
+
+    def crash_once(self, state, index):
+        calls.append(index)
+        if len(calls) == 1:
+            raise RuntimeError("node died")
+        return original(self, state, index)
+
+    monkeypatch.setattr(Pipeline, "_stage_evaluate", crash_once)
+    with pytest.raises(RuntimeError, match="node died"):
+        Pipeline(cfg, tmp_path).run()
+    progress = json.loads((tmp_path / "checkpoints" / "progress.json").read_text())
+    assert progress["done"] == 2 and sum(progress["mask"]) == 30  # finetune, prune, finetune done
+
+    redone = []
+    for name in ("finetune", "prune"):
+        monkeypatch.setattr(Pipeline, f"_stage_{name}", lambda self, s, i, n=name: redone.append(n))
+    metrics = Pipeline(cfg, tmp_path).run()
+    assert redone == []  # nothing before the crash point ran again
+    assert metrics["heads_kept"] == 30 and [s["stage"] for s in metrics["stages"]][:3] == ["finetune", "prune", "finetune"]
+    assert "accuracy" in metrics["eval"]
+
+
+@pytest.mark.slow
+def test_same_seed_same_result(tmp_path):
+    a = Pipeline(make_cfg("method=michel", "heads=20", "export_model=false"), tmp_path / "a").run()
+    b = Pipeline(make_cfg("method=michel", "heads=20", "export_model=false"), tmp_path / "b").run()
+    ha = json.loads((tmp_path / "a" / "heads.json").read_text())
+    hb = json.loads((tmp_path / "b" / "heads.json").read_text())
+    assert ha["mask"] == hb["mask"] and ha["scores"] == hb["scores"]
+    assert a["eval"] == b["eval"] and a["stages"][0]["train_loss"] == b["stages"][0]["train_loss"]
+
+
+@pytest.mark.slow
+def test_multirun_sweep_writes_one_folder_per_job(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    res = subprocess.run(
+        [sys.executable, "-m", "prune_cli.cli", "-m", "model=minilm", "task=mrpc", f"task.data_dir={MRPC}",
+         "method=random,michel", "heads=18,54", "task.max_train_samples=16", "task.max_eval_samples=16",
+         "trainer.max_steps=1", "trainer.batch_size=8", "trainer.progress_bar=false", "logger.mode=disabled",
+         "export_model=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
+    assert len(runs) == 4
+    seen = {(m["method"], m["heads_kept"]) for m in (json.loads(p.read_text()) for p in runs)}
+    assert seen == {("random", 18), ("random", 54), ("michel", 18), ("michel", 54)}
+    assert any("method=michel,heads=18" in str(p) or "heads=18,method=michel" in str(p) for p in runs)
