@@ -33,8 +33,8 @@ residual and the LayerNorm (that is what the pruned model computes).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 #: FLOPs per element of the element-wise steps (documented estimates; they are a small share)
 SOFTMAX_OPS = 5  # scale, mask add, max-subtract, exp, normalise

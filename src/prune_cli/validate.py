@@ -20,6 +20,8 @@ SCOPES = ("all", "encoder", "decoder", "cross")
 PRECISIONS = ("no", "fp16", "bf16")
 LOGGER_MODES = ("offline", "online", "disabled")
 LR_SCHEDULERS = ("linear", "inverse_sqrt", "constant")
+#: T5-style models share one relative-position bias across layers: surgery cannot slice it yet
+RELATIVE_BIAS_MODELS = ("t5", "mt5", "umt5", "longt5")
 
 
 @dataclass
@@ -87,7 +89,10 @@ def validate(cfg: DictConfig) -> Plan:
         raise ConfigError("pipeline", stages, "a pruning stage (prune, prune_joint or learn_gates) when heads/sparsity is set")
 
     task = get_task(cfg.task)
-    total, in_scope = _count_heads(cfg, task, scope)
+    total, in_scope, model_type = _count_heads(cfg, task, scope)
+    if pruning and model_type in RELATIVE_BIAS_MODELS:
+        raise ConfigError("model", cfg.model.name, f"a model whose heads surgery can remove ({model_type}'s shared "
+                          "relative-position bias is not supported yet; gates and scoring work without a pruning stage)")
     keep = None
     if heads is not None:
         if not 0 <= heads <= in_scope:
@@ -120,10 +125,10 @@ def _default_pipeline(method: DictConfig, model: DictConfig) -> list[str]:
     return stages
 
 
-def _count_heads(cfg: DictConfig, task, scope: str) -> tuple[int, int]:
-    """Head count from the model's config alone (meta-device model: no weights read)."""
+def _count_heads(cfg: DictConfig, task, scope: str) -> tuple[int, int, str]:
+    """Head counts and model type from the model's config alone (meta-device model: no weights)."""
     from prune_cli.heads import HeadSpace
 
     config = task.model_config(cfg.model)
     space = HeadSpace.from_config(config)
-    return space.total, int(space.scope_mask(scope).sum())
+    return space.total, int(space.scope_mask(scope).sum()), getattr(config, "model_type", "")

@@ -6,9 +6,12 @@ task family never needs pruning code of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -73,7 +76,8 @@ class Task:
         except ConfigError:
             raise
         except Exception as err:  # unreadable config.json, unknown model type, ...
-            raise ConfigError("model", resolve_source(model_cfg), f"a loadable Hugging Face model ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError("model", resolve_source(model_cfg), f"a loadable Hugging Face model ({reason})") from None
 
     def load_model(self, model_cfg: DictConfig):
         from prune_cli.models import load_pretrained
@@ -91,3 +95,36 @@ class Task:
 
     def evaluate(self, model, tokenizer, splits: Splits, accelerator, batch_size: int) -> dict[str, float]:
         raise NotImplementedError
+
+
+def batched_outputs(
+    model, dataset, collate_fn, accelerator, batch_size: int, names: tuple[str, ...]
+) -> dict[str, list[np.ndarray]]:
+    """Per-row model outputs over a map-style dataset, in its order, each cut to the row's own
+    length (dynamic padding makes batches differ in width). Under accelerate every process runs a
+    shard and the pieces are gathered. Shared by the token-level task families (SQuAD, CoNLL)."""
+    from torch.utils.data import DataLoader
+
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader)
+        net, device, autocast = accelerator.unwrap_model(model), accelerator.device, accelerator.autocast()
+    else:
+        net, device, autocast = model, next(model.parameters()).device, nullcontext()
+    net.to(device)
+    was_training = net.training
+    net.eval()
+    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    try:
+        with torch.no_grad(), autocast:
+            for batch in loader:
+                result = net(**{k: v.to(device) for k, v in batch.items()})
+                for n in names:
+                    t = getattr(result, n).float()
+                    if accelerator is not None:
+                        t = accelerator.gather_for_metrics(accelerator.pad_across_processes(t, dim=1))
+                    out[n].extend(t.cpu().numpy())
+    finally:
+        net.train(was_training)
+    return {n: [row[:length] for row, length in zip(rows, lengths)] for n, rows in out.items()}

@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from prune_cli.errors import ConfigError
-from prune_cli.tasks.base import Splits, Task
+from prune_cli.tasks.base import Splits, Task, batched_outputs
 
 SPLITS = ("train", "validation", "test")
 EVAL_SPLITS = ("validation", "test")
@@ -283,7 +283,6 @@ class ConllTask(Task):
         return out
 
     def evaluate(self, model, tokenizer, splits: Splits, accelerator, batch_size: int) -> dict[str, float]:
-        from prune_cli.tasks.squad import batched_outputs
 
         split = self.cfg.eval_split
         raw = splits.eval_raw[split]

@@ -23,16 +23,14 @@ import random
 import re
 import string
 from collections import Counter
-from contextlib import nullcontext
 from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from prune_cli.errors import ConfigError
-from prune_cli.tasks.base import Splits, Task
+from prune_cli.tasks.base import Splits, Task, batched_outputs
 
 EVAL = "validation"
 
@@ -472,39 +470,6 @@ class SquadTask(Task):
             null_score_diff_threshold=float(self.cfg.null_score_diff_threshold),
         )
         return squad_metrics(predictions, raw["examples"], self.version_2)
-
-
-def batched_outputs(
-    model, dataset, collate_fn, accelerator, batch_size: int, names: tuple[str, ...]
-) -> dict[str, list[np.ndarray]]:
-    """Per-row model outputs over a map-style dataset, in its order, each cut to the row's own
-    length (dynamic padding makes batches differ in width). Under accelerate every process runs a
-    shard and the pieces are gathered. Shared by the token-level tasks (SQuAD, CoNLL)."""
-    from torch.utils.data import DataLoader
-
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
-    if accelerator is not None:
-        loader = accelerator.prepare_data_loader(loader)
-        net, device, autocast = accelerator.unwrap_model(model), accelerator.device, accelerator.autocast()
-    else:
-        net, device, autocast = model, next(model.parameters()).device, nullcontext()
-    net.to(device)
-    was_training = net.training
-    net.eval()
-    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    try:
-        with torch.no_grad(), autocast:
-            for batch in loader:
-                result = net(**{k: v.to(device) for k, v in batch.items()})
-                for n in names:
-                    t = getattr(result, n).float()
-                    if accelerator is not None:
-                        t = accelerator.gather_for_metrics(accelerator.pad_across_processes(t, dim=1))
-                    out[n].extend(t.cpu().numpy())
-    finally:
-        net.train(was_training)
-    return {n: [row[:length] for row, length in zip(rows, lengths)] for n, rows in out.items()}
 
 
 def _cls_index(input_ids: list[int], tokenizer) -> int:
