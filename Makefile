@@ -13,5 +13,10 @@ install:  ## torch first (the CPU wheel on disk), then the package with dev + la
 test:
 	$(PYTHON) -m pytest -q -x --durations=15
 
+BENCH_ARGS ?=
+bench:  ## pruned-vs-dense speed + gate/runner overhead -> outputs/bench/ (see docs/benchmarks.md)
+	$(PYTHON) scripts/bench_speed.py --out outputs/bench $(BENCH_ARGS)
+	$(PYTHON) scripts/bench_runner.py --quick --out outputs/bench $(BENCH_ARGS)
+
 lint:
 	$(PYTHON) -m ruff check src tests scripts

@@ -167,3 +167,11 @@ def test_scope_mask_and_kinds():
     assert space.kinds() == {"encoder": 8, "decoder": 8, "cross": 8}
     assert int(space.scope_mask("cross").sum()) == 8
     assert [b.kind for b in space.blocks] == ["encoder", "encoder", "decoder", "cross", "decoder", "cross"]
+
+
+def test_surgery_keeps_the_model_dtype():
+    model = tiny_model("bert").to(torch.bfloat16)
+    space = HeadSpace.from_model(model)
+    remove_heads(model, random_mask(space, 0), space)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    outputs(model, padded_batch("bert"))  # runs without a dtype mismatch

@@ -3,6 +3,7 @@ gradients through the gated model, Voita's controller, heads_scope, determinism,
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -289,7 +290,7 @@ def test_history_records_the_hard_mask_when_it_changes():
     trajectory = pruner.history()["trajectory"]
     assert trajectory[0]["step"] == 0
     assert all(len(entry["kept"]) == 6 for entry in trajectory)
-    assert all(a["kept"] != b["kept"] for a, b in zip(trajectory, trajectory[1:]))
+    assert all(a["kept"] != b["kept"] for a, b in itertools.pairwise(trajectory))
 
 
 # ------------------------------------------------------------------------------- method yamls
@@ -303,3 +304,57 @@ def test_method_yamls_declare_a_learner_with_both_regimes(name):
         assert {"tau_start", "tau_end", "cooldown_steps"} <= set(cfg)
     if name == "voita":
         assert cfg.temperature == pytest.approx(1 / 3) and (cfg.gamma, cfg.zeta) == (-0.1, 1.1)
+
+
+# ------------------------------------------------------------------------- with the real trainer
+@pytest.mark.parametrize("freeze_model", [True, False])
+def test_the_trainer_learns_the_gates_through_the_hooks(freeze_model):
+    """prune_cli.train.train drives the hooks: own optimizer group, gates set every step, frozen
+    model in the pipelined regime (learn_gates), trained model in the joint one (prune_joint)."""
+    from prune_cli.train import make_accelerator, train
+
+    tcfg = OmegaConf.merge(OmegaConf.load(CONF.parent / "trainer" / "default.yaml"),
+                           {"max_steps": 3, "batch_size": 4, "progress_bar": False, "warmup_ratio": 0.0})
+    data = batch(0, n=12)
+    rows = [{k: v[i] for k, v in data.items()} for i in range(12)]
+    model = tiny_bert()
+    space = HeadSpace.from_model(model)
+    pruner = learner("ste", space, 5)
+    before_model = [p.detach().clone() for p in model.parameters()]
+    before_logits = pruner.scores()
+    with Gates(model, space) as gates:
+        result = train(model=model, dataset=rows, collate_fn=lambda b: {k: torch.stack([r[k] for r in b]) for k in b[0]},
+                       tcfg=tcfg, accelerator=make_accelerator(tcfg, 0), seed=0, pruner=pruner, gates=gates,
+                       freeze_model=freeze_model)
+        assert gates.values.tolist() == [1.0] * 12  # the trainer opens the gates when it is done
+    assert result["steps"] == 3
+    assert not torch.equal(pruner.scores(), before_logits)
+    unchanged = all(torch.equal(a, b) for a, b in zip(before_model, model.parameters()))
+    assert unchanged == freeze_model
+    assert all(p.requires_grad for p in model.parameters())
+    assert int(pruner.final_mask(5).sum()) == 5
+
+
+def test_encoder_decoder_heads_compete_in_one_flat_top_k():
+    """Encoder self, decoder self and cross heads: one logit each, one global K, gradients to all."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = BartConfig(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                        decoder_attention_heads=4, encoder_ffn_dim=20, decoder_ffn_dim=20, max_position_embeddings=32)
+    model = BartForConditionalGeneration(config)
+    space = HeadSpace.from_model(model)
+    assert space.kinds() == {"encoder": 4, "decoder": 4, "cross": 4}
+    pruner = learner("dsp", space, 5)
+    g = torch.Generator().manual_seed(0)
+    inputs = {"input_ids": torch.randint(3, 40, (2, 7), generator=g), "labels": torch.randint(3, 40, (2, 5), generator=g)}
+    with Gates(model, space) as gates:
+        gates.set(pruner.gate_values(0, 10))
+        model(**inputs).loss.backward()
+    (logits,) = pruner.parameters()
+    for block in space.blocks:  # every kind of block feeds its heads' logits
+        assert float(logits.grad[block.offset : block.offset + block.num_heads].abs().sum()) > 0
+    assert int(pruner.final_mask(5).sum()) == 5
+    cross = space.scope_mask("cross")
+    scoped = learner("dsp", space, 2, eligible=cross)
+    assert int(scoped.final_mask(2).sum()) == 2 and not bool((scoped.final_mask(2) & ~cross).any())

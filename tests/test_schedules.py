@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -32,13 +33,13 @@ def test_rounds_one_shot_and_linear_cubic_are_a_single_round():
 def test_rounds_iterative_removes_ten_percent_of_the_original_heads_per_round():
     counts = schedules.rounds(sched("iterative", fraction=0.1), H, K)
     assert counts[:3] == [130, 116, 102]  # 14 = round(0.1 * 144) each
-    assert counts[-1] == K and all(a > b for a, b in zip(counts, counts[1:]))
+    assert counts[-1] == K and all(a > b for a, b in itertools.pairwise(counts))
 
 
 def test_rounds_geometric_keeps_ninety_percent_of_the_remaining_heads():
     counts = schedules.rounds(sched("geometric", fraction=0.1), H, K)
     assert counts[:3] == [129, 116, 104]  # floor(0.9 * previous)
-    assert counts[-1] == K and all(a > b for a, b in zip(counts, counts[1:]))
+    assert counts[-1] == K and all(a > b for a, b in itertools.pairwise(counts))
 
 
 def test_rounds_nothing_to_prune():
@@ -50,7 +51,7 @@ def test_rounds_nothing_to_prune():
 def test_budget_starts_at_all_heads_ends_at_k_and_never_rises(name):
     values = curve(sched(name, fraction=0.1, warmup=0.0, anneal=1.0))
     assert values[0] == H and values[-1] == K
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(values))
     assert all(K <= v <= H for v in values)
 
 
@@ -117,7 +118,7 @@ def test_exponential_temperature_end_points_and_constant_ratio():
     assert taus[0] == pytest.approx(start) and taus[cool] == pytest.approx(end)
     assert all(t == pytest.approx(end) for t in taus[cool:])
     assert taus[50] == pytest.approx(math.sqrt(start * end), rel=1e-9)  # geometric midpoint
-    ratios = [b / a for a, b in zip(taus[:cool], taus[1:cool])]
+    ratios = [b / a for a, b in itertools.pairwise(taus[: cool + 1])]
     assert max(ratios) == pytest.approx(min(ratios), rel=1e-9)
 
 

@@ -6,8 +6,9 @@ timing. So every number here comes from the same protocol:
 
 * physically pruned models (`surgery.remove_heads`), never gated ones;
 * warm-up calls, then >= 10 timed repeats, reported as median with quartiles and min/max;
-* the models of one configuration are timed round-robin (dense, pruned A, pruned B, dense, ...),
-  so slow drift of a shared machine hits all of them alike instead of biasing one;
+* the models of one configuration are timed round-robin (dense, pruned A, pruned B, then
+  pruned A, pruned B, dense, ...: the order rotates every round), so slow drift of a shared
+  machine hits all of them alike instead of biasing one;
 * `torch.inference_mode`, a fixed and recorded thread count; on a GPU, CUDA events around each
   call with `torch.cuda.synchronize` (kernel launches are asynchronous);
 * an environment record (device, CPU model, threads, dtype, attention implementation,
@@ -36,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prune_cli.errors import ConfigError
 from prune_cli.flops import EncoderGeometry, encoder_flops, heads_per_layer
 from prune_cli.heads import RECORD_KEY, HeadSpace
 from prune_cli.surgery import build_model, count_params, remove_heads
@@ -73,7 +75,7 @@ def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -108,6 +110,10 @@ def peak_rss_mb() -> float:
     return round(peak / (1024**2 if platform.system() == "Darwin" else 1024), 1)
 
 
+def weights_mb(model: nn.Module) -> float:
+    return round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 1)
+
+
 # ------------------------------------------------------------------------------ timing
 def summarize(samples_ms: Sequence[float]) -> dict:
     """Median, quartiles, min/max and count of a list of timings (ms)."""
@@ -135,23 +141,28 @@ def _timed(fn: Callable[[], object], device: str) -> float:
 def time_round_robin(calls: dict[str, Callable[[], object]], protocol: Protocol) -> dict[str, dict]:
     """Time several callables in interleaved rounds; {name: summarize(...) + peak memory}.
 
-    Warm-up rounds are run first and dropped. GPU peak memory is measured per callable in a
-    separate call after the timed rounds (resetting the counter between interleaved calls
-    would be fine too, but keeping it out of the timed loop keeps the loop minimal).
+    Warm-up rounds are run first and dropped. On a GPU, each callable's memory is then measured
+    in one more call: the peak allocated above what was allocated before it (`forward_gpu_mb`:
+    activations and workspaces; the weights of every model in the round are resident, so the raw
+    peak would mostly count the other models).
     """
     samples: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
     for round_ in range(protocol.warmup + protocol.repeats):
-        for name, fn in calls.items():
-            ms = _timed(fn, protocol.device)
+        shift = round_ % len(names)  # rotate the order: no callable always runs first (or after the biggest)
+        for name in names[shift:] + names[:shift]:
+            ms = _timed(calls[name], protocol.device)
             if round_ >= protocol.warmup:
                 samples[name].append(ms)
     out = {name: summarize(xs) for name, xs in samples.items()}
     for name, fn in calls.items():
         if protocol.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
             fn()
             torch.cuda.synchronize()
-            out[name]["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            out[name]["forward_gpu_mb"] = round((torch.cuda.max_memory_allocated() - before) / 2**20, 1)
     return out
 
 
@@ -252,12 +263,15 @@ def compare(model_name: str, dense: nn.Module, variants: dict[str, tuple[nn.Modu
             "speedup": round(d["median"] / p["median"], 4),
             "flop_speedup": None,
             "ratio": None,
-            "dense_stats_ms": {k: round(v, 3) for k, v in d.items()},
-            "pruned_stats_ms": {k: round(v, 3) for k, v in p.items()},
+            "dense_stats_ms": {k: round(v, 3) for k, v in d.items() if k != "forward_gpu_mb"},
+            "pruned_stats_ms": {k: round(v, 3) for k, v in p.items() if k != "forward_gpu_mb"},
             "params_dense": count_params(dense),
             "params_pruned": count_params(model),
-            "peak_rss_mb": rss,
+            "peak_rss_mb": rss,  # of the whole process so far (ru_maxrss), not of this row alone
         }
+        row["weights_mb_dense"], row["weights_mb_pruned"] = weights_mb(dense), weights_mb(model)
+        if "forward_gpu_mb" in p:
+            row["dense_forward_gpu_mb"], row["pruned_forward_gpu_mb"] = d["forward_gpu_mb"], p["forward_gpu_mb"]
         if geometry is not None:
             kept = heads_per_layer(model)
             dense_flops = encoder_flops(geometry, [geometry.heads] * geometry.layers, batch, seq_len)
@@ -331,13 +345,39 @@ def markdown(rows: Sequence[dict], env: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_table(rows: Sequence[dict]) -> str:
+    """One line per (model, dtype, batch, length): dense ms, then per variant
+    "measured speedup / FLOP speedup = ratio" -- the compact view docs/benchmarks.md shows."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r.get("dtype", ""), r["batch"], r["seq_len"]), {})[r["variant"]] = r
+    lines = ["| model | dtype | batch | seq | dense ms | " + " | ".join(variants) + " |",
+             "|---|---|---|---|---|" + "---|" * len(variants)]
+    for (model, dtype, batch, seq_len), by_variant in groups.items():
+        first = next(iter(by_variant.values()))
+        cells = []
+        for v in variants:
+            r = by_variant.get(v)
+            if r is None or r["flop_speedup"] is None:
+                cells.append("" if r is None else f"{r['speedup']:.2f}")
+            else:
+                cells.append(f"{r['speedup']:.2f} / {r['flop_speedup']:.2f} = **{r['ratio']:.2f}**")
+        lines.append(f"| {model} | {dtype} | {batch} | {seq_len} | {first['dense_ms']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_outputs(out_dir, env: dict, rows: Sequence[dict], extra: dict | None = None) -> Path:
     """<out_dir>/bench.json ({"env", "results", ...}) and bench.md; returns the json path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"env": env, "results": list(rows), **(extra or {})}
     (out / "bench.json").write_text(json.dumps(payload, indent=1))
-    (out / "bench.md").write_text("# Pruned vs dense inference\n\n" + markdown(rows, env))
+    summary = summary_table(rows) if rows else ""
+    (out / "bench.md").write_text(
+        "# Pruned vs dense inference\n\nMeasured speedup / FLOP speedup = ratio:\n\n" + summary + "\nAll rows:\n\n"
+        + markdown(rows, env)
+    )
     return out / "bench.json"
 
 
@@ -363,8 +403,27 @@ def bench_run_model(cfg, state, run_dir) -> dict:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtypes = list(s["dtypes"] or (["float32", "bfloat16"] if device.startswith("cuda") else ["float32"]))
+    for dtype in dtypes:
+        if dtype not in DTYPES:
+            raise ConfigError("bench.dtypes", dtype, f"a list of {', '.join(DTYPES)}")
     protocol = Protocol(repeats=int(s["repeats"]), warmup=int(s["warmup"]), threads=s["threads"], device=device)
+    threads_before = torch.get_num_threads()
     protocol.apply()
+    try:
+        rows = _time_run_model(cfg, state, protocol, dtypes, s)
+    finally:
+        torch.set_num_threads(threads_before)  # later stages run with the run's own setting
+    attn = getattr(state.model.config, "_attn_implementation", None)
+    env = env_record(device, dtype=dtypes, attn_implementation=attn, repeats=protocol.repeats,
+                     warmup=protocol.warmup, protocol=asdict(protocol))
+    write_outputs(run_dir, env, rows)
+    summary = {f"b{r['batch']}_n{r['seq_len']}_{r['dtype']}": r["speedup"] for r in rows}
+    return {"bench": "bench.json", "speedup": summary}
+
+
+def _time_run_model(cfg, state, protocol: Protocol, dtypes: list[str], s: dict) -> list[dict]:
+    """Rows of the run's model vs its dense twin, per dtype, length and batch size."""
+    device = protocol.device
     name = str(cfg.model.get("name")) if cfg is not None and cfg.get("model") is not None else type(state.model).__name__
     kept, total = int(state.mask.sum()), int(state.mask.numel())
     layout = _layout_of(state)
@@ -377,12 +436,7 @@ def bench_run_model(cfg, state, run_dir) -> dict:
                 rows.extend(compare(name, dense, {f"run ({kept}/{total})": (pruned, layout)}, int(batch), int(seq_len),
                                     protocol, dtype))
         del pruned, dense
-    attn = getattr(state.model.config, "_attn_implementation", None)
-    env = env_record(device, dtype=dtypes, attn_implementation=attn, repeats=protocol.repeats,
-                     warmup=protocol.warmup, protocol=asdict(protocol))
-    write_outputs(run_dir, env, rows)
-    summary = {f"b{r['batch']}_n{r['seq_len']}_{r['dtype']}": r["speedup"] for r in rows}
-    return {"bench": "bench.json", "speedup": summary}
+    return rows
 
 
 def _layout_of(state) -> str:

@@ -66,7 +66,10 @@ def load_pretrained(model_cfg: DictConfig, auto_class, **kwargs):
 
     source = resolve_source(model_cfg)
     tokenizer = AutoTokenizer.from_pretrained(source)
+    import torch
+
     attn = model_cfg.get("attn_implementation", "sdpa")
+    kwargs.setdefault("dtype", torch.float32)  # a float16 checkpoint still trains in fp32 (+ autocast)
     if _is_pruned(source):  # a prune-run export: its shapes differ from what the config says
         from prune_cli.surgery import load_pruned
 

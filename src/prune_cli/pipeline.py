@@ -166,12 +166,13 @@ class Pipeline:
     def _stage_prune_joint(self, state: State, index: int, freeze_model: bool = False) -> dict:
         """Learner methods: gates learned while training; then the exact top-K and surgery."""
         eligible = state.space.scope_mask(self.cfg.heads_scope)
-        self.pruner.setup(keep=self.plan.keep, eligible=eligible)
+        self.pruner.setup(keep=self.plan.keep, eligible=eligible, schedule=self.cfg.schedule)
         name = "learn_gates" if freeze_model else "prune_joint"
         with Gates(state.model, state.space) as gates:
             result = self._train(state, index, name, pruner=self.pruner, gates=gates, freeze_model=freeze_model)
         mask = self.pruner.final_mask(self.plan.keep) | ~eligible
         state.scores = self.pruner.scores()
+        result.update({k: v for k, v in self.pruner.log_stats().items() if k == "k_reached"})
         if hasattr(self.pruner, "history"):
             report.write_json(self.run_dir / "mask_trajectory.json", {"space": state.space.describe(), **self.pruner.history()})
         return {**result, **self._apply(state, mask)}

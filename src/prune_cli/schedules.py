@@ -117,7 +117,7 @@ def keep_at(cfg: DictConfig, step: int, total_steps: int, total: int, k: int) ->
         counts = rounds(cfg, total, k)
         done = math.floor(p * len(counts) + 1e-9)  # rounds completed by now
         return total if done == 0 else counts[min(done, len(counts)) - 1]
-    return int(math.floor(kept + 0.5))
+    return math.floor(kept + 0.5)
 
 
 # ----------------------------------------------------------------------------- temperature

@@ -148,11 +148,13 @@ def _slice_block(model, modules, name: str, local: list[int], head_dim: int, o_n
     index = (torch.tensor(local, dtype=torch.long)[:, None] * head_dim + torch.arange(head_dim)).flatten()
     with warnings.catch_warnings():  # "Initializing zero-element tensors is a no-op" for empty blocks
         warnings.simplefilter("ignore", UserWarning)
+        # prune_linear_layer builds the new layer in the default dtype: keep the model's (bf16...)
         for attr in (layout.q, layout.k, layout.v):
             lin = getattr(module, attr)
-            setattr(module, attr, prune_linear_layer(lin, index.to(lin.weight.device), dim=0))
+            setattr(module, attr, prune_linear_layer(lin, index.to(lin.weight.device), dim=0).to(lin.weight.dtype))
         o_proj = modules[o_name]
-        _set_module(model, o_name, prune_linear_layer(o_proj, index.to(o_proj.weight.device), dim=1))
+        new_o = prune_linear_layer(o_proj, index.to(o_proj.weight.device), dim=1).to(o_proj.weight.dtype)
+        _set_module(model, o_name, new_o)
     modules[o_name] = model.get_submodule(o_name)
     for attr in layout.count_attrs:
         setattr(module, attr, len(local))

@@ -95,10 +95,22 @@ def _scheduler(optimizer, tcfg: DictConfig, total_steps: int):
     warmup = int(tcfg.get("warmup_steps") or round(float(tcfg.warmup_ratio) * total_steps))
     kind = tcfg.lr_scheduler
     if kind == "linear":
-        return get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    if kind == "inverse_sqrt":
-        return get_inverse_sqrt_schedule(optimizer, num_warmup_steps=max(1, warmup))
-    return get_constant_schedule_with_warmup(optimizer, warmup)
+        schedule = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    elif kind == "inverse_sqrt":
+        schedule = get_inverse_sqrt_schedule(optimizer, num_warmup_steps=max(1, warmup))
+    else:
+        schedule = get_constant_schedule_with_warmup(optimizer, warmup)
+    if not any(g.get("method") for g in optimizer.param_groups):
+        return schedule
+    # A learner's own parameters keep a constant rate: warm-up and decay would freeze the head
+    # logits at both ends of the run, where the budget and temperature schedules still move them.
+    model_lambda = schedule.lr_lambdas[0]
+    lambdas = [_constant if g.get("method") else model_lambda for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def _constant(step: int) -> float:
+    return 1.0
 
 
 def task_loss(outputs, batch: dict, label_smoothing: float) -> torch.Tensor:
@@ -190,6 +202,10 @@ def train(
                         [p for g in optimizer.param_groups if not g.get("method") for p in g["params"]],
                         float(tcfg.max_grad_norm),
                     )
+                if pruner is not None and accelerator.num_processes > 1:  # method params live outside DDP
+                    for p in pruner.parameters():
+                        if p.grad is not None:
+                            p.grad = accelerator.reduce(p.grad, "mean")
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -209,6 +225,8 @@ def train(
                 logger.log(row)
                 bar.set_postfix(loss=f"{row[f'{desc}/loss']:.4f}")
             if evaluate is not None and eval_every and step % eval_every == 0 and step < plan.steps:
+                if pruner is not None:  # score the hard top-K_t mask, not the last noisy relaxation
+                    gates.set(pruner.gate_values(step, plan.steps, training=False))
                 evaluate(step)
                 model.train()
             if checkpoint is not None and save_every and step % save_every == 0 and step < plan.steps:
@@ -238,6 +256,7 @@ def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: in
         "step": step,
         "rng": torch.get_rng_state(),
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)

@@ -12,6 +12,7 @@ from numbers import Integral, Real
 
 from omegaconf import DictConfig, OmegaConf
 
+from prune_cli import schedules
 from prune_cli.errors import ConfigError
 
 STAGES = ("train", "finetune", "prune", "prune_joint", "learn_gates", "evaluate", "export", "bench")
@@ -55,6 +56,7 @@ def validate(cfg: DictConfig) -> Plan:
     _check_choice("trainer.precision", str(cfg.trainer.precision), PRECISIONS)
     _check_choice("trainer.lr_scheduler", cfg.trainer.lr_scheduler, LR_SCHEDULERS)
     _check_choice("logger.mode", cfg.logger.mode, LOGGER_MODES)
+    schedules.check(cfg.schedule)
     if cfg.trainer.precision == "fp16":
         import torch
 

@@ -42,11 +42,13 @@ class Pruner:
         self.space = space
         self.seed = seed
 
-    def setup(self, keep: int, eligible: torch.Tensor | None = None) -> None:
+    def setup(self, keep: int, eligible: torch.Tensor | None = None, schedule: DictConfig | None = None) -> None:
         """Called by the pipeline before training a learner: the number of heads to keep (within
-        `eligible`, the heads that heads_scope lets the method prune; the others stay open)."""
+        `eligible`, the heads that heads_scope lets the method prune; the others stay open) and
+        the run's `schedule` config (how the budget falls to K during training)."""
         self.keep = keep
         self.eligible = eligible
+        self.schedule = schedule
 
     # ---- scorers -------------------------------------------------------
     def score(self, ctx: ScoreContext) -> torch.Tensor:

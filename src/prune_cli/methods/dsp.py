@@ -23,7 +23,14 @@ from __future__ import annotations
 
 import torch
 
-from prune_cli.methods.relaxed import GateLearner, binary_entropy_bits, choice, gumbel_noise, number, soft_top_k
+from prune_cli.methods.relaxed import (
+    GateLearner,
+    binary_entropy_bits,
+    choice,
+    gumbel_noise,
+    number,
+    soft_top_k,
+)
 from prune_cli.schedules import TEMPERATURE_SCHEDULES, temperature_at
 
 

@@ -60,8 +60,10 @@ def soft_top_k(keys: torch.Tensor, k: int, temperature: float) -> torch.Tensor:
 
     Round j: p_j = softmax(keys_j / temperature); keys_{j+1} = keys_j + log(1 - p_j). The sum of the
     p_j is the relaxation; it sums to K and tends to the exact top-K indicator as the temperature
-    goes to 0. `1 - p` is clamped at the smallest positive double (as the official DSP code does) so
-    a fully chosen entry gives a huge negative key instead of -inf, and no NaN gradient.
+    goes to 0. At intermediate temperatures one head may hold more than 1 (the rounds can keep
+    choosing it): only the sum and the two limits are exact. `1 - p` is clamped at the smallest
+    positive double (as the official DSP code does) so a fully chosen entry gives a huge negative
+    key instead of -inf, and no NaN gradient.
     """
     n = keys.numel()
     if k <= 0:
@@ -217,7 +219,7 @@ class GateLearner(Pruner):
         self._require_setup()
         return schedules.keep_at(self.schedule, step, total_steps, self.n_eligible, self.keep)
 
-    def to(self, device) -> "GateLearner":
+    def to(self, device) -> GateLearner:
         """Move in place: the trainer's optimizer already holds these Parameter objects."""
         for p in self.parameters():
             p.data = p.data.to(device)
