@@ -27,7 +27,7 @@ def tiny_model(arch: str, attn: str = "eager", seed: int = 0):
     import transformers as tf
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=99, max_position_embeddings=64)
+    common = {"vocab_size": 99, "max_position_embeddings": 64}
     if arch == "bert":
         cfg = tf.BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37, **common)
         cls = tf.BertForSequenceClassification

@@ -24,7 +24,7 @@ def prune_run(args, cwd, env_extra=None, timeout=600):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.update(env_extra or {})
     return subprocess.run(
-        [sys.executable, "-m", "prune_cli.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "prune_cli.cli", *args], cwd=cwd, env=env, check=False, capture_output=True, text=True,
         timeout=timeout,
     )
 

@@ -149,7 +149,7 @@ def test_generate_with_cache_after_cross_heads_removed(arch, tmp_path):
             part[:] = False  # a decoder self-attention without heads still advances the cache
     batch = padded_batch(arch)
     del batch["decoder_input_ids"]
-    kw = dict(max_new_tokens=8, do_sample=False, num_beams=1, min_new_tokens=8)
+    kw = {"max_new_tokens": 8, "do_sample": False, "num_beams": 1, "min_new_tokens": 8}
     with Gates(model, space) as gates:
         gates.set(mask.float())
         gated = model.generate(**batch, **kw)

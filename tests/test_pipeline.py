@@ -72,7 +72,7 @@ def test_multirun_sweep_writes_one_folder_per_job(tmp_path):
          "method=random,michel", "heads=18,54", "task.max_train_samples=16", "task.max_eval_samples=16",
          "trainer.max_steps=1", "trainer.batch_size=8", "trainer.progress_bar=false", "logger.mode=disabled",
          "export_model=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))

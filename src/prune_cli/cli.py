@@ -65,7 +65,7 @@ def precompose(args: list[str]) -> None:
     try:
         with initialize_config_module(CONF_MODULE, version_base="1.3"):
             compose("config", overrides=overrides)
-    except Exception as err:  # Hydra/OmegaConf errors: keep their first line, it names the key
+    except Exception as err:  # noqa: BLE001 - Hydra/OmegaConf errors: keep their first line, it names the key
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         _die(first)
     finally:

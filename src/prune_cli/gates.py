@@ -14,6 +14,8 @@ Voita, STE) and Michel's importance both differentiate the loss with respect to 
 
 from __future__ import annotations
 
+from typing import Self
+
 import torch
 from torch import nn
 
@@ -79,7 +81,7 @@ class Gates:
         self._handles = []
         self.set(None)
 
-    def __enter__(self) -> Gates:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -17,8 +17,8 @@ A pruned model remembers the ORIGINAL ids of the heads it kept, in `model.config
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn

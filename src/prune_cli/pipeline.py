@@ -174,7 +174,9 @@ class Pipeline:
         state.scores = self.pruner.scores()
         result.update({k: v for k, v in self.pruner.log_stats().items() if k == "k_reached"})
         if hasattr(self.pruner, "history"):
-            report.write_json(self.run_dir / "mask_trajectory.json", {"space": state.space.describe(), **self.pruner.history()})
+            trajectory = self.run_dir / "mask_trajectory.json"
+            report.write_json(trajectory, {"space": state.space.describe(), **self.pruner.history()})
+            self.logger.file(trajectory)
         return {**result, **self._apply(state, mask)}
 
     def _stage_learn_gates(self, state: State, index: int) -> dict:
@@ -244,6 +246,7 @@ class Pipeline:
         self.logger.summary({f"final/{k}": v for k, v in final_eval.items() if isinstance(v, (int, float))})
         self.logger.summary({"final/heads_kept": metrics["heads_kept"], "final/params": metrics["params"]})
         self.logger.image("heads", png)
+        self.logger.file(self.run_dir / "heads.json")
         return metrics
 
 

@@ -18,7 +18,7 @@ class RunLogger:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "log.jsonl", "a", buffering=1)
+        self._jsonl = open(self.run_dir / "log.jsonl", "a", buffering=1)  # noqa: SIM115 - open for the whole run
         self.step = 0  # global optimisation step across stages (W&B needs it monotone)
         self.wandb_run = None
         mode = cfg.logger.mode
@@ -55,6 +55,11 @@ class RunLogger:
             import wandb
 
             self.wandb_run.log({key: wandb.Image(str(path))}, step=self.step)
+
+    def file(self, path: Path) -> None:
+        """Attach a run-folder file (heads.json, mask_trajectory.json...) to the W&B run."""
+        if self.wandb_run is not None and Path(path).is_file():
+            self.wandb_run.save(str(path), base_path=str(self.run_dir), policy="now")
 
     def finish(self, exit_code: int = 0) -> None:
         self._jsonl.close()

@@ -14,8 +14,9 @@ decoder self and cross-attention heads together), so one global top-K covers eve
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from omegaconf import DictConfig

@@ -75,7 +75,7 @@ class Task:
             return load_config(model_cfg)
         except ConfigError:
             raise
-        except Exception as err:  # unreadable config.json, unknown model type, ...
+        except Exception as err:  # noqa: BLE001 - unreadable config.json, unknown model type, ...
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ConfigError("model", resolve_source(model_cfg), f"a loadable Hugging Face model ({reason})") from None
 
