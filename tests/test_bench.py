@@ -96,8 +96,9 @@ def test_summarize():
 
 def _check_row(row):
     assert ROW_KEYS <= row.keys()
-    assert row["speedup"] == pytest.approx(row["dense_ms"] / row["pruned_ms"], rel=1e-3)
-    assert row["ratio"] == pytest.approx(row["speedup"] / row["flop_speedup"], rel=1e-3)
+    # the JSON holds rounded numbers (ms to 3 decimals, ratios to 4): compare within that rounding
+    assert row["speedup"] == pytest.approx(row["dense_ms"] / row["pruned_ms"], rel=1e-2, abs=2e-4)
+    assert row["ratio"] == pytest.approx(row["speedup"] / row["flop_speedup"], rel=1e-2, abs=2e-4)
     assert row["dense_stats_ms"]["n"] == row["pruned_stats_ms"]["n"] == 2
 
 
