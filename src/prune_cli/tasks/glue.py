@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 from collections.abc import Iterator
 from contextlib import closing
 from numbers import Integral
@@ -29,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 
 from prune_cli.errors import ConfigError
-from prune_cli.tasks.base import Splits, Task
+from prune_cli.tasks.base import Splits, Task, hub_dataset_available
 
 log = logging.getLogger(__name__)
 
@@ -153,18 +152,12 @@ class GlueTask(Task):
                 raise ConfigError("task.data_dir", given, f"a GLUE {self.name} folder: {name} {err}") from None
 
     def _validate_hub(self) -> None:
-        if os.environ.get("HF_HUB_OFFLINE") != "1":
-            return  # online: load_dataset reports a wrong name itself; probing here costs a round trip
-        try:  # offline this only reads the local datasets cache: cheap, and fails fast on a miss
-            import datasets
-
-            datasets.load_dataset_builder(str(self.cfg.hub), self.cfg.hub_config)
-        except (OSError, ValueError):  # ConnectionError / DatasetNotFoundError (a FileNotFoundError)
+        if not hub_dataset_available(self.cfg):
             raise ConfigError(
                 "task.data_dir", None,
                 f"a local GLUE {self.name} folder (task.data_dir=<folder with {', '.join(self._files().values())}>), "
                 f"or {self.cfg.hub}/{self.cfg.hub_config} in the Hugging Face cache (HF_HUB_OFFLINE=1)",
-            ) from None
+            )
 
     # 2 ------------------------------------------------------------------ model
     def auto_class(self):

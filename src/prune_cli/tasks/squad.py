@@ -18,7 +18,6 @@ reported as percentages like those scripts do).
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import string
@@ -30,7 +29,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from prune_cli.errors import ConfigError
-from prune_cli.tasks.base import Splits, Task, batched_outputs
+from prune_cli.tasks.base import Splits, Task, batched_outputs, check_hub_splits, hub_dataset_available
 
 EVAL = "validation"
 
@@ -306,26 +305,12 @@ class SquadTask(Task):
                 )
 
     def _validate_hub(self) -> None:
-        names = self.cfg.get("hub_splits") or {}
-        for split in ("train", EVAL):
-            if not names.get(split):
-                raise ConfigError(
-                    f"task.hub_splits.{split}", names.get(split), "the Hub split name, e.g. validation"
-                )
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            try:  # offline this only reads the local datasets cache
-                import datasets
-
-                datasets.load_dataset_builder(
-                    str(self.cfg.hub), self.cfg.get("hub_config"), revision=self.cfg.get("hub_revision")
-                )
-            except Exception:  # noqa: BLE001 -- any miss (not cached, offline, bad id) means the same to the user
-                raise ConfigError(
-                    "task.hub",
-                    str(self.cfg.hub),
-                    "a data set in the local Hugging Face cache (HF_HUB_OFFLINE=1) "
-                    "or task.data_dir=<folder of SQuAD JSON files>",
-                ) from None
+        check_hub_splits(self.cfg, ("train", EVAL))
+        if not hub_dataset_available(self.cfg):
+            raise ConfigError(
+                "task.hub", str(self.cfg.hub),
+                "a data set in the local Hugging Face cache (HF_HUB_OFFLINE=1) or task.data_dir=<folder of SQuAD JSON files>",
+            )
 
     # 2 ------------------------------------------------------------------ model
     def auto_class(self):

@@ -16,7 +16,6 @@ tokenizer learnt on this task's training text and random weights (`prune_cli.scr
 from __future__ import annotations
 
 import gzip
-import os
 from contextlib import nullcontext
 from numbers import Integral, Real
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from prune_cli.errors import ConfigError
-from prune_cli.tasks.base import Splits, Task
+from prune_cli.tasks.base import Splits, Task, check_hub_splits, hub_dataset_available
 
 SPLITS = ("train", "validation", "test")
 EVAL_SPLITS = ("validation", "test")
@@ -124,21 +123,12 @@ class TranslationTask(Task):
                 raise ConfigError("task.data_dir", str(self.cfg.data_dir), f"non-empty {split} files ({a} is empty)")
 
     def _validate_hub(self) -> None:
-        names = self.cfg.get("hub_splits") or {}
-        for split in self._needed_splits():
-            if not names.get(split):
-                raise ConfigError(f"task.hub_splits.{split}", names.get(split), "the Hub split name, e.g. validation")
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            try:  # offline this only reads the local datasets cache: cheap, and fails fast on a miss
-                import datasets
-
-                datasets.load_dataset_builder(
-                    str(self.cfg.hub), self.cfg.get("hub_config"), revision=self.cfg.get("hub_revision")
-                )
-            except (OSError, ValueError):  # ConnectionError (a cache miss offline), DatasetNotFoundError
-                raise ConfigError(
-                    "task.hub", str(self.cfg.hub), "a data set in the local Hugging Face cache (HF_HUB_OFFLINE=1) or task.data_dir=<folder>"
-                ) from None
+        check_hub_splits(self.cfg, self._needed_splits())
+        if not hub_dataset_available(self.cfg):
+            raise ConfigError(
+                "task.hub", str(self.cfg.hub),
+                "a data set in the local Hugging Face cache (HF_HUB_OFFLINE=1) or task.data_dir=<folder>",
+            )
 
     # 2 ------------------------------------------------------------------ model
     def auto_class(self):
