@@ -71,6 +71,7 @@ def test_michel_end_to_end_keeps_exactly_k_heads(tmp_path):
         (["model=bert-base-uncased", "method=michel", "heads=10"], "model='google-bert/bert-base-uncased'"),
         (["model=minilm", "model.path=/nonexistent/model", "method=michel", "heads=10"], "model.path"),
         (["no_such_key=1"], "no_such_key"),
+        (["model=minilm", "method=voita", "heads=10", "method.controller=pid"], "method.controller='pid': one of"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, expected):

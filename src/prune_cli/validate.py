@@ -91,7 +91,11 @@ def validate(cfg: DictConfig) -> Plan:
         raise ConfigError("pipeline", stages, "a pruning stage (prune, prune_joint or learn_gates) when heads/sparsity is set")
 
     task = get_task(cfg.task)
-    total, in_scope, model_type = _count_heads(cfg, task, scope)
+    space, model_type = _model_space(cfg, task)
+    total, in_scope = space.total, int(space.scope_mask(scope).sum())
+    from prune_cli.methods import get_pruner
+
+    get_pruner(method, space, cfg.seed)  # the method checks its own keys (method.lr, tau_start...)
     if pruning and model_type in RELATIVE_BIAS_MODELS:
         raise ConfigError("model", cfg.model.name, f"a model whose heads surgery can remove ({model_type}'s shared "
                           "relative-position bias is not supported yet; gates and scoring work without a pruning stage)")
@@ -127,10 +131,9 @@ def _default_pipeline(method: DictConfig, model: DictConfig) -> list[str]:
     return stages
 
 
-def _count_heads(cfg: DictConfig, task, scope: str) -> tuple[int, int, str]:
-    """Head counts and model type from the model's config alone (meta-device model: no weights)."""
+def _model_space(cfg: DictConfig, task):
+    """HeadSpace and model type from the model's config alone (meta-device model: no weights)."""
     from prune_cli.heads import HeadSpace
 
     config = task.model_config(cfg.model)
-    space = HeadSpace.from_config(config)
-    return space.total, int(space.scope_mask(scope).sum()), getattr(config, "model_type", "")
+    return HeadSpace.from_config(config), getattr(config, "model_type", "")
