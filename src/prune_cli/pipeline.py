@@ -169,7 +169,9 @@ class Pipeline:
         self.pruner.setup(keep=self.plan.keep, eligible=eligible, schedule=self.cfg.schedule)
         name = "learn_gates" if freeze_model else "prune_joint"
         with Gates(state.model, state.space) as gates:
-            result = self._train(state, index, name, pruner=self.pruner, gates=gates, freeze_model=freeze_model)
+            epochs = self.cfg.method.get("gate_epochs") if freeze_model else None
+            result = self._train(state, index, name, epochs=epochs, pruner=self.pruner, gates=gates,
+                                 freeze_model=freeze_model)
         mask = self.pruner.final_mask(self.plan.keep) | ~eligible
         state.scores = self.pruner.scores()
         result.update({k: v for k, v in self.pruner.log_stats().items() if k == "k_reached"})
