@@ -55,6 +55,39 @@ def test_crash_mid_run_resumes_without_redoing_finished_stages(tmp_path, monkeyp
 
 
 @pytest.mark.slow
+def test_crash_mid_stage_resumes_from_the_step_checkpoint(tmp_path, monkeypatch):
+    """A run killed inside a training stage continues from its last step checkpoint: same losses
+    as an uninterrupted run, and the logged global step carries on instead of restarting at 0."""
+    overrides = ("method=none", "export_model=false", "trainer.max_steps=4", "trainer.save_every=2",
+                 "trainer.eval_every=3", "trainer.log_every=1", "trainer.batch_size=4")
+    whole = Pipeline(make_cfg(*overrides), tmp_path / "whole").run()
+
+    original = Pipeline._evaluate
+    calls = []
+
+    def die_at_first_eval(self, state, stage):
+        calls.append(stage)
+        if len(calls) == 1:
+            raise RuntimeError("node died")
+        return original(self, state, stage)
+
+    monkeypatch.setattr(Pipeline, "_evaluate", die_at_first_eval)
+    with pytest.raises(RuntimeError, match="node died"):
+        Pipeline(make_cfg(*overrides), tmp_path / "cut").run()
+    assert (tmp_path / "cut" / "checkpoints" / "train-0.pt").is_file()
+    resumed = Pipeline(make_cfg(*overrides), tmp_path / "cut").run()
+
+    def losses(run):
+        rows = [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        return [(r["step"], r["finetune/loss"]) for r in rows if "finetune/loss" in r]
+
+    cut = losses("cut")
+    assert [s for s, _ in cut] == [1, 2, 3, 3, 4]  # steps 1-3 before the crash, 3-4 after resuming at 2
+    assert dict(cut) == pytest.approx(dict(losses("whole")), abs=1e-6)
+    assert resumed["eval"] == pytest.approx(whole["eval"])
+
+
+@pytest.mark.slow
 def test_same_seed_same_result(tmp_path):
     a = Pipeline(make_cfg("method=michel", "heads=20", "export_model=false"), tmp_path / "a").run()
     b = Pipeline(make_cfg("method=michel", "heads=20", "export_model=false"), tmp_path / "b").run()

@@ -169,6 +169,8 @@ def train(
         if pruner is not None:
             pruner.load_state_dict(state["pruner"])
         step = state["step"]
+        if logger is not None and "global_step" in state:
+            logger.step = state["global_step"]  # curves continue where the killed run stopped
         start_epoch, skip = divmod(step * int(tcfg.grad_accum), len(loader))
         torch.set_rng_state(state["rng"])
 
@@ -230,7 +232,8 @@ def train(
                 evaluate(step)
                 model.train()
             if checkpoint is not None and save_every and step % save_every == 0 and step < plan.steps:
-                _save(checkpoint, accelerator, model, optimizer, scheduler, pruner, step)
+                _save(checkpoint, accelerator, model, optimizer, scheduler, pruner, step,
+                      global_step=logger.step if logger is not None else step)
             if step >= plan.steps:
                 done = True
                 break
@@ -247,13 +250,14 @@ def train(
     return {"steps": step, "train_loss": float(np.mean(losses)) if losses else float("nan")}
 
 
-def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: int) -> None:
+def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: int, global_step: int) -> None:
     state = {
         "model": accelerator.unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "pruner": pruner.state_dict() if pruner is not None else {},
         "step": step,
+        "global_step": global_step,
         "rng": torch.get_rng_state(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
