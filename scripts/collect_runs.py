@@ -17,6 +17,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+# Task families whose metrics.json already holds percentages (official SQuAD EM/F1, sacreBLEU);
+# every other primary metric is a fraction and is shown x100.
+PERCENT_FAMILIES = {"squad", "translation"}
+
 
 def find_runs(roots: list[Path]) -> list[dict]:
     """One record per finished run (a folder holding metrics.json) under `roots`."""
@@ -39,6 +43,7 @@ def find_runs(roots: list[Path]) -> list[dict]:
                 "heads_total": metrics.get("heads_total"),
                 "metric": metrics.get("primary_metric"),
                 "value": metrics.get("primary"),
+                "scale": 1.0 if OmegaConf.select(cfg, "task.family", default=None) in PERCENT_FAMILIES else 100.0,
                 "params": metrics.get("params"),
                 "seed": metrics.get("seed"),
                 "wall_time_s": metrics.get("wall_time_s"),
@@ -58,7 +63,7 @@ def table(runs: list[dict]) -> str:
         cells = defaultdict(list)
         for r in rows:
             if r["value"] is not None:
-                cells[(r["method"], r["heads_kept"])].append(r["value"])
+                cells[(r["method"], r["heads_kept"])].append(r["scale"] * r["value"])
         out.append(f"### {task} ({metric}, heads kept of {rows[0]['heads_total']})\n")
         out.append("| method | " + " | ".join(str(h) for h in heads) + " |")
         out.append("|---|" + "---:|" * len(heads))
@@ -66,7 +71,7 @@ def table(runs: list[dict]) -> str:
             vals = []
             for h in heads:
                 v = cells.get((method, h))
-                vals.append("" if not v else f"{100 * sum(v) / len(v):.1f}" + (f" (n={len(v)})" if len(v) > 1 else ""))
+                vals.append("" if not v else f"{sum(v) / len(v):.1f}" + (f" (n={len(v)})" if len(v) > 1 else ""))
             out.append(f"| {method} | " + " | ".join(vals) + " |")
         out.append("")
     return "\n".join(out)
@@ -86,7 +91,7 @@ def plot(runs: list[dict], path: Path) -> None:
             pts = defaultdict(list)
             for r in rows:
                 if r["method"] == method:
-                    pts[r["heads_kept"]].append(100 * r["value"])
+                    pts[r["heads_kept"]].append(r["scale"] * r["value"])
             xs = sorted(pts)
             ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", label=method)
         ax.set_title(task)

@@ -386,3 +386,9 @@ def test_soft_top_k_hand_written_backward_matches_autograd(temperature):
     (out_b * weights).sum().backward()
     assert torch.allclose(a.grad, b.grad, rtol=1e-9, atol=1e-12)
     assert torch.autograd.gradcheck(lambda x: soft_top_k(x, 5, temperature), (keys.clone().requires_grad_(True),))
+    # the device path (torch ops, used on GPUs) computes the same numbers as the numpy one
+    rounds = relaxed._soft_top_k_rounds(keys.numpy(), 5, temperature)
+    inv = relaxed._inverse_complements(rounds)
+    as_numpy = relaxed._soft_top_k_backward(rounds, inv, weights.numpy(), temperature)
+    as_torch = relaxed._soft_top_k_backward(torch.from_numpy(rounds), torch.from_numpy(inv), weights, temperature)
+    assert torch.allclose(as_torch, torch.from_numpy(as_numpy), rtol=1e-12, atol=1e-14)

@@ -113,3 +113,33 @@ def test_multirun_sweep_writes_one_folder_per_job(tmp_path):
     seen = {(m["method"], m["heads_kept"]) for m in (json.loads(p.read_text()) for p in runs)}
     assert seen == {("random", 18), ("random", 54), ("michel", 18), ("michel", 54)}
     assert any("method=michel,heads=18" in str(p) or "heads=18,method=michel" in str(p) for p in runs)
+
+
+def test_sweep_job_folder_names_stay_short_and_distinct():
+    """Hydra names a job folder after all its overrides; with many of them the name passes the
+    255-byte file-name limit and the job dies. The folder name is cut and made unique by a hash."""
+    from prune_cli import _job_dirname
+
+    assert _job_dirname(3, "heads=18,method=michel") == "3_heads=18,method=michel"
+    assert _job_dirname(0, "") == "0"
+    fixed = ",".join(f"trainer.key_{i}=value_{i}" for i in range(20))
+    a, b = _job_dirname(0, f"heads=18,{fixed}"), _job_dirname(0, f"heads=36,{fixed}")
+    assert len(a) <= 160 and len(b) <= 160 and a != b and a.startswith("0_heads=18,")
+    assert _job_dirname(0, fixed + ",z=1") != _job_dirname(0, fixed + ",z=2")  # differ only past the cut
+
+
+def test_collect_runs_shows_fractions_and_percentages_on_one_scale(tmp_path):
+    """GLUE metrics are fractions, SQuAD EM/F1 and BLEU already percentages: the table shows both x1 in %."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from collect_runs import find_runs, table
+
+    for name, family, task, metric, value in [("a", "glue", "rte", "accuracy", 0.625),
+                                              ("b", "translation", "multi30k_de_en", "bleu", 39.09)]:
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(f"task: {{name: {task}, family: {family}}}\nmethod: {{name: michel}}\n")
+        (run / "metrics.json").write_text(json.dumps({
+            "task": task, "method": "michel", "primary_metric": metric, "primary": value,
+            "heads_kept": 36, "heads_total": 72}))
+    text = table(find_runs([tmp_path]))
+    assert "| michel | 62.5 |" in text and "| michel | 39.1 |" in text

@@ -58,14 +58,24 @@ class DSP(GateLearner):
         self.tau = Annealed(cfg)
 
     def _train_gates(self, step: int, total_steps: int, budget: int) -> torch.Tensor:
+        # One small device-to-host copy a step: the noisy keys are formed on the host, where the
+        # soft top-K runs; the logits carry the gradient (d keys / d logits = I).
         temperature = self.tau.at(step, total_steps)
+        self._host_logits = self.logits.detach().cpu()
         logits = self.inside(self.logits)
-        noise = gumbel_noise(logits.shape, self.generator).to(logits.device)
-        values = soft_top_k(logits + noise, budget, temperature)
-        self._stats = {
+        keys = self.inside(self._host_logits) + gumbel_noise(logits.shape, self.generator)
+        values = soft_top_k(logits, budget, temperature, host_keys=keys.numpy())
+        self._last = (temperature, budget, values.detach())
+        return values
+
+    def log_stats(self) -> dict[str, float]:
+        # computed when logged (every trainer.log_every steps), not every step: each is a sync
+        if getattr(self, "_last", None) is None:
+            return {}
+        temperature, budget, values = self._last
+        return {
             "temperature": temperature,
             "budget": float(budget),
-            "expected_open": float(values.detach().sum()),
+            "expected_open": float(values.sum()),
             "mask_entropy": binary_entropy_bits(values.clamp(0.0, 1.0)),
         }
-        return values
