@@ -32,6 +32,7 @@ finite. Gate values handed to the model are float32.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,24 +100,78 @@ def _inverse_complements(rounds: np.ndarray) -> np.ndarray:
     return np.where(one_minus > _TINY, 1.0 / np.maximum(one_minus, _TINY), 0.0)
 
 
-def _soft_top_k_backward(rounds, inv, g_total, temperature: float):
+def _soft_top_k_backward(rounds: np.ndarray, inv: np.ndarray, g_total: np.ndarray, temperature: float) -> np.ndarray:
     """dL/dkeys of `soft_top_k` from its rounds p_0..p_{K-1}, their `_inverse_complements` and
-    dL/dtotal: the recurrence in reverse, for numpy arrays or torch tensors (CPU or GPU) alike.
-    With g_j = dL/dkeys_{j+1} (g_K = 0):
+    dL/dtotal: the recurrence in reverse. With g_j = dL/dkeys_{j+1} (g_K = 0):
         dL/dp_j      = dL/dtotal - g_j / (1 - p_j)
         dL/dkeys_j   = g_j + p_j * (dL/dp_j - <dL/dp_j, p_j>) / temperature
     """
-    if isinstance(g_total, np.ndarray):
-        g = np.zeros_like(g_total)
-        for j in range(len(rounds) - 1, -1, -1):
-            g_p = g_total - g * inv[j]
-            g = g + rounds[j] * (g_p - g_p @ rounds[j]) / temperature
-        return g
-    g = torch.zeros_like(g_total)  # four kernels a round on a GPU: addcmul, dot, sub, addcmul
+    g = np.zeros_like(g_total)
     for j in range(len(rounds) - 1, -1, -1):
-        g_p = torch.addcmul(g_total, g, inv[j], value=-1.0)
-        g = torch.addcmul(g, rounds[j], g_p - torch.dot(g_p, rounds[j]), value=1.0 / temperature)
+        g_p = g_total - g * inv[j]
+        g = g + rounds[j] * (g_p - g_p @ rounds[j]) / temperature
     return g
+
+
+def _device_backward(saved: torch.Tensor, g_total: torch.Tensor) -> torch.Tensor:
+    """`_soft_top_k_backward` in torch ops, four kernels a round; `saved` = [rounds, inverse
+    complements, rounds / temperature] stacked ([3, K, H]), so the temperature is data, not a
+    constant (a captured CUDA graph replays it at every temperature)."""
+    rounds, inv, scaled = saved[0], saved[1], saved[2]
+    g = torch.zeros_like(g_total)
+    for j in range(rounds.shape[0] - 1, -1, -1):
+        g_p = torch.addcmul(g_total, g, inv[j], value=-1.0)
+        g = torch.addcmul(g, scaled[j], g_p - torch.dot(g_p, rounds[j]))
+    return g
+
+
+class _GraphedBackward:
+    """`_device_backward` captured once per (device, K, H) as a CUDA graph and replayed.
+
+    DSP's step on a GPU is usually launch-bound at small models and batches: the ~4K kernels of
+    the backward recurrence cost ~30 us of host time each (~4.5 ms a step at K=36), while the GPU
+    work is a few microseconds. A replay is one launch. Inputs are copied into the graph's static
+    buffers (device to device) at every call, so two soft top-Ks of the same K in one step cannot
+    overwrite each other's saved rounds. If capture fails (an old driver, a capture already
+    running), the eager ops are used from then on.
+    """
+
+    def __init__(self):
+        self._graphs: dict = {}
+        self.enabled = True
+
+    def __call__(self, saved: torch.Tensor, g_total: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or torch.cuda.is_current_stream_capturing():
+            return _device_backward(saved, g_total)
+        key = (saved.device, tuple(saved.shape))
+        if key not in self._graphs:
+            try:
+                self._graphs[key] = self._capture(saved, g_total)
+            except RuntimeError as err:  # capture is an optimisation only; the eager path is exact too
+                warnings.warn(f"soft top-K backward: CUDA graph capture failed ({err}); using eager kernels", stacklevel=2)
+                self.enabled = False
+                return _device_backward(saved, g_total)
+        graph, static_saved, static_g, static_out = self._graphs[key]
+        static_saved.copy_(saved)
+        static_g.copy_(g_total)
+        graph.replay()
+        return static_out.clone()
+
+    @staticmethod
+    def _capture(saved: torch.Tensor, g_total: torch.Tensor):
+        static_saved, static_g = saved.clone(), g_total.clone()
+        side = torch.cuda.Stream(saved.device)
+        side.wait_stream(torch.cuda.current_stream(saved.device))
+        with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
+            _device_backward(static_saved, static_g)
+        torch.cuda.current_stream(saved.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = _device_backward(static_saved, static_g)
+        return graph, static_saved, static_g, static_out
+
+
+_graphed_backward = _GraphedBackward()
 
 
 class _SoftTopK(torch.autograd.Function):
@@ -125,10 +180,10 @@ class _SoftTopK(torch.autograd.Function):
     The relaxation is K rounds of ~7 element-wise ops on a vector of H (~100) heads. Left to
     autograd on a GPU that is hundreds of tiny kernels plus their graph bookkeeping per training
     step (+15-60 % step time on an H100 at K=36). Forward: the K rounds in numpy on the host (no
-    graph; only the [H] result is copied to the device). Backward: on the CPU in numpy; on a GPU
-    where the gradient is, four kernels a round and no copy to the host: a host copy there
-    would stall the CPU until the whole backward pass has run, so the optimizer's kernels could
-    no longer be queued behind it.
+    graph; the [H] result and the saved rounds go to the device in two copies). Backward: on the
+    CPU in numpy; on a GPU where the gradient is, as one CUDA-graph replay, with no copy to the
+    host: a host copy there would stall the CPU until the whole backward pass has run, so the
+    optimizer's kernels could no longer be queued behind it.
     """
 
     @staticmethod
@@ -136,19 +191,19 @@ class _SoftTopK(torch.autograd.Function):
         rounds = _soft_top_k_rounds(np.asarray(host_keys, dtype=np.float64), k, temperature)
         inv = _inverse_complements(rounds)
         if keys.device.type == "cpu":
-            ctx.rounds, ctx.inv = rounds, inv
-        else:  # one copy of both, now, while the device queue is short
-            both = torch.from_numpy(np.stack([rounds, inv])).to(keys.device, non_blocking=True)
-            ctx.rounds, ctx.inv = both[0], both[1]
-        ctx.temperature = temperature
+            ctx.rounds, ctx.inv, ctx.temperature = rounds, inv, temperature
+        else:
+            ctx.saved = torch.from_numpy(np.stack([rounds, inv, rounds / temperature])).to(keys.device)
         return torch.from_numpy(rounds.sum(0)).to(keys.device)
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
-        if isinstance(ctx.rounds, np.ndarray):  # CPU: numpy is ~5x faster than torch ops on ~100 values
-            g = _soft_top_k_backward(ctx.rounds, ctx.inv, grad_total.detach().double().numpy(), ctx.temperature)
-            return torch.from_numpy(g), None, None, None
-        return _soft_top_k_backward(ctx.rounds, ctx.inv, grad_total.detach().double(), ctx.temperature), None, None, None
+        g_total = grad_total.detach().double()
+        if grad_total.device.type == "cpu":  # numpy is ~5x faster than torch ops on ~100 values
+            return torch.from_numpy(_soft_top_k_backward(ctx.rounds, ctx.inv, g_total.numpy(), ctx.temperature)), None, None, None
+        if grad_total.device.type == "cuda":
+            return _graphed_backward(ctx.saved, g_total), None, None, None
+        return _device_backward(ctx.saved, g_total), None, None, None
 
 
 def straight_through_top_k(keys: torch.Tensor, k: int, surrogate: torch.Tensor | None = None) -> torch.Tensor:
