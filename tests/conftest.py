@@ -44,6 +44,12 @@ def tiny_model(arch: str, attn: str = "eager", seed: int = 0):
                          decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, pad_token_id=1,
                          bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None, **common)
         cls = tf.BartForConditionalGeneration if arch == "bart" else tf.MarianMTModel
+    elif arch in ("t5", "umt5"):  # relative-position bias: shared by the stack (t5) or per block (umt5)
+        config_cls = tf.T5Config if arch == "t5" else tf.UMT5Config
+        cfg = config_cls(d_model=32, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=2, d_ff=37,
+                         relative_attention_num_buckets=8, relative_attention_max_distance=16, vocab_size=99,
+                         pad_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+        cls = tf.T5ForConditionalGeneration if arch == "t5" else tf.UMT5ForConditionalGeneration
     else:
         raise ValueError(arch)
     cfg.attn_implementation = attn
@@ -51,8 +57,8 @@ def tiny_model(arch: str, attn: str = "eager", seed: int = 0):
     return model.eval()
 
 
-ARCHS = ["bert", "roberta", "distilbert", "bart", "marian"]
-ENC_DEC = {"bart", "marian"}
+ARCHS = ["bert", "roberta", "distilbert", "bart", "marian", "t5", "umt5"]
+ENC_DEC = {"bart", "marian", "t5", "umt5"}
 
 
 def padded_batch(arch: str, seed: int = 0) -> dict:

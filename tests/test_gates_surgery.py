@@ -73,7 +73,7 @@ def test_open_gates_change_nothing(arch):
     assert torch.equal(outputs(model, batch), ref)  # hooks are gone after the context
 
 
-@pytest.mark.parametrize("arch", ["bert", "distilbert", "bart"])
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "bart", "t5"])
 def test_gated_off_head_gets_no_gradient(arch):
     model = tiny_model(arch).train()
     for m in model.modules():  # dropout would not change the claim, but keep it deterministic
@@ -105,7 +105,8 @@ def outputs_with_grad(model, batch):
 
 
 def analytical_params(model, space: HeadSpace, mask: torch.Tensor) -> int:
-    """Dense count minus, per removed head, its q/k/v rows (weights + biases) and o columns."""
+    """Dense count minus, per removed head, its q/k/v rows (weights + biases), o columns and, where
+    a block owns its relative-position table (UMT5), that head's column."""
     modules = dict(model.named_modules())
     removed = 0
     for block, kept in zip(space.blocks, space.split(mask)):
@@ -115,6 +116,9 @@ def analytical_params(model, space: HeadSpace, mask: torch.Tensor) -> int:
             lin = modules[p]
             removed += n * d * (lin.in_features + (lin.bias is not None))
         removed += n * d * modules[block.o].out_features
+        table = getattr(modules[block.name], "relative_attention_bias", None)
+        if table is not None and "UMT5" in type(model).__name__:  # a per-block bias table: a column a head
+            removed += n * table.num_embeddings  # (T5's table is shared by the stack and stays whole)
     return count_params(model) - removed
 
 
@@ -175,3 +179,31 @@ def test_surgery_keeps_the_model_dtype():
     remove_heads(model, random_mask(space, 0), space)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     outputs(model, padded_batch("bert"))  # runs without a dtype mismatch
+
+
+@pytest.mark.parametrize("arch", ["t5", "umt5"])
+def test_pruned_relative_bias_learns_what_the_gated_one_learns(arch):
+    """The position-bias table gets the same gradient pruned as gated: T5's first block must still
+    compute (and pass on) the rows of heads it lost, since later blocks kept them."""
+    model = tiny_model(arch)  # eval mode: T5 drops attention probabilities with a float, not a module
+    space = HeadSpace.from_model(model)
+    mask = random_mask(space, 3)  # the first block, owner of T5's shared table, keeps no head
+    batch = padded_batch(arch)
+    with Gates(model, space) as gates:
+        gates.set(mask.float())
+        outputs_with_grad(model, batch).pow(2).sum().backward()
+    pruned = copy.deepcopy(model)
+    remove_heads(pruned, mask, space)
+    pruned.zero_grad()
+    outputs_with_grad(pruned, batch).pow(2).sum().backward()
+    kept = dict(zip((b.name for b in space.blocks), space.split(mask)))
+    tables = [b.name for b in space.blocks if hasattr(model.get_submodule(b.name), "relative_attention_bias")]
+    assert tables
+    for name in tables:
+        want = model.get_submodule(name).relative_attention_bias.weight.grad
+        got = pruned.get_submodule(name).relative_attention_bias.weight.grad
+        if "UMT5" in type(model).__name__:  # the block's own table lost the removed heads' columns
+            want = want[:, kept[name]]
+            if not kept[name].any():
+                continue  # an empty table: nothing left to learn
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

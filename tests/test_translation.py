@@ -413,6 +413,45 @@ def test_pretrained_bart_folder_loads_by_path_and_translates(tiny, tmp_path):
     assert set(task.evaluate(model, tok2, splits, None, batch_size=4)) == {"bleu"}
 
 
+def test_cli_prunes_a_pretrained_t5_folder_and_the_export_generates(tiny, tmp_path):
+    """model=t5_small model.path=<folder> method=michel: T5's shared relative-position bias through
+    scoring, surgery (the first blocks, which own the bias table, lose heads too), recovery and export."""
+    import json
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
+
+    _, _, tok, _ = tiny
+    folder = tmp_path / "t5"
+    config = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=2,
+                      d_ff=64, relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    run_dir = tmp_path / "run"
+    args = [
+        "model=t5_small", f"model.path={folder}", "task=multi30k_de_en", f"task.data_dir={MULTI30K}",
+        "method=michel", "heads=5", "pipeline=[prune,finetune,evaluate,export]", "task.max_train_samples=32",
+        "task.max_eval_samples=4", "task.max_new_tokens=8", "task.num_beams=2", "trainer.max_steps=2",
+        "trainer.progress_bar=false", "logger.mode=disabled", f"hydra.run.dir={run_dir}",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "prune_cli.cli", *args], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["heads_total"] == 24 and metrics["heads_kept"] == 5 and "bleu" in metrics["eval"]
+    heads = json.loads((run_dir / "heads.json").read_text())
+    assert sum(map(sum, heads["mask"])) == 5
+    model = load_pruned(run_dir / "model", auto_class=AutoModelForSeq2SeqLM)
+    assert HeadSpace.from_model(model).total == 5 and count_params(model) == metrics["params"]
+    batch = tok(["Ein Mann schläft.", "Zwei Hunde spielen im Schnee."], return_tensors="pt", padding=True)
+    kw = {"num_beams": 2, "max_new_tokens": 6, "min_new_tokens": 6}
+    assert torch.equal(model.generate(**batch, **kw), model.generate(**batch, **kw, use_cache=False))
+
+
 # ------------------------------------------------------------------ the command line
 def test_cli_from_scratch_random_pruning_end_to_end(tmp_path):
     """prune-run on 64 real Multi30k pairs: builds transformer_tiny and its tokenizer, trains it,

@@ -13,6 +13,7 @@ the record to get the shapes, then loads the weights.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import warnings
@@ -61,8 +62,9 @@ def remove_heads(model: nn.Module, keep: torch.Tensor, space: HeadSpace | None =
         if bool(kept.all()):
             continue
         local = kept.nonzero().flatten().tolist()
-        _slice_block(model, modules, block.name, local, block.head_dim, block.o)
-        record[_relative(model, block.name)] = [block.heads[i] for i in local]
+        original = [block.heads[i] for i in local]
+        _slice_block(model, modules, block.name, local, block.head_dim, block.o, original)
+        record[_relative(model, block.name)] = original
     setattr(model.config, RECORD_KEY, record)
     return HeadSpace.from_model(model)
 
@@ -80,7 +82,7 @@ def apply_record(model: nn.Module) -> nn.Module:
         if getattr(module, layout.q).out_features != len(ids) * head_dim:
             from prune_cli.heads import resolve
 
-            _slice_block(model, modules, name, list(range(len(ids))), head_dim, resolve(name, layout.o))
+            _slice_block(model, modules, name, list(range(len(ids))), head_dim, resolve(name, layout.o), list(ids))
     return model
 
 
@@ -137,14 +139,15 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
-def _slice_block(model, modules, name: str, local: list[int], head_dim: int, o_name: str) -> None:
-    """Keep heads `local` (positions in the block's current weights) of attention module `name`."""
+def _slice_block(model, modules, name: str, local: list[int], head_dim: int, o_name: str,
+                 original: list[int]) -> None:
+    """Keep heads `local` (positions in the block's current weights) of attention module `name`;
+    `original` are their ids in the dense model (T5's shared position bias is indexed by them)."""
     module = modules[name]
     layout = match_layout(module)
-    if hasattr(module, "relative_attention_bias") or hasattr(module, "has_relative_attention_bias"):
-        raise NotImplementedError(
-            f"{name}: head surgery on T5-style relative-position attention is not supported yet (gates work)"
-        )
+    if hasattr(module, "block_len"):  # LongT5's local attention (validate refuses it up front)
+        raise NotImplementedError(f"{name}: head surgery on LongT5 local attention is not supported")
+    shared_bias = takes_shared_bias(module)
     index = (torch.tensor(local, dtype=torch.long)[:, None] * head_dim + torch.arange(head_dim)).flatten()
     with warnings.catch_warnings():  # "Initializing zero-element tensors is a no-op" for empty blocks
         warnings.simplefilter("ignore", UserWarning)
@@ -161,9 +164,62 @@ def _slice_block(model, modules, name: str, local: list[int], head_dim: int, o_n
     for attr in layout.width_attrs:
         if hasattr(module, attr):
             setattr(module, attr, len(local) * head_dim)
+    if getattr(module, "has_relative_attention_bias", False) and not shared_bias:
+        # UMT5: every block owns its bias table, one column per head: keep the kept heads' columns
+        table = module.relative_attention_bias
+        table.weight = nn.Parameter(table.weight.data[:, local].clone(), requires_grad=table.weight.requires_grad)
+        table.embedding_dim = len(local)
+    inside = o_name.startswith(name + ".")
     if not local:
-        inside = o_name.startswith(name + ".")
-        module.forward = _EmptyAttention(module, head_dim, o_name[len(name) + 1:] if inside else None)
+        module.forward = _EmptyAttention(module, head_dim, o_name[len(name) + 1:] if inside else None,
+                                         shared_bias=shared_bias)
+    elif shared_bias:
+        module.forward = _SharedBiasHeads(module, original)
+
+
+def takes_shared_bias(module: nn.Module) -> bool:
+    """T5 and mT5 compute the relative-position bias once per stack (first layer, every head) and
+    pass it down to the later layers through `position_bias`; UMT5 gives each block its own."""
+    return hasattr(module, "has_relative_attention_bias") and "position_bias" in inspect.signature(
+        type(module).forward).parameters
+
+
+class _SharedBiasHeads:
+    """Forward of a T5 block that lost heads: it takes its own heads' rows of the stack's shared
+    position bias and hands the FULL bias on, so later blocks (pruned differently, or not at all)
+    still find every head's row. The first block keeps the whole bias table for the same reason.
+    """
+
+    def __init__(self, module: nn.Module, heads: list[int]):
+        self.module_ref = [module]  # a list keeps this a plain object, not a registered submodule
+        self.heads = torch.tensor(heads, dtype=torch.long)
+
+    def _mine(self, bias: torch.Tensor) -> torch.Tensor:
+        return bias.index_select(1, self.heads.to(bias.device))
+
+    def __call__(self, *args, **kwargs):
+        module = self.module_ref[0]
+        stock = type(module).forward
+        incoming = kwargs.get("position_bias")
+        if incoming is not None:
+            out = stock(module, *args, **{**kwargs, "position_bias": self._mine(incoming)})
+            return (out[0], incoming, *out[2:])
+        if not module.has_relative_attention_bias:
+            # a zero bias sized to this block: return None so the next block builds its own zeros
+            out = stock(module, *args, **kwargs)
+            return (out[0], None, *out[2:])
+        full = []
+
+        def compute_bias(*a, **k):  # the stock forward asks for the bias at the right positions
+            full.append(type(module).compute_bias(module, *a, **k))
+            return self._mine(full[-1])
+
+        module.compute_bias = compute_bias
+        try:
+            out = stock(module, *args, **kwargs)
+        finally:
+            del module.compute_bias
+        return (out[0], full[0], *out[2:])
 
 
 class _EmptyAttention:
@@ -172,24 +228,35 @@ class _EmptyAttention:
 
     The stock forwards cannot run with zero heads (`view(..., -1, head_dim)` on an empty tensor is
     ambiguous). A decoder self-attention still appends empty keys/values to the KV cache, so the
-    cache keeps counting positions for generation.
+    cache keeps counting positions for generation; a T5 block still passes the stack's shared
+    position bias on (and the first block, which owns the table, still computes it).
     """
 
-    def __init__(self, module: nn.Module, head_dim: int, o_attr: str | None):
+    def __init__(self, module: nn.Module, head_dim: int, o_attr: str | None, shared_bias: bool = False):
         self.module_ref = [module]  # a list keeps this a plain object, not a registered submodule
         self.head_dim = head_dim
         self.o_attr = o_attr  # the output projection inside the block (BART, DistilBERT), else None
+        self.shared_bias = shared_bias
 
     def __call__(self, *args, **kwargs):
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         empty = hidden.new_zeros(*hidden.shape[:-1], 0)
         cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
         module = self.module_ref[0]
-        if cache is not None and kwargs.get("key_value_states") is None and getattr(module, "layer_idx", None) is not None:
+        is_cross = kwargs.get("key_value_states") is not None or kwargs.get("encoder_hidden_states") is not None
+        past = 0
+        if cache is not None and not is_cross and getattr(module, "layer_idx", None) is not None:
             from transformers.cache_utils import EncoderDecoderCache
 
             self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+            past = self_cache.get_seq_length(module.layer_idx)
             kv = hidden.new_zeros(hidden.shape[0], 1, hidden.shape[1], self.head_dim)
             self_cache.update(kv, kv, module.layer_idx)
         out = empty if self.o_attr is None else module.get_submodule(self.o_attr)(empty)
-        return out, None
+        if not self.shared_bias:
+            return out, None
+        bias = kwargs.get("position_bias")
+        if bias is None and module.has_relative_attention_bias:  # a first block: self-attention
+            q = hidden.shape[1]
+            bias = module.compute_bias(q, past + q, device=hidden.device, past_seen_tokens=past)
+        return out, bias, None

@@ -21,8 +21,8 @@ SCOPES = ("all", "encoder", "decoder", "cross")
 PRECISIONS = ("no", "fp16", "bf16")
 LOGGER_MODES = ("offline", "online", "disabled")
 LR_SCHEDULERS = ("linear", "inverse_sqrt", "constant")
-#: T5-style models share one relative-position bias across layers: surgery cannot slice it yet
-RELATIVE_BIAS_MODELS = ("t5", "mt5", "umt5", "longt5")
+#: LongT5's local / transient-global attention mixes heads into per-block global tokens: no surgery yet
+NO_SURGERY_MODELS = ("longt5",)
 
 
 @dataclass
@@ -96,9 +96,9 @@ def validate(cfg: DictConfig) -> Plan:
     from prune_cli.methods import get_pruner
 
     get_pruner(method, space, cfg.seed)  # the method checks its own keys (method.lr, tau_start...)
-    if pruning and model_type in RELATIVE_BIAS_MODELS:
-        raise ConfigError("model", cfg.model.name, f"a model whose heads surgery can remove ({model_type}'s shared "
-                          "relative-position bias is not supported yet; gates and scoring work without a pruning stage)")
+    if pruning and model_type in NO_SURGERY_MODELS:
+        raise ConfigError("model", cfg.model.name, f"a model whose heads surgery can remove ({model_type}'s local "
+                          "attention is not supported yet; gates and scoring work without a pruning stage)")
     keep = None
     if heads is not None:
         if not 0 <= heads <= in_scope:
