@@ -83,6 +83,29 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, expected):
     assert not (tmp_path / "run" / "model").exists()
 
 
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["model=bert-base-uncased", "task=rte", f"task.data_dir={RTE}", "method=michel", "heads=10"],
+         "model='google-bert/bert-base-uncased': a model in the local Hugging Face cache"),
+        (["model=minilm", "task=sst2", "method=michel", "heads=10"], "task.data_dir=None: a local GLUE sst2 folder"),
+    ],
+)
+def test_unreachable_hub_without_offline_flag_is_one_line_at_once(tmp_path, args, expected):
+    """No HF_HUB_OFFLINE, no network (here: an endpoint that refuses connections): the Hub client
+    would retry for a minute and end in a traceback; prune-run notices and says what to set."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update({"HF_ENDPOINT": "http://127.0.0.1:9", "WANDB_MODE": "disabled"})
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(proxy, None)
+    res = subprocess.run([sys.executable, "-m", "prune_cli.cli", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], res.stderr
+    assert "cannot be reached" in res.stdout  # said once, in the run's log
+
+
 def test_wrong_columns_named_before_model_loads(tmp_path):
     res = prune_run(["task=rte", f"task.data_dir={DATA / 'glue' / 'SST-2'}", "method=random", "heads=10",
                      "logger.mode=disabled"], cwd=tmp_path)

@@ -7,13 +7,13 @@ its config.json for the head count) before any weights are touched.
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from prune_cli.errors import ConfigError
+from prune_cli.hub import offline as hub_offline
 
 
 def resolve_source(model_cfg: DictConfig) -> str:
@@ -35,9 +35,9 @@ def resolve_source(model_cfg: DictConfig) -> str:
         return str(folder)
     if model_cfg.get("hub"):
         hub = str(model_cfg.hub)
-        if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(hub):
+        if hub_offline() and not _in_hub_cache(hub):
             raise ConfigError(
-                "model", hub, "a model in the local Hugging Face cache (HF_HUB_OFFLINE=1) or model.path=<folder>"
+                "model", hub, "a model in the local Hugging Face cache (the Hub is offline here) or model.path=<folder>"
             )
         return hub
     if model_cfg.get("from_scratch"):

@@ -108,13 +108,13 @@ def check_hub_splits(cfg: DictConfig, splits) -> None:
 
 
 def hub_dataset_available(cfg: DictConfig) -> bool:
-    """False when `cfg.hub` can certainly not be loaded: offline (HF_HUB_OFFLINE=1) and not in the
-    local datasets cache. Online we do not probe (load_dataset reports a wrong name itself, and a
-    probe costs a round trip); offline the probe only reads the cache, so a miss fails in seconds
-    instead of after the Hub client's retries."""
-    import os
+    """False when `cfg.hub` can certainly not be loaded: offline (HF_HUB_OFFLINE=1, or the Hub cannot
+    be reached) and not in the local datasets cache. Online we do not probe (load_dataset reports a
+    wrong name itself, and a probe costs a round trip); offline the probe only reads the cache, so a
+    miss fails in seconds instead of after the Hub client's retries."""
+    from prune_cli.hub import offline
 
-    if os.environ.get("HF_HUB_OFFLINE") != "1":
+    if not offline():
         return True
     try:
         import datasets

@@ -156,7 +156,7 @@ class GlueTask(Task):
             raise ConfigError(
                 "task.data_dir", None,
                 f"a local GLUE {self.name} folder (task.data_dir=<folder with {', '.join(self._files().values())}>), "
-                f"or {self.cfg.hub}/{self.cfg.hub_config} in the Hugging Face cache (HF_HUB_OFFLINE=1)",
+                f"or {self.cfg.hub}/{self.cfg.hub_config} in the Hugging Face cache (the Hub is offline here)",
             )
 
     # 2 ------------------------------------------------------------------ model

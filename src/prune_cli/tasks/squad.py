@@ -309,7 +309,7 @@ class SquadTask(Task):
         if not hub_dataset_available(self.cfg):
             raise ConfigError(
                 "task.hub", str(self.cfg.hub),
-                "a data set in the local Hugging Face cache (HF_HUB_OFFLINE=1) or task.data_dir=<folder of SQuAD JSON files>",
+                "a data set in the local Hugging Face cache (the Hub is offline here) or task.data_dir=<folder of SQuAD JSON files>",
             )
 
     # 2 ------------------------------------------------------------------ model
