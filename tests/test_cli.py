@@ -106,6 +106,15 @@ def test_unreachable_hub_without_offline_flag_is_one_line_at_once(tmp_path, args
     assert "cannot be reached" in res.stdout  # said once, in the run's log
 
 
+def test_online_logging_without_wandb_credentials_is_one_line(tmp_path):
+    env = {"HOME": str(tmp_path), "WANDB_API_KEY": "", "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}
+    res = prune_run([*TINY, "method=random", "heads=10", "logger.mode=online", f"hydra.run.dir={tmp_path / 'run'}"],
+                    cwd=tmp_path, env_extra=env)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "logger.mode='online': offline (then `wandb sync" in lines[0], res.stderr
+
+
 def test_wrong_columns_named_before_model_loads(tmp_path):
     res = prune_run(["task=rte", f"task.data_dir={DATA / 'glue' / 'SST-2'}", "method=random", "heads=10",
                      "logger.mode=disabled"], cwd=tmp_path)

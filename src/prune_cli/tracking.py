@@ -14,6 +14,21 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 
+def has_wandb_credentials() -> bool:
+    """Whether `wandb.init(mode="online")` will find credentials without prompting (environment,
+    ~/.netrc, W&B settings). A run on a node without them would otherwise die in wandb.init after
+    the model is loaded. If this wandb version hides its credential lookup, assume yes."""
+    try:
+        from wandb.sdk.lib.wbauth.authenticate import authenticate_session
+    except ImportError:
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    try:
+        return authenticate_session(host=host, source="prune-run", prompt=False, update_session=False) is not None
+    except Exception:  # noqa: BLE001 - a malformed key: let wandb.init say what is wrong with it
+        return True
+
+
 class RunLogger:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.run_dir = Path(run_dir)

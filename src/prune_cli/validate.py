@@ -12,7 +12,7 @@ from numbers import Integral, Real
 
 from omegaconf import DictConfig, OmegaConf
 
-from prune_cli import schedules
+from prune_cli import schedules, tracking
 from prune_cli.errors import ConfigError
 
 STAGES = ("train", "finetune", "prune", "prune_joint", "learn_gates", "evaluate", "export", "bench")
@@ -56,6 +56,9 @@ def validate(cfg: DictConfig) -> Plan:
     _check_choice("trainer.precision", str(cfg.trainer.precision), PRECISIONS)
     _check_choice("trainer.lr_scheduler", cfg.trainer.lr_scheduler, LR_SCHEDULERS)
     _check_choice("logger.mode", cfg.logger.mode, LOGGER_MODES)
+    if cfg.logger.mode == "online" and not tracking.has_wandb_credentials():
+        raise ConfigError("logger.mode", "online", "offline (then `wandb sync <run>/wandb/offline-run-*`), or W&B "
+                          "credentials first: WANDB_API_KEY=... or `wandb login`")
     schedules.check(cfg.schedule)
     if cfg.trainer.precision == "fp16":
         import torch
