@@ -44,12 +44,13 @@ def tiny_model(arch: str, attn: str = "eager", seed: int = 0):
                          decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, pad_token_id=1,
                          bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None, **common)
         cls = tf.BartForConditionalGeneration if arch == "bart" else tf.MarianMTModel
-    elif arch in ("t5", "umt5"):  # relative-position bias: shared by the stack (t5) or per block (umt5)
-        config_cls = tf.T5Config if arch == "t5" else tf.UMT5Config
+    elif arch in ("t5", "mt5", "umt5"):  # relative-position bias: shared by the stack (t5, mt5) or per block
+        config_cls = {"t5": tf.T5Config, "mt5": tf.MT5Config, "umt5": tf.UMT5Config}[arch]
         cfg = config_cls(d_model=32, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=2, d_ff=37,
                          relative_attention_num_buckets=8, relative_attention_max_distance=16, vocab_size=99,
                          pad_token_id=1, eos_token_id=2, decoder_start_token_id=1)
-        cls = tf.T5ForConditionalGeneration if arch == "t5" else tf.UMT5ForConditionalGeneration
+        cls = {"t5": tf.T5ForConditionalGeneration, "mt5": tf.MT5ForConditionalGeneration,
+               "umt5": tf.UMT5ForConditionalGeneration}[arch]
     else:
         raise ValueError(arch)
     cfg.attn_implementation = attn
@@ -59,6 +60,7 @@ def tiny_model(arch: str, attn: str = "eager", seed: int = 0):
 
 ARCHS = ["bert", "roberta", "distilbert", "bart", "marian", "t5", "umt5"]
 ENC_DEC = {"bart", "marian", "t5", "umt5"}
+SEQ2SEQ = ["bart", "marian", "t5", "mt5", "umt5"]  # every encoder-decoder family generation is tested on
 
 
 def padded_batch(arch: str, seed: int = 0) -> dict:
@@ -71,7 +73,7 @@ def padded_batch(arch: str, seed: int = 0) -> dict:
     mask[2, 4:] = 0
     ids[mask == 0] = 1
     batch = {"input_ids": ids, "attention_mask": mask}
-    if arch in ENC_DEC:
+    if arch in ENC_DEC or arch in SEQ2SEQ:
         batch["decoder_input_ids"] = torch.randint(3, 99, (3, 6), generator=g)
     return batch
 

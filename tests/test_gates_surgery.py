@@ -141,31 +141,6 @@ def test_save_load_round_trip(arch, tmp_path):
     assert HeadSpace.from_config(loaded.config, type(loaded), dense=True) == space
 
 
-@pytest.mark.parametrize("arch", sorted(ENC_DEC))
-def test_generate_with_cache_after_cross_heads_removed(arch, tmp_path):
-    model = tiny_model(arch)
-    space = HeadSpace.from_model(model)
-    mask = torch.ones(space.total, dtype=torch.bool)
-    for block, part in zip(space.blocks, space.split(mask)):
-        if block.kind == "cross":
-            part[: 3 if block.layer == 0 else 4] = False  # layer 1 loses every cross head
-        if block.kind == "decoder" and block.layer == 0:
-            part[:] = False  # a decoder self-attention without heads still advances the cache
-    batch = padded_batch(arch)
-    del batch["decoder_input_ids"]
-    kw = {"max_new_tokens": 8, "do_sample": False, "num_beams": 1, "min_new_tokens": 8}
-    with Gates(model, space) as gates:
-        gates.set(mask.float())
-        gated = model.generate(**batch, **kw)
-    remove_heads(model, mask, space)
-    cached = model.generate(**batch, **kw, use_cache=True)
-    uncached = model.generate(**batch, **kw, use_cache=False)
-    assert torch.equal(cached, gated)
-    assert torch.equal(cached, uncached)
-    save_pruned(model, tmp_path / "m")
-    assert torch.equal(load_pruned(tmp_path / "m").generate(**batch, **kw), cached)
-
-
 def test_scope_mask_and_kinds():
     space = HeadSpace.from_model(tiny_model("bart"))
     assert space.kinds() == {"encoder": 8, "decoder": 8, "cross": 8}

@@ -13,6 +13,7 @@ the record to get the shapes, then loads the weights.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import re
@@ -171,8 +172,10 @@ def _slice_block(model, modules, name: str, local: list[int], head_dim: int, o_n
         table.embedding_dim = len(local)
     inside = o_name.startswith(name + ".")
     if not local:
-        module.forward = _EmptyAttention(module, head_dim, o_name[len(name) + 1:] if inside else None,
-                                         shared_bias=shared_bias)
+        own_table = getattr(module, "has_relative_attention_bias", False) and not shared_bias
+        empty = _EmptyAttention(module, layout, o_name[len(name) + 1:] if inside else None, own_table)
+        # a T5 block that kept nothing still hands the stack's bias on (the first one computes it)
+        module.forward = _SharedBiasHeads(module, [0], empty) if shared_bias else empty
     elif shared_bias:
         module.forward = _SharedBiasHeads(module, original)
 
@@ -184,29 +187,43 @@ def takes_shared_bias(module: nn.Module) -> bool:
         type(module).forward).parameters
 
 
+def _stock_forward(module: nn.Module):
+    """The class's own forward, bound to `module` (the instance attribute is our stand-in)."""
+    return type(module).forward.__get__(module)
+
+
 class _SharedBiasHeads:
     """Forward of a T5 block that lost heads: it takes its own heads' rows of the stack's shared
     position bias and hands the FULL bias on, so later blocks (pruned differently, or not at all)
     still find every head's row. The first block keeps the whole bias table for the same reason.
+
+    The bias is found by parameter name (`position_bias`, bound through the stock signature, so
+    positional and keyword calls both work) and returned as the second output; both are pinned by
+    `tests/test_stack_contract.py`, and `_check_bias` raises if a release moves it.
     """
 
-    def __init__(self, module: nn.Module, heads: list[int]):
+    def __init__(self, module: nn.Module, heads: list[int], run=None):
         self.module_ref = [module]  # a list keeps this a plain object, not a registered submodule
         self.heads = torch.tensor(heads, dtype=torch.long)
+        self.run = run  # what computes the block (default: the stock forward)
+        self.signature = inspect.signature(type(module).forward)
 
     def _mine(self, bias: torch.Tensor) -> torch.Tensor:
         return bias.index_select(1, self.heads.to(bias.device))
 
     def __call__(self, *args, **kwargs):
         module = self.module_ref[0]
-        stock = type(module).forward
-        incoming = kwargs.get("position_bias")
+        run = self.run or _stock_forward(module)
+        bound = self.signature.bind(module, *args, **kwargs)
+        incoming = bound.arguments.get("position_bias")
         if incoming is not None:
-            out = stock(module, *args, **{**kwargs, "position_bias": self._mine(incoming)})
+            bound.arguments["position_bias"] = self._mine(incoming)
+            out = run(*bound.args[1:], **bound.kwargs)
+            _check_bias(module, out, self._mine(incoming))
             return (out[0], incoming, *out[2:])
         if not module.has_relative_attention_bias:
             # a zero bias sized to this block: return None so the next block builds its own zeros
-            out = stock(module, *args, **kwargs)
+            out = run(*args, **kwargs)
             return (out[0], None, *out[2:])
         full = []
 
@@ -216,47 +233,102 @@ class _SharedBiasHeads:
 
         module.compute_bias = compute_bias
         try:
-            out = stock(module, *args, **kwargs)
+            out = run(*args, **kwargs)
         finally:
             del module.compute_bias
+        if not full:
+            raise RuntimeError(
+                f"{type(module).__name__}.forward no longer calls compute_bias (transformers "
+                f"{_transformers_version()}): prune-cli's T5 surgery needs updating"
+            )
+        _check_bias(module, out, self._mine(full[0]))
         return (out[0], full[0], *out[2:])
 
 
-class _EmptyAttention:
-    """Forward of an attention block that kept no heads: its contribution is the output
-    projection's bias (or nothing, when the projection lives outside the block, as in BERT).
+def _check_bias(module: nn.Module, out, mine: torch.Tensor) -> None:
+    """Fail loudly (never compute wrongly) if the stock T5 forward stops returning the bias second."""
+    if not (isinstance(out, tuple) and len(out) >= 2 and isinstance(out[1], torch.Tensor)
+            and out[1].shape == mine.shape):
+        raise RuntimeError(
+            f"{type(module).__name__}.forward no longer returns (output, position_bias, ...) "
+            f"(transformers {_transformers_version()}): prune-cli's T5 surgery needs updating"
+        )
 
-    The stock forwards cannot run with zero heads (`view(..., -1, head_dim)` on an empty tensor is
-    ambiguous). A decoder self-attention still appends empty keys/values to the KV cache, so the
-    cache keeps counting positions for generation; a T5 block still passes the stack's shared
-    position bias on (and the first block, which owns the table, still computes it).
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+#: width of the stand-in head an empty block runs with: small, and a size every attention kernel takes
+STAND_IN_DIM = 8
+
+
+class _EmptyAttention:
+    """Forward of an attention block that kept no heads.
+
+    The stock forward cannot run with zero heads (`view(..., -1, head_dim)` of an empty tensor is
+    ambiguous), and a hand-written stand-in has to re-implement whatever the release does with its
+    arguments: the KV cache (a decoder self-attention must still advance its cache layer, or the
+    past length later steps read — T5's position bias among them — is wrong), cache positions, the
+    returned tuple. So the STOCK forward runs, with one stand-in head: zero query/key/value
+    projections of width `STAND_IN_DIM` and a zero output weight with the block's real output
+    bias. These are not parameters (nothing is saved, counted or trained, except the real bias).
+    The head's values are 0, so the block outputs exactly its output bias — what the gated model
+    computes with every gate of the block at 0 — whatever the cache, the mask or the attention
+    kernel. The stand-in costs a few tiny ops per call (see docs/benchmarks.md).
     """
 
-    def __init__(self, module: nn.Module, head_dim: int, o_attr: str | None, shared_bias: bool = False):
+    def __init__(self, module: nn.Module, layout, o_attr: str | None, own_table: bool):
         self.module_ref = [module]  # a list keeps this a plain object, not a registered submodule
-        self.head_dim = head_dim
-        self.o_attr = o_attr  # the output projection inside the block (BART, DistilBERT), else None
-        self.shared_bias = shared_bias
+        self.layout = layout
+        self.o_attr = o_attr  # the output projection inside the block (BART, DistilBERT, T5), else None
+        self.own_table = own_table  # UMT5: the block's own (now empty) relative-position table
 
     def __call__(self, *args, **kwargs):
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        empty = hidden.new_zeros(*hidden.shape[:-1], 0)
-        cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
         module = self.module_ref[0]
-        is_cross = kwargs.get("key_value_states") is not None or kwargs.get("encoder_hidden_states") is not None
-        past = 0
-        if cache is not None and not is_cross and getattr(module, "layer_idx", None) is not None:
-            from transformers.cache_utils import EncoderDecoderCache
+        with self._one_zero_head(module):
+            out = type(module).forward(module, *args, **kwargs)
+        if self.o_attr is None:  # the output projection lives outside the block (BERT): no features
+            out = (out[0][..., :0], *out[1:]) if isinstance(out, tuple) else out[..., :0]
+        return out
 
-            self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
-            past = self_cache.get_seq_length(module.layer_idx)
-            kv = hidden.new_zeros(hidden.shape[0], 1, hidden.shape[1], self.head_dim)
-            self_cache.update(kv, kv, module.layer_idx)
-        out = empty if self.o_attr is None else module.get_submodule(self.o_attr)(empty)
-        if not self.shared_bias:
-            return out, None
-        bias = kwargs.get("position_bias")
-        if bias is None and module.has_relative_attention_bias:  # a first block: self-attention
-            q = hidden.shape[1]
-            bias = module.compute_bias(q, past + q, device=hidden.device, past_seen_tokens=past)
-        return out, bias, None
+    @contextlib.contextmanager
+    def _one_zero_head(self, module: nn.Module):
+        layout = self.layout
+        ref = getattr(module, layout.q).weight  # [0, hidden]: the dtype and device to compute in
+        width = STAND_IN_DIM
+        swaps = {a: _Zeros(width, None, ref) for a in (layout.q, layout.k, layout.v)}
+        if self.o_attr is not None:
+            o_proj = getattr(module, self.o_attr)
+            swaps[self.o_attr] = _Zeros(o_proj.out_features, o_proj.bias, ref)
+        if self.own_table:
+            swaps["relative_attention_bias"] = _Zeros(1, None, ref)
+        swaps[layout.head_dim_attr] = width
+        swaps.update({a: 1 for a in layout.count_attrs})
+        swaps.update({a: width for a in layout.width_attrs if hasattr(module, a)})
+        saved = {a: getattr(module, a) for a in swaps}
+        for a, value in swaps.items():
+            setattr(module, a, value)
+        try:
+            yield
+        finally:
+            for a, value in saved.items():
+                setattr(module, a, value)
+
+
+class _Zeros(nn.Module):
+    """A stand-in projection (or bias table) that outputs zeros of `width` features, plus `bias`
+    (a real parameter, which keeps its gradient)."""
+
+    def __init__(self, width: int, bias: torch.Tensor | None, ref: torch.Tensor):
+        super().__init__()
+        self.width, self.bias_ref, self.ref = width, [bias], [ref]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ref = self.ref[0]
+        out = torch.zeros(*x.shape[:-1] if x.is_floating_point() else x.shape, self.width,
+                          dtype=ref.dtype, device=ref.device)
+        bias = self.bias_ref[0]
+        return out if bias is None else out + bias
