@@ -29,8 +29,8 @@ def test_matmul_flops_by_hand():
     assert layer_flops(TINY, 2, 1, 3)["matmul"] == 1152 + 288 + 384 + 1536
     # 1 head: qkv 3*2*3*8*4=576, scores+context 2*(2*1*1*3*3*4)=144, out 2*3*4*8=192, ffn 1536
     assert layer_flops(TINY, 1, 1, 3)["matmul"] == 576 + 144 + 192 + 1536
-    # no head: only the FFN's products remain
-    assert layer_flops(TINY, 0, 1, 3)["matmul"] == 1536
+    # no head: the FFN's products and the zero stand-in head's scores + context (8 features)
+    assert layer_flops(TINY, 0, 1, 3)["matmul"] == 1536 + 2 * (2 * 1 * 1 * 3 * 3 * 8)
     flops = encoder_flops(TINY, [2, 1], 1, 3)
     assert flops["matmul"] == 3360 + 2448
     assert flops["total"] == flops["matmul"] + flops["elementwise"]
@@ -47,7 +47,10 @@ def test_pooler_and_classifier_terms():
 
 def test_flop_speedup_depends_only_on_head_counts():
     assert flop_speedup(TINY, [2, 2], 4, 16) == 1.0
-    assert flop_speedup(TINY, [2, 0], 4, 16) == pytest.approx(flop_speedup(TINY, [1, 1], 4, 16))
+    four = EncoderGeometry(8, 2, 4, 2, 16)
+    assert flop_speedup(four, [3, 1], 4, 16) == pytest.approx(flop_speedup(four, [2, 2], 4, 16))
+    # an emptied layer still runs the zero stand-in head: a little more work than one head fewer elsewhere
+    assert flop_speedup(TINY, [2, 0], 4, 16) < flop_speedup(TINY, [1, 1], 4, 16)
     assert flop_speedup(TINY, [1, 1], 4, 16) > 1.0
     with pytest.raises(ValueError):
         encoder_flops(TINY, [3, 1], 1, 3)

@@ -13,6 +13,14 @@ def _data_path(root, relative):
     return None if root in (None, "") else f"{str(root).rstrip('/')}/{relative}"
 
 
+def _package_data(name):
+    """`${package_data:sst2_sample}`: a data folder shipped inside the installed package (the
+    demo's SST-2 sample), found wherever prune-cli is installed."""
+    from importlib import resources
+
+    return str(resources.files("prune_cli") / "data" / str(name))
+
+
 def _job_dirname(num, overrides, limit: int = 160):
     """A multirun job's folder: `<num>_<its overrides>`, as Hydra names it, but cut to `limit`
     characters plus a hash of the whole when longer. A sweep with many fixed overrides otherwise
@@ -25,6 +33,6 @@ def _job_dirname(num, overrides, limit: int = 160):
     return f"{name[:limit - 9]}~{digest}"
 
 
-for _name, _fn in (("data_path", _data_path), ("job_dirname", _job_dirname)):
+for _name, _fn in (("data_path", _data_path), ("job_dirname", _job_dirname), ("package_data", _package_data)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
