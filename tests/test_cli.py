@@ -137,3 +137,23 @@ def test_relative_data_dir_resolves_against_launch_folder(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["method"] == "none" and metrics["heads_kept"] == 72 and "accuracy" in metrics["eval"]
+
+
+@pytest.mark.slow
+def test_demo_experiment_runs_from_any_folder_on_the_shipped_sample(tmp_path):
+    """`prune-run experiment=demo` is the README's first command: it needs no ../shared, no Hub,
+    only what the package ships (shortened here; the full demo is ~2 min on 2 cores)."""
+    from prune_cli import _package_data
+
+    sample = Path(_package_data("sst2_sample"))
+    lines = {f: len((sample / f).read_text(encoding="utf-8").splitlines()) for f in ("train.tsv", "dev.tsv")}
+    assert lines == {"train.tsv": 2001, "dev.tsv": 873}  # header + 2,000 / 872 sentences
+    run_dir = tmp_path / "run"
+    res = prune_run(["experiment=demo", "trainer.max_steps=2", "task.max_train_samples=32", "task.max_eval_samples=16",
+                     "trainer.progress_bar=false", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["task"], metrics["method"], metrics["heads_kept"]) == ("sst2", "michel", 36)
+    assert metrics["versions"]["transformers"] and metrics["device"] == "cpu"
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "${package_data:sst2_sample}" in config  # resolves to the installed package wherever it reruns

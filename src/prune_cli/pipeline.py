@@ -235,6 +235,8 @@ class Pipeline:
             "evals": state.evals,
             "stages": state.stages,
             "wall_time_s": round(seconds, 2),
+            "device": str(self.accelerator.device),
+            "versions": report.versions(),
             **getattr(self.task, "metric_info", {}),
         }
         report.write_json(self.run_dir / "metrics.json", metrics)

@@ -23,6 +23,24 @@ def heads_record(space, mask: torch.Tensor, scores: torch.Tensor | None, **extra
     return record
 
 
+def versions() -> dict:
+    """The stack a result was produced with (metrics.json `versions`): results tables quote it,
+    since a release can change numbers (transformers 5.24 once changed cached decoding)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from prune_cli.bench import git_commit
+
+    record = {"python": platform.python_version()}
+    for dist in ("torch", "transformers", "accelerate", "datasets", "prune-cli"):
+        try:
+            record[dist] = version(dist)
+        except PackageNotFoundError:
+            record[dist] = None
+    record["git_commit"] = git_commit()
+    return record
+
+
 def write_json(path: Path, obj: dict) -> None:
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
