@@ -119,6 +119,9 @@ class Pipeline:
         report.write_json(
             progress, {"done": index, "model_dir": model_dir, "global_step": self.logger.step, **state.to_json()}
         )
+        # the stage is committed: its mid-stage checkpoint (kept until now, so that a kill between
+        # the end of training and this commit resumes at the stage's last step) is superseded
+        (self.ckpt_dir / f"train-{index}.pt").unlink(missing_ok=True)
         if previous and previous != model_dir:
             shutil.rmtree(previous, ignore_errors=True)
 

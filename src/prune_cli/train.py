@@ -8,6 +8,7 @@ or bf16.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from dataclasses import dataclass
@@ -36,15 +37,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict:
+    """Every generator a training step draws from (dropout, sampling noise, numpy, Python)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    if isinstance(state, torch.Tensor):  # checkpoints before 2026-12 kept torch's CPU state only
+        torch.set_rng_state(state)
+        return
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def make_accelerator(tcfg: DictConfig, seed: int):
     """Seedable sampler: the shuffling order is a function of (seed, epoch), so a resumed run sees
-    exactly the batches the interrupted one would have seen."""
+    exactly the batches the interrupted one would have seen. Gradient accumulation is NOT left to
+    accelerate: `train` groups micro-batches itself (see there), so accelerate's step counting and
+    loss scaling stay out of it."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
     return Accelerator(
         mixed_precision=str(tcfg.precision),
-        gradient_accumulation_steps=int(tcfg.grad_accum),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
     )
 
@@ -58,6 +79,8 @@ def train_loader(dataset, collate_fn, batch_size: int, seed: int, shuffle: bool 
 
 
 def budget(tcfg: DictConfig, n_batches: int, epochs: float | None = None) -> Budget:
+    """Optimizer steps of a stage. An epoch of n micro-batches is ceil(n / grad_accum) windows:
+    the last one may be short, and it still is one optimizer step."""
     steps_per_epoch = max(1, math.ceil(n_batches / int(tcfg.grad_accum)))
     if tcfg.get("max_steps"):
         steps = int(tcfg.max_steps)
@@ -125,6 +148,19 @@ def task_loss(outputs, batch: dict, label_smoothing: float) -> torch.Tensor:
     )
 
 
+def loss_units(batch: dict) -> int:
+    """How many terms the batch's mean loss averages: labelled tokens for token-level labels
+    (NER, translation: -100 is ignored), else examples. Weighting micro-batches by it makes an
+    accumulated window compute the loss of ONE batch of all its examples."""
+    labels = batch.get("labels")
+    if labels is None:
+        first = next(v for v in batch.values() if torch.is_tensor(v))
+        return int(first.shape[0])
+    if labels.dim() > 1:
+        return int((labels != -100).sum())
+    return int(labels.shape[0])
+
+
 def train(
     *,
     model,
@@ -145,22 +181,36 @@ def train(
     """Train `model` in place; returns {"steps", "train_loss"}.
 
     `pruner`/`gates`: a learner method whose gate values are set before every forward pass.
-    `freeze_model`: train only the method's parameters (the "pipelined" regime's gate learning).
-    `checkpoint`: file for a resumable mid-stage checkpoint (written every `save_every` steps).
+    `freeze_model`: train only the method's parameters (the "pipelined" regime's gate learning;
+    the model stays in eval mode, so no dropout, evaluations in between included).
+    `checkpoint`: file for a resumable mid-stage checkpoint (written every `save_every` steps and
+    when the stage ends; the pipeline deletes it once the stage is committed).
     `evaluate`: callable(step) -> dict, run every `eval_every` steps.
+
+    Gradient accumulation, spelled out: each epoch's micro-batches are cut into windows of
+    `grad_accum` (the last may be shorter); every micro-batch's loss is weighted by its share of
+    the window's loss terms (`loss_units`), so a window equals one batch of all its examples and
+    a short last window gets the full step, not a fraction of it. Step s starts at epoch
+    s // steps_per_epoch, window s % steps_per_epoch: a resumed run continues on the very batch
+    the killed one would have seen next.
     """
-    loader = train_loader(dataset, collate_fn, int(tcfg.batch_size), seed, num_workers=int(tcfg.num_workers))
-    plan = budget(tcfg, len(loader), epochs)
+    accum = int(tcfg.grad_accum)
+    accelerator.dataloader_config.data_seed = seed  # each stage its own order (seed + stage index)
+    loader = accelerator.prepare(
+        train_loader(dataset, collate_fn, int(tcfg.batch_size), seed, num_workers=int(tcfg.num_workers)))
+    n_batches = len(loader)
+    plan = budget(tcfg, n_batches, epochs)
     optimizer = torch.optim.AdamW(
         _param_groups(model, tcfg, pruner, freeze_model), lr=float(tcfg.lr),
         betas=tuple(tcfg.get("adam_betas") or (0.9, 0.999)), eps=float(tcfg.get("adam_eps") or 1e-8),
     )
-    scheduler = _scheduler(optimizer, tcfg, plan.steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    scheduler = _scheduler(optimizer, tcfg, plan.steps)  # stepped once per optimizer step, by us
+    model, optimizer = accelerator.prepare(model, optimizer)
     if pruner is not None and hasattr(pruner, "to"):
         pruner.to(accelerator.device)
 
-    step, start_epoch, skip = 0, 0, 0
+    step = 0
+    losses: list[float] = []
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         accelerator.unwrap_model(model).load_state_dict(state["model"])
@@ -168,53 +218,68 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         if pruner is not None:
             pruner.load_state_dict(state["pruner"])
+        if accelerator.scaler is not None and state.get("scaler"):
+            accelerator.scaler.load_state_dict(state["scaler"])
         step = state["step"]
+        losses = list(state.get("losses", []))
         if logger is not None and "global_step" in state:
             logger.step = state["global_step"]  # curves continue where the killed run stopped
-        start_epoch, skip = divmod(step * int(tcfg.grad_accum), len(loader))
-        torch.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
+    start_epoch, skip_windows = divmod(step, plan.steps_per_epoch)
 
     label_smoothing = float(tcfg.get("label_smoothing") or 0.0)
     log_every, eval_every = int(tcfg.log_every), int(tcfg.eval_every)
     save_every = int(tcfg.save_every)
-    losses: list[float] = []
     bar = tqdm(total=plan.steps, initial=step, desc=desc, disable=not tcfg.progress_bar, dynamic_ncols=True)
-    model.train()
-    if freeze_model:
-        model.eval()  # no dropout while only the gates learn on a fixed network
-    done = step >= plan.steps
-    for epoch in range(start_epoch, plan.epochs + 1):
-        if done:
-            break
+    train_mode = not freeze_model  # no dropout while only the gates learn on a fixed network
+    model.train(train_mode)
+    extra = 0.0
+
+    def save():
+        if checkpoint is not None:
+            _save(checkpoint, accelerator, model, optimizer, scheduler, pruner, step, losses,
+                  global_step=logger.step if logger is not None else step)
+
+    epoch = start_epoch
+    while step < plan.steps:
         loader.set_epoch(epoch)
-        for i, batch in enumerate(loader):
-            if epoch == start_epoch and i < skip:
-                continue
-            with accelerator.accumulate(model):
-                if pruner is not None:
-                    gates.set(pruner.gate_values(step, plan.steps, training=True))
-                with accelerator.autocast():
-                    outputs = model(**batch)
-                    loss = task_loss(outputs, batch, label_smoothing)
-                    extra = pruner.extra_loss() if pruner is not None else 0.0
-                    total = loss + extra
-                accelerator.backward(total)
-                if accelerator.sync_gradients and float(tcfg.max_grad_norm) > 0:
-                    accelerator.clip_grad_norm_(
-                        [p for g in optimizer.param_groups if not g.get("method") for p in g["params"]],
-                        float(tcfg.max_grad_norm),
-                    )
-                if pruner is not None and accelerator.num_processes > 1:  # method params live outside DDP
-                    for p in pruner.parameters():
-                        if p.grad is not None:
-                            p.grad = accelerator.reduce(p.grad, "mean")
-                optimizer.step()
+        batches = iter(loader)
+        for window in range(plan.steps_per_epoch):
+            size = min(accum, n_batches - window * accum)
+            micro = [next(batches) for _ in range(size)]
+            if epoch == start_epoch and window < skip_windows:
+                continue  # already trained on before the restart
+            units = [loss_units(b) for b in micro]
+            window_loss = 0.0
+            for j, batch in enumerate(micro):
+                weight = units[j] / max(1, sum(units))
+                sync = j == size - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    if pruner is not None:
+                        gates.set(pruner.gate_values(step, plan.steps, training=True))
+                    with accelerator.autocast():
+                        outputs = model(**batch)
+                        loss = task_loss(outputs, batch, label_smoothing)
+                        extra = pruner.extra_loss() if pruner is not None else 0.0
+                        total = loss + extra
+                    accelerator.backward(total * weight)
+                window_loss += weight * float(loss.detach())
+            if float(tcfg.max_grad_norm) > 0:
+                accelerator.clip_grad_norm_(
+                    [p for g in optimizer.param_groups if not g.get("method") for p in g["params"]],
+                    float(tcfg.max_grad_norm),
+                )
+            if pruner is not None and accelerator.num_processes > 1:  # method params live outside DDP
+                for p in pruner.parameters():
+                    if p.grad is not None:
+                        p.grad = accelerator.reduce(p.grad, "mean")
+            optimizer.step()
+            if not accelerator.optimizer_step_was_skipped:  # fp16: an overflow skips both
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
+            optimizer.zero_grad(set_to_none=True)
+
             step += 1
-            losses.append(float(loss.detach()))
+            losses.append(window_loss)
             bar.update(1)
             if logger is not None:
                 logger.step += 1
@@ -230,13 +295,12 @@ def train(
                 if pruner is not None:  # score the hard top-K_t mask, not the last noisy relaxation
                     gates.set(pruner.gate_values(step, plan.steps, training=False))
                 evaluate(step)
-                model.train()
-            if checkpoint is not None and save_every and step % save_every == 0 and step < plan.steps:
-                _save(checkpoint, accelerator, model, optimizer, scheduler, pruner, step,
-                      global_step=logger.step if logger is not None else step)
+                model.train(train_mode)
+            if save_every and (step % save_every == 0 or step == plan.steps):
+                save()  # also at the end: a kill before the pipeline commits the stage loses nothing
             if step >= plan.steps:
-                done = True
                 break
+        epoch += 1
     bar.close()
     if gates is not None:
         gates.set(None)
@@ -245,12 +309,13 @@ def train(
     if freeze_model:
         for p in model.parameters():
             p.requires_grad_(True)
-    if checkpoint is not None and checkpoint.is_file():
-        checkpoint.unlink()  # the stage's own checkpoint supersedes it
     return {"steps": step, "train_loss": float(np.mean(losses)) if losses else float("nan")}
 
 
-def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: int, global_step: int) -> None:
+def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: int, losses: list[float],
+          global_step: int) -> None:
+    if not accelerator.is_main_process:
+        return
     state = {
         "model": accelerator.unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -258,7 +323,9 @@ def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: in
         "pruner": pruner.state_dict() if pruner is not None else {},
         "step": step,
         "global_step": global_step,
-        "rng": torch.get_rng_state(),
+        "losses": losses,
+        "rng": rng_state(),
+        "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
