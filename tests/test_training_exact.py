@@ -4,7 +4,6 @@ the same bits, gate learning without dropout, each stage its own data order."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -24,10 +23,8 @@ RTE = ROOT.parent / "shared" / "data" / "glue" / "RTE"
 
 
 def tcfg(**kw):
-    base = dict(epochs=2, max_steps=None, batch_size=8, eval_batch_size=8, grad_accum=1, lr=1e-3, weight_decay=0.01,
-                adam_betas=[0.9, 0.999], adam_eps=1e-8, warmup_ratio=0.1, warmup_steps=None, lr_scheduler="linear",
-                label_smoothing=0.0, max_grad_norm=1.0, precision="no", eval_every=0, save_every=0, log_every=1,
-                num_workers=0, recovery_epochs=None, progress_bar=False)
+    base = OmegaConf.to_container(OmegaConf.load(ROOT / "src" / "prune_cli" / "conf" / "trainer" / "default.yaml"))
+    base.update(epochs=2, batch_size=8, lr=1e-3, save_every=0, log_every=1, progress_bar=False)
     base.update(kw)
     return OmegaConf.create(base)
 
