@@ -38,6 +38,71 @@ def _is_int(v) -> bool:
     return isinstance(v, Integral) and not isinstance(v, bool)
 
 
+def _is_num(v) -> bool:
+    return isinstance(v, Real) and not isinstance(v, bool)
+
+
+def _betas(v) -> bool:
+    return (v is not None and not isinstance(v, str) and len(v) == 2
+            and all(_is_num(b) and 0 <= b < 1 for b in v))
+
+
+#: One rule per numeric key: (key, accepts null, test, what is allowed). Keys a config does not
+#: have (a method without gate_epochs) are skipped; choices and cross-key rules follow in code.
+RULES: tuple[tuple[str, bool, object, str], ...] = (
+    ("trainer.epochs", False, lambda v: _is_num(v) and v > 0, "a number of epochs > 0 (fractions allowed)"),
+    ("trainer.max_steps", True, lambda v: _is_int(v) and v >= 1, "a whole number of optimizer steps >= 1, or null"),
+    ("trainer.batch_size", False, lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    ("trainer.eval_batch_size", False, lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    ("trainer.grad_accum", False, lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    ("trainer.lr", False, lambda v: _is_num(v) and v > 0, "a learning rate > 0"),
+    ("trainer.weight_decay", False, lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    ("trainer.adam_betas", False, _betas, "two numbers in [0, 1), e.g. [0.9,0.999]"),
+    ("trainer.adam_eps", False, lambda v: _is_num(v) and v > 0, "a number > 0"),
+    ("trainer.warmup_ratio", False, lambda v: _is_num(v) and 0 <= v <= 1, "a fraction of the steps in [0, 1]"),
+    ("trainer.warmup_steps", True, lambda v: _is_int(v) and v >= 0, "a whole number of steps >= 0, or null"),
+    ("trainer.label_smoothing", False, lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("trainer.max_grad_norm", False, lambda v: _is_num(v) and v >= 0, "a number >= 0 (0 = no clipping)"),
+    ("trainer.eval_every", False, lambda v: _is_int(v) and v >= 0, "a whole number of steps >= 0 (0 = stage ends)"),
+    ("trainer.save_every", False, lambda v: _is_int(v) and v >= 0, "a whole number of steps >= 0 (0 = stage ends)"),
+    ("trainer.log_every", False, lambda v: _is_int(v) and v >= 1, "a whole number of steps >= 1"),
+    ("trainer.num_workers", False, lambda v: _is_int(v) and v >= 0, "a whole number of worker processes >= 0"),
+    ("trainer.recovery_epochs", True, lambda v: _is_num(v) and v > 0, "a number of epochs > 0, or null"),
+    ("task.max_train_samples", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null (all rows)"),
+    ("task.max_eval_samples", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null (all rows)"),
+    ("task.max_length", False, lambda v: _is_int(v) and v >= 8, "a whole number of tokens >= 8"),
+    ("task.eval_batch_size", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null"),
+    ("method.gate_epochs", True, lambda v: _is_num(v) and v > 0, "a number of epochs > 0, or null"),
+    ("method.score_batches", True, lambda v: _is_int(v) and v >= 1, "a whole number of batches >= 1, or null"),
+    ("bench.repeats", False, lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    ("bench.warmup", False, lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
+)
+
+#: schedules that only make sense for one kind of method
+SCORER_SCHEDULES = ("one_shot", "iterative", "geometric")
+
+
+def check_rules(cfg: DictConfig) -> None:
+    for key, nullable, test, allowed in RULES:
+        group, _, name = key.partition(".")
+        node = cfg.get(group)
+        if node is None or name not in node:
+            continue
+        value = node.get(name)
+        if value is None and nullable:
+            continue
+        if isinstance(value, DictConfig) or not _safe(test, value):
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            raise ConfigError(key, shown, allowed)
+
+
+def _safe(test, value) -> bool:
+    try:
+        return bool(test(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def validate(cfg: DictConfig) -> Plan:
     from prune_cli.tasks import get_task
 
@@ -65,19 +130,20 @@ def validate(cfg: DictConfig) -> Plan:
 
         if not torch.cuda.is_available():
             raise ConfigError("trainer.precision", "fp16", "no (fp32) or bf16 on a machine without a CUDA GPU")
-    for key in ("batch_size", "eval_batch_size", "grad_accum"):
-        v = cfg.trainer.get(key)
-        if not _is_int(v) or v < 1:
-            raise ConfigError(f"trainer.{key}", v, "a positive integer")
-    for key in ("max_train_samples", "max_eval_samples"):
-        v = cfg.task.get(key)
-        if v is not None and (not _is_int(v) or v < 1):
-            raise ConfigError(f"task.{key}", v, "a positive integer or null (all rows)")
+    check_rules(cfg)
 
     method = cfg.method
-    stages = list(cfg.pipeline) if cfg.get("pipeline") is not None else _default_pipeline(method, cfg.model)
+    default = _default_pipeline(method, cfg.model)
+    stages = list(cfg.pipeline) if cfg.get("pipeline") is not None else default
     for s in stages:
         _check_choice("pipeline", s, STAGES)
+    regime = method.get("regime")
+    if cfg.get("pipeline") is not None and method.get("pipelines") is not None and regime != "joint" and stages != default:
+        raise ConfigError("pipeline", stages, f"method.regime={regime} already chooses the stages ({default}): "
+                          "give method.regime or pipeline=, not both")
+    if method.kind == "scorer" and cfg.schedule.name not in SCORER_SCHEDULES:
+        raise ConfigError("schedule", cfg.schedule.name, f"a scorer ({method.name}) prunes in rounds: one of "
+                          f"{', '.join(SCORER_SCHEDULES)} (linear and cubic anneal a learner's budget)")
     pruning = [s for s in stages if s in PRUNING_STAGES]
     if len(pruning) > 1:
         raise ConfigError("pipeline", stages, f"at most one pruning stage ({', '.join(PRUNING_STAGES)})")
@@ -92,6 +158,7 @@ def validate(cfg: DictConfig) -> Plan:
         raise ConfigError("pipeline", stages, f"stage prune needs a scorer method (random, michel), not {method.name}")
     if wants_pruning and not pruning:
         raise ConfigError("pipeline", stages, "a pruning stage (prune, prune_joint or learn_gates) when heads/sparsity is set")
+    _check_order(stages)
 
     task = get_task(cfg.task)
     space, model_type = _model_space(cfg, task)
@@ -110,8 +177,32 @@ def validate(cfg: DictConfig) -> Plan:
         keep = int(heads)
     elif sparsity is not None:
         keep = round((1 - float(sparsity)) * in_scope)
+    if keep is not None and keep == in_scope:
+        warn(f"{'heads' if heads is not None else 'sparsity'}={heads if heads is not None else sparsity} keeps "
+             f"all {in_scope} heads of {cfg.model.name}: nothing is pruned (heads=K counts heads KEPT)")
     task.validate()
     return Plan(total, in_scope, keep, stages, task)
+
+
+def warn(message: str) -> None:
+    """One line on stderr, in the CLI's own voice (the run goes on)."""
+    import sys
+
+    print(f"prune-run: warning: {message}", file=sys.stderr)
+
+
+def _check_order(stages: list[str]) -> None:
+    """Outputs must describe the final model: nothing is exported, timed or evaluated (as the
+    run's result) before the last stage that changes the model."""
+    changing = [i for i, s in enumerate(stages) if s in ("train", "finetune", *PRUNING_STAGES)]
+    last = changing[-1] if changing else -1
+    for i, s in enumerate(stages):
+        if s in ("export", "bench") and i < last:
+            raise ConfigError("pipeline", stages, f"{s} after the last stage that changes the model ({stages[last]})")
+    evals = [i for i, s in enumerate(stages) if s == "evaluate"]
+    if evals and evals[-1] < last:
+        raise ConfigError("pipeline", stages, f"an evaluate after {stages[last]}, or metrics.json would describe "
+                          "another model than the one exported")
 
 
 def _check_choice(key: str, value, allowed) -> None:

@@ -1,0 +1,73 @@
+"""Every key is checked before any model loads: one ConfigError naming the key, the value and
+what is allowed (the CLI prints it as one line, exit 2: tests/test_cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from prune_cli.errors import ConfigError
+from prune_cli.validate import RULES, validate
+
+RTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue" / "RTE"
+
+
+def cfg(*overrides):
+    with initialize_config_module("prune_cli.conf", version_base="1.3"):
+        return compose("config", overrides=["model=minilm", "task=rte", f"task.data_dir={RTE}", *overrides])
+
+
+BAD = [
+    (["trainer.log_every=0"], "trainer.log_every"),
+    (["trainer.lr=0"], "trainer.lr"),
+    (["trainer.lr=-1e-5"], "trainer.lr"),
+    (["trainer.epochs=0"], "trainer.epochs"),
+    (["trainer.max_steps=-3"], "trainer.max_steps"),
+    (["trainer.warmup_ratio=1.5"], "trainer.warmup_ratio"),
+    (["trainer.label_smoothing=1.0"], "trainer.label_smoothing"),
+    (["trainer.label_smoothing=-0.1"], "trainer.label_smoothing"),
+    (["trainer.eval_every=-1"], "trainer.eval_every"),
+    (["trainer.save_every=-1"], "trainer.save_every"),
+    (["trainer.num_workers=-2"], "trainer.num_workers"),
+    (["trainer.adam_betas=[0.9]"], "trainer.adam_betas"),
+    (["trainer.adam_betas=[0.9,1.5]"], "trainer.adam_betas"),
+    (["trainer.adam_betas=fast"], "trainer.adam_betas"),
+    (["trainer.recovery_epochs=0"], "trainer.recovery_epochs"),
+    (["method=dsp", "heads=36", "method.gate_epochs=0"], "method.gate_epochs"),
+    (["method=michel", "heads=36", "method.score_batches=-1"], "method.score_batches"),
+    (["method=michel", "heads=36", "pipeline=[evaluate,export,prune]"], "pipeline"),
+    (["method=michel", "heads=36", "pipeline=[finetune,evaluate,prune]"], "pipeline"),
+    (["method=dsp", "heads=36", "method.regime=pipelined", "pipeline=[prune_joint,evaluate]"], "pipeline"),
+    (["method=michel", "heads=36", "schedule=cubic"], "schedule='cubic'"),
+    (["method=random", "heads=36", "schedule=linear"], "schedule='linear'"),
+]
+
+
+@pytest.mark.parametrize("overrides, key", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_value_is_one_error_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        validate(cfg(*overrides))
+    line = str(err.value)
+    assert line.startswith(key) and "\n" not in line
+
+
+def test_every_rule_names_a_key_the_packaged_config_has():
+    """No rule for a key that does not exist (a renamed key would silently go unchecked)."""
+    base = cfg("method=dsp", "heads=36")
+    scorer = cfg("method=michel", "heads=36")
+    for key, *_ in RULES:
+        group, _, name = key.partition(".")
+        assert name in base[group] or name in scorer[group], key
+
+
+def test_good_configs_pass_and_keeping_every_head_says_so(capsys):
+    validate(cfg("method=michel", "heads=36", "schedule=iterative"))
+    validate(cfg("method=dsp", "heads=36", "schedule=cubic", "method.regime=pipelined"))
+    validate(cfg("method=dsp_pipelined", "heads=36", "pipeline=[finetune,learn_gates,finetune,evaluate,export]"))
+    assert "warning" not in capsys.readouterr().err
+    validate(cfg("method=michel", "heads=72"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["prune-run: warning: heads=72 keeps all 72 heads of minilm: nothing is pruned "
+                   "(heads=K counts heads KEPT)"]
