@@ -143,3 +143,49 @@ def test_collect_runs_shows_fractions_and_percentages_on_one_scale(tmp_path):
             "heads_kept": 36, "heads_total": 72}))
     text = table(find_runs([tmp_path]))
     assert "| michel | 62.5 |" in text and "| michel | 39.1 |" in text
+
+
+@pytest.mark.slow
+def test_resuming_with_other_settings_is_refused_and_leaves_the_run_as_it_was(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    original = Pipeline._stage_finetune
+
+    def die(self, state, index):
+        raise RuntimeError("node died")
+
+    monkeypatch.setattr(Pipeline, "_stage_finetune", die)
+    with pytest.raises(RuntimeError, match="node died"):
+        Pipeline(make_cfg("method=none", "trainer.lr=1e-4"), run).run()
+    monkeypatch.setattr(Pipeline, "_stage_finetune", original)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("what the run was started with\n")
+
+    from prune_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"trainer.lr: 0.0001 -> 2e-05"):
+        Pipeline(make_cfg("method=none", "trainer.lr=2e-5"), run).run()
+    # through the CLI: refused before Hydra rewrites .hydra/config.yaml, one line, exit 2
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    res = subprocess.run([sys.executable, "-m", "prune_cli.cli", "model=minilm", "task=rte", f"task.data_dir={RTE}",
+                          "task.max_train_samples=16", "task.max_eval_samples=16", "trainer.max_steps=2",
+                          "trainer.batch_size=8", "trainer.progress_bar=false", "method=none", "trainer.lr=3e-5",
+                          f"hydra.run.dir={run}"], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
+    assert "trainer.lr: 0.0001 -> 3e-05" in res.stderr
+    assert (run / ".hydra" / "config.yaml").read_text() == "what the run was started with\n"
+    # the same settings resume it (the logger may change: it does not change results)
+    metrics = Pipeline(make_cfg("method=none", "trainer.lr=1e-4", "logger=none"), run).run()
+    assert metrics["stages"][0]["stage"] == "finetune"
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_get_two_folders(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    args = [sys.executable, "-m", "prune_cli.cli", "model=minilm", "task=rte", f"task.data_dir={RTE}",
+            "task.max_train_samples=8", "task.max_eval_samples=8", "trainer.max_steps=1", "trainer.batch_size=8",
+            "trainer.progress_bar=false", "method=none", "logger=none", "export_model=false"]
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    runs = sorted((tmp_path / "outputs" / "rte" / "none").iterdir())
+    assert len(runs) == 2 and all((r / "metrics.json").is_file() for r in runs)

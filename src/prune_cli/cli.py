@@ -64,12 +64,20 @@ def precompose(args: list[str]) -> None:
     overrides = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
     try:
         with initialize_config_module(CONF_MODULE, version_base="1.3"):
-            compose("config", overrides=overrides)
+            cfg = compose("config", overrides=overrides)
     except Exception as err:  # noqa: BLE001 - Hydra/OmegaConf errors: keep their first line, it names the key
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         _die(first)
     finally:
         GlobalHydra.instance().clear()
+    run_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+    if run_dir:  # before Hydra rewrites <run>/.hydra/config.yaml of the run being resumed
+        from prune_cli.pipeline import resume_conflict
+
+        conflict = resume_conflict(Path(run_dir), cfg)
+        if conflict:
+            _die(f"hydra.run.dir={run_dir!r}: a new folder, or the settings this unfinished run was started "
+                 f"with ({conflict})")
 
 
 @hydra.main(config_path="pkg://prune_cli.conf", config_name="config", version_base="1.3")
@@ -84,7 +92,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         plan = validate(cfg)
     except ConfigError as err:
         _die(str(err))
-    metrics = Pipeline(cfg, run_dir, plan).run()
+    try:
+        metrics = Pipeline(cfg, run_dir, plan).run()
+    except ConfigError as err:
+        _die(str(err))
     primary = metrics.get("primary")
     print(f"prune-run: {cfg.task.name} {metrics['primary_metric']}={primary} "
           f"heads={metrics['heads_kept']}/{metrics['heads_total']} -> {run_dir}")

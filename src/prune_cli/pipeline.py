@@ -64,6 +64,7 @@ class Pipeline:
     # ------------------------------------------------------------------ driver
     def run(self) -> dict:
         cfg, plan = self.cfg, self.plan
+        self._guard_resume()
         t0 = time.time()
         seed_everything(cfg.seed)
         self.logger = RunLogger(cfg, self.run_dir)
@@ -87,6 +88,27 @@ class Pipeline:
         self.logger.finish()
         shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         return metrics
+
+    def _guard_resume(self) -> None:
+        """First start: keep the config (and Hydra's record of it) in checkpoints/. A restart with
+        other settings is refused, and Hydra's .hydra/ files, which it has already rewritten,
+        are put back to what the run was started with."""
+        from prune_cli.errors import ConfigError
+
+        saved, hydra_dir = self.ckpt_dir / "config.yaml", self.run_dir / ".hydra"
+        conflict = resume_conflict(self.run_dir, self.cfg)
+        if conflict:
+            for f in (self.ckpt_dir / "hydra").glob("*.yaml"):
+                shutil.copy2(f, hydra_dir / f.name)
+            raise ConfigError("hydra.run.dir", str(self.run_dir), "a new folder, or the settings this unfinished run "
+                              f"was started with ({conflict})")
+        if not saved.is_file():
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            if hydra_dir.is_dir():
+                shutil.copytree(hydra_dir, self.ckpt_dir / "hydra", dirs_exist_ok=True)
+            tmp = saved.with_suffix(".tmp")
+            tmp.write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+            tmp.replace(saved)
 
     def _start(self) -> tuple[State, int]:
         progress = self.ckpt_dir / "progress.json"
@@ -255,6 +277,41 @@ class Pipeline:
         self.logger.image("heads", png)
         self.logger.file(self.run_dir / "heads.json")
         return metrics
+
+
+#: keys a resumed run may change: how it is watched, not what it computes
+RESUME_FREE = ("logger", "trainer.progress_bar")
+
+
+def _flat(cfg) -> dict:
+    container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(container, "")
+    return {k: v for k, v in out.items() if not k.startswith("hydra") and not any(
+        k == free or k.startswith(free + ".") for free in RESUME_FREE)}
+
+
+def resume_conflict(run_dir: Path, cfg: DictConfig) -> str | None:
+    """None if `run_dir` holds no unfinished run or one started with the same settings; else what
+    differs. Resuming a run with other settings would mix two experiments in one folder and make
+    its config.yaml lie, so it is refused (before any model loads)."""
+    saved = Path(run_dir) / "checkpoints" / "config.yaml"
+    if not saved.is_file():
+        return None
+    old, new = _flat(OmegaConf.load(saved)), _flat(cfg)
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if not diff:
+        return None
+    more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
+    return "; ".join(diff[:3]) + more
 
 
 _MODEL_CHANGING = {"train", "finetune", "prune", "prune_joint", "learn_gates"}
