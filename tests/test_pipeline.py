@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from prune_cli.pipeline import Pipeline
@@ -189,3 +190,53 @@ def test_two_runs_started_together_get_two_folders(tmp_path):
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     runs = sorted((tmp_path / "outputs" / "rte" / "none").iterdir())
     assert len(runs) == 2 and all((r / "metrics.json").is_file() for r in runs)
+
+
+@pytest.mark.slow
+def test_a_pruned_export_is_pruned_again_in_the_dense_index(tmp_path):
+    """K-curves by chaining runs: 72 -> 36 (michel), 36 -> 18 (michel), 18 -> 9 (dsp), each from the
+    previous export. Every run speaks in the dense index: heads_total 72, params_dense the dense
+    model's, and each mask a subset of the previous one."""
+    first = Pipeline(make_cfg("method=michel", "heads=36"), tmp_path / "a").run()
+    runs = [("a", first)]
+    for name, method, k in (("b", "michel", 18), ("c", "dsp", 9)):
+        metrics = Pipeline(make_cfg(f"method={method}", f"heads={k}", f"model.path={tmp_path / runs[-1][0] / 'model'}"),
+                           tmp_path / name).run()
+        assert (metrics["heads_total"], metrics["heads_kept"]) == (72, k)
+        assert metrics["params_dense"] == first["params_dense"] and metrics["params"] < runs[-1][1]["params"]
+        runs.append((name, metrics))
+    masks = [torch.tensor(sum(json.loads((tmp_path / n / "heads.json").read_text())["mask"], [])) for n, _ in runs]
+    assert [int(m.sum()) for m in masks] == [36, 18, 9]
+    assert all(bool((later <= earlier).all()) for earlier, later in zip(masks, masks[1:]))
+    from prune_cli.heads import HeadSpace
+    from prune_cli.surgery import load_pruned
+
+    assert HeadSpace.from_model(load_pruned(tmp_path / "c" / "model")).total == 9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pruned", [True, False], ids=["pruned-export", "dense-export"])
+def test_an_export_reused_for_other_labels_gets_a_new_head(tmp_path, capfd, pruned):
+    from safetensors.torch import load_file
+
+    method = ["method=random", "heads=40"] if pruned else ["method=none"]
+    Pipeline(make_cfg(*method), tmp_path / "rte").run()
+    saved = load_file(tmp_path / "rte" / "model" / "model.safetensors")
+    capfd.readouterr()
+    # MRPC: 2 labels too, but other ones: the RTE head would be silently reused as an MRPC head
+    cfg = make_cfg("method=none", f"model.path={tmp_path / 'rte' / 'model'}", "task=mrpc", f"task.data_dir={MRPC}")
+    from prune_cli.tasks import get_task
+
+    task = get_task(cfg.task)
+    model, _ = task.load_model(cfg.model)
+    err = capfd.readouterr().err
+    assert "prune-run: warning: model.path=" in err and "classifier is re-initialised" in err
+    assert model.config.id2label == {0: "not_equivalent", 1: "equivalent"}
+    assert not torch.equal(model.state_dict()["classifier.weight"], saved["classifier.weight"])
+    assert torch.equal(model.state_dict()["bert.encoder.layer.5.output.dense.weight"],
+                       saved["bert.encoder.layer.5.output.dense.weight"])
+    # the same labels: the fine-tuned head is kept, no warning
+    same = get_task(make_cfg("method=none", f"model.path={tmp_path / 'rte' / 'model'}").task)
+    model, _ = same.load_model(make_cfg("method=none", f"model.path={tmp_path / 'rte' / 'model'}").model)
+    assert "warning" not in capfd.readouterr().err
+    assert torch.equal(model.state_dict()["classifier.weight"], saved["classifier.weight"])

@@ -7,6 +7,10 @@ output projection: its input is the concatenation of the heads' context vectors
 attention kernel), needs no registration with `AttentionInterface` / `AttentionMaskInterface`,
 and never touches the padding mask.
 
+The gate vector may be indexed by the DENSE model's heads while the model itself has already
+lost some (a pruned export pruned again, a resumed run): each block then reads the entries of
+the heads it still has, and the entries of removed heads are simply unused (their gradient is 0).
+
 When no gate values are set (`set(None)`, the default) the hook returns at once, so an installed
 but idle `Gates` costs one Python call per block. Values may carry gradients: learners (DSP,
 Voita, STE) and Michel's importance both differentiate the loss with respect to them.
@@ -26,19 +30,33 @@ class Gates:
     """Install with `with Gates(model, space) as gates:` (or `.remove()` when done)."""
 
     def __init__(self, model: nn.Module, space: HeadSpace | None = None):
+        """`space`: the index of the gate values (default: the model as it is now); the DENSE space
+        of a model that lost heads works too."""
         self.model = model
-        self.space = space or HeadSpace.from_model(model)
+        current = HeadSpace.from_model(model)
+        self.space = space or current
+        by_name = {b.name: b for b in self.space.blocks}
+        self._index: list[slice | torch.Tensor] = []
+        for block in current.blocks:
+            ref = by_name.get(block.name)
+            missing = [h for h in block.heads if ref is None or h not in ref.heads]
+            if missing:
+                raise ValueError(f"{block.name}: heads {missing} of the model are not in the given HeadSpace")
+            pos = [ref.offset + ref.heads.index(h) for h in block.heads]
+            contiguous = pos == list(range(pos[0], pos[0] + len(pos))) if pos else True
+            self._index.append(slice(pos[0], pos[0] + len(pos)) if pos and contiguous
+                               else torch.tensor(pos, dtype=torch.long))
         self._values: torch.Tensor | None = None
-        self._slices: list[torch.Tensor | None] = [None] * len(self.space.blocks)
+        self._slices: list[torch.Tensor | None] = [None] * len(current.blocks)
         modules = dict(model.named_modules())
         self._handles = []
-        for i, block in enumerate(self.space.blocks):
+        for i, block in enumerate(current.blocks):
             o_proj = modules[block.o]
             width = block.num_heads * block.head_dim
             if o_proj.in_features != width:
                 raise ValueError(
                     f"{block.o} takes {o_proj.in_features} features but the HeadSpace gives {block.name} "
-                    f"{block.num_heads} heads of {block.head_dim}: build the HeadSpace from this model"
+                    f"{block.num_heads} heads of {block.head_dim}"
                 )
             if block.num_heads:
                 self._handles.append(o_proj.register_forward_pre_hook(self._hook(i, block.num_heads, block.head_dim)))
@@ -65,7 +83,7 @@ class Gates:
         """Gate values [H] for the following forward passes; None opens every gate (no cost)."""
         if values is None:
             self._values = None
-            self._slices = [None] * len(self.space.blocks)
+            self._slices = [None] * len(self._index)
             return
         if values.shape != (self.space.total,):
             raise ValueError(f"gate values must have shape ({self.space.total},), got {tuple(values.shape)}")
@@ -73,13 +91,14 @@ class Gates:
         if values.device != device:
             values = values.to(device)
         self._values = values
-        self._slices = list(self.space.split(values))
+        self._slices = [values[ix] if isinstance(ix, slice) else values[ix.to(values.device)] for ix in self._index]
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self.set(None)
+        self._values = None
+        self._slices = [None] * len(self._index)
 
     def __enter__(self) -> Self:
         return self

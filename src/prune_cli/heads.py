@@ -217,6 +217,17 @@ class HeadSpace:
             [scope == "all" or b.kind == scope for b in self.blocks for _ in b.heads], dtype=torch.bool
         ).reshape(self.total)
 
+    def kept(self, current: HeadSpace) -> torch.Tensor:
+        """bool [self.total]: which of THIS (dense) space's heads `current` (the same model after
+        surgery) still has."""
+        mask = torch.zeros(self.total, dtype=torch.bool)
+        by_name = {b.name: b for b in self.blocks}
+        for block in current.blocks:
+            ref = by_name[block.name]
+            for h in block.heads:
+                mask[ref.offset + ref.heads.index(h)] = True
+        return mask
+
     def describe(self) -> list[dict]:
         """[{name, kind, layer, heads}] with ORIGINAL head ids: the block list of heads.json."""
         return [{"name": b.name, "kind": b.kind, "layer": b.layer, "heads": list(b.heads)} for b in self.blocks]

@@ -61,21 +61,79 @@ def load_config(model_cfg: DictConfig, **kwargs):
 
 
 def load_pretrained(model_cfg: DictConfig, auto_class, **kwargs):
-    """(model, tokenizer) in float32 (mixed precision is the trainer's job)."""
-    from transformers import AutoTokenizer
+    """(model, tokenizer) in float32 (mixed precision is the trainer's job).
+
+    `kwargs` are the task's (num_labels, id2label, problem_type...): they win over the saved
+    config, for a pruned export as for any folder. A checkpoint fine-tuned for OTHER labels (an
+    MNLI model reused on RTE) gets a freshly initialised classifier, with one warning line: its
+    old head would be silently wrong (same size) or fail to load (other size).
+    """
+    from transformers import AutoConfig, AutoTokenizer
 
     source = resolve_source(model_cfg)
     tokenizer = AutoTokenizer.from_pretrained(source)
     import torch
 
     attn = model_cfg.get("attn_implementation", "sdpa")
-    kwargs.setdefault("dtype", torch.float32)  # a float16 checkpoint still trains in fp32 (+ autocast)
+    change = label_change(AutoConfig.from_pretrained(source), auto_class, kwargs)
+    if change:
+        from prune_cli.validate import warn
+
+        key = "model.path" if model_cfg.get("path") else "model"
+        warn(f"{key}={source}: {change}: its classifier is re-initialised for this task")
     if _is_pruned(source):  # a prune-run export: its shapes differ from what the config says
         from prune_cli.surgery import load_pruned
 
-        return load_pruned(source, auto_class, attn_implementation=attn).train(), tokenizer
-    model = auto_class.from_pretrained(source, attn_implementation=attn, **kwargs)
+        model = load_pruned(source, auto_class, config_overrides=kwargs, fresh_head=bool(change),
+                            attn_implementation=attn)
+        return model.train(), tokenizer
+    kwargs.setdefault("dtype", torch.float32)  # a float16 checkpoint still trains in fp32 (+ autocast)
+    model = auto_class.from_pretrained(source, attn_implementation=attn, ignore_mismatched_sizes=bool(change), **kwargs)
+    if change:
+        fresh_head(model)
     return model, tokenizer
+
+
+_HEADS = ("ForSequenceClassification", "ForTokenClassification")
+
+
+def label_change(saved, auto_class, kwargs: dict) -> str | None:
+    """What differs between the labels a checkpoint's head was trained for and the task's, or
+    None (same labels, or no trained head: a pretrained encoder, `architectures=[BertModel]`)."""
+    if "num_labels" not in kwargs:
+        return None
+    trained = [a for a in (getattr(saved, "architectures", None) or []) if a.endswith(_HEADS)]
+    if not trained:
+        return None
+    wanted_kind = auto_class.__name__.replace("AutoModel", "")
+    if not trained[0].endswith(wanted_kind):
+        return f"its head is a {trained[0]}, the task needs {wanted_kind}"
+    old = [saved.id2label[i] for i in sorted(saved.id2label)] if saved.num_labels else []
+    new = [kwargs["id2label"][i] for i in sorted(kwargs["id2label"])] if "id2label" in kwargs else None
+    if saved.num_labels != kwargs["num_labels"] or (new is not None and old != new) or (
+            kwargs.get("problem_type") and saved.problem_type not in (None, kwargs["problem_type"])):
+        return f"it was fine-tuned for labels {old} ({saved.problem_type or 'classification'}), the task has " \
+               f"{new if new is not None else kwargs['num_labels']} ({kwargs.get('problem_type') or 'classification'})"
+    return None
+
+
+def head_keys(model) -> list[str]:
+    """State-dict keys of the task head: everything outside the base model."""
+    from prune_cli.heads import base_prefix
+
+    prefix = base_prefix(model)
+    return [k for k in model.state_dict() if prefix and not k.startswith(prefix)]
+
+
+def fresh_head(model) -> None:
+    """Re-initialise the task head the way `from_config` initialises a new model."""
+    import torch
+
+    with torch.no_grad():
+        fresh = type(model)._from_config(model.config).state_dict()
+        state = model.state_dict()
+        for key in head_keys(model):
+            state[key].copy_(fresh[key])
 
 
 def _is_pruned(source: str) -> bool:

@@ -125,9 +125,11 @@ class Pipeline:
             self.logger.step = saved.get("global_step", 0)
             return state, saved["done"] + 1
         model, tokenizer = self.task.load_model(self.cfg.model)
-        space = HeadSpace.from_model(model)
-        state = State(model, tokenizer, space, torch.ones(space.total, dtype=torch.bool))
-        state.params_dense = count_params(model)
+        # the DENSE geometry indexes everything (a pruned export loaded with model.path has lost
+        # heads: they start out masked, and heads_total / params_dense describe the dense model)
+        space = HeadSpace.from_config(model.config, type(model), dense=True)
+        state = State(model, tokenizer, space, space.kept(HeadSpace.from_model(model)))
+        state.params_dense = dense_params(model)
         return state, 0
 
     def _checkpoint(self, state: State, index: int, changed_model: bool) -> None:
@@ -167,7 +169,7 @@ class Pipeline:
 
     def _stage_prune(self, state: State, index: int) -> dict:
         """Score, keep the top-K (in rounds if the schedule says so), then remove heads."""
-        eligible = state.space.scope_mask(self.cfg.heads_scope)
+        eligible = state.space.scope_mask(self.cfg.heads_scope) & state.mask  # removed heads stay removed
         in_scope = int(eligible.sum())
         mask = state.mask.clone()
         collate = self.task.collate_fn(state.tokenizer)
@@ -183,21 +185,21 @@ class Pipeline:
             for kept in rounds(self.cfg.schedule, in_scope, self.plan.keep):
                 ctx = ScoreContext(state.model, gates, batches, mask, self.accelerator)
                 scores = self.pruner.score(ctx)
-                mask = top_k_mask(scores, kept, eligible & mask) | ~eligible
+                mask = (top_k_mask(scores, kept, eligible & mask) | ~eligible) & state.mask
                 self.logger.log({"prune/heads_kept": int(mask.sum()), "prune/heads_kept_in_scope": kept})
         state.scores = scores
         return self._apply(state, mask)
 
     def _stage_prune_joint(self, state: State, index: int, freeze_model: bool = False) -> dict:
         """Learner methods: gates learned while training; then the exact top-K and surgery."""
-        eligible = state.space.scope_mask(self.cfg.heads_scope)
+        eligible = state.space.scope_mask(self.cfg.heads_scope) & state.mask
         self.pruner.setup(keep=self.plan.keep, eligible=eligible, schedule=self.cfg.schedule)
         name = "learn_gates" if freeze_model else "prune_joint"
         with Gates(state.model, state.space) as gates:
             epochs = self.cfg.method.get("gate_epochs") if freeze_model else None
             result = self._train(state, index, name, epochs=epochs, pruner=self.pruner, gates=gates,
                                  freeze_model=freeze_model)
-        mask = self.pruner.final_mask(self.plan.keep) | ~eligible
+        mask = (self.pruner.final_mask(self.plan.keep) | ~eligible) & state.mask
         state.scores = self.pruner.scores()
         result.update({k: v for k, v in self.pruner.log_stats().items() if k == "k_reached"})
         if hasattr(self.pruner, "history"):
@@ -312,6 +314,17 @@ def resume_conflict(run_dir: Path, cfg: DictConfig) -> str | None:
         return None
     more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
     return "; ".join(diff[:3]) + more
+
+
+def dense_params(model: torch.nn.Module) -> int:
+    """Parameters of `model` before any pruning (built from its config on the meta device)."""
+    from prune_cli.heads import read_record
+    from prune_cli.surgery import build_model
+
+    if not read_record(model):
+        return count_params(model)
+    with torch.device("meta"):
+        return count_params(build_model(model.config, type(model)))
 
 
 _MODEL_CHANGING = {"train", "finetune", "prune", "prune_joint", "learn_gates"}

@@ -101,13 +101,18 @@ def save_pruned(model: nn.Module, path, tokenizer=None) -> Path:
     return path
 
 
-def load_pruned(path, auto_class=None, **kwargs) -> nn.Module:
-    """Rebuild a model saved by `save_pruned` (or any unpruned HF folder) with its pruned shapes."""
+def load_pruned(path, auto_class=None, config_overrides: dict | None = None, fresh_head: bool = False,
+                **kwargs) -> nn.Module:
+    """Rebuild a model saved by `save_pruned` (or any unpruned HF folder) with its pruned shapes.
+
+    `config_overrides` (a task's num_labels, id2label...) win over the saved config;
+    `fresh_head=True` keeps the new model's initialised task head instead of the saved one (the
+    checkpoint was trained for other labels: `prune_cli.models.label_change`)."""
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
     path = Path(path)
-    config = AutoConfig.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path, **(config_overrides or {}))
     model = apply_record(build_model(config, auto_class, **kwargs))
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -115,6 +120,12 @@ def load_pruned(path, auto_class=None, **kwargs) -> nn.Module:
     state = {}
     for f in files:
         state.update(load_file(f))
+    fresh = set()
+    if fresh_head:
+        from prune_cli.models import head_keys
+
+        fresh = set(head_keys(model))
+        state = {k: v for k, v in state.items() if k not in fresh}
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise ValueError(f"{path}: weights not in the model: {result.unexpected_keys[:5]}")
@@ -122,8 +133,8 @@ def load_pruned(path, auto_class=None, **kwargs) -> nn.Module:
     loaded = {p.data_ptr() for k, p in model.state_dict().items() if k in state}
     # keys the model does not save (e.g. Marian's sinusoidal positions) keep their built values
     ignore = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or [])]
-    untied = [k for k in result.missing_keys
-              if model.state_dict()[k].data_ptr() not in loaded and not any(p.search(k) for p in ignore)]
+    untied = [k for k in result.missing_keys if k not in fresh
+              and model.state_dict()[k].data_ptr() not in loaded and not any(p.search(k) for p in ignore)]
     if untied:
         raise ValueError(f"{path}: weights missing from the checkpoint: {untied[:5]}")
     return model.eval()

@@ -161,7 +161,7 @@ def validate(cfg: DictConfig) -> Plan:
     _check_order(stages)
 
     task = get_task(cfg.task)
-    space, model_type = _model_space(cfg, task)
+    space, model_type, dense_total = _model_space(cfg, task)
     total, in_scope = space.total, int(space.scope_mask(scope).sum())
     from prune_cli.methods import get_pruner
 
@@ -173,7 +173,8 @@ def validate(cfg: DictConfig) -> Plan:
     if heads is not None:
         if not 0 <= heads <= in_scope:
             where = "" if scope == "all" else f" in heads_scope={scope}"
-            raise ConfigError("heads", heads, f"0..{in_scope}: {cfg.model.name} has {in_scope} heads{where}")
+            before = f" left of {dense_total} (it was pruned before)" if dense_total != total else ""
+            raise ConfigError("heads", heads, f"0..{in_scope}: {cfg.model.name} has {in_scope} heads{where}{before}")
         keep = int(heads)
     elif sparsity is not None:
         keep = round((1 - float(sparsity)) * in_scope)
@@ -226,8 +227,11 @@ def _default_pipeline(method: DictConfig, model: DictConfig) -> list[str]:
 
 
 def _model_space(cfg: DictConfig, task):
-    """HeadSpace and model type from the model's config alone (meta-device model: no weights)."""
-    from prune_cli.heads import HeadSpace
+    """HeadSpace (as the model is now), model type and the head count before any pruning, from
+    the model's config alone (meta-device model: no weights)."""
+    from prune_cli.heads import RECORD_KEY, HeadSpace
 
     config = task.model_config(cfg.model)
-    return HeadSpace.from_config(config), getattr(config, "model_type", "")
+    space = HeadSpace.from_config(config)
+    dense = HeadSpace.from_config(config, dense=True).total if getattr(config, RECORD_KEY, None) else space.total
+    return space, getattr(config, "model_type", ""), dense
