@@ -160,7 +160,7 @@ def step_overhead(base, data, args, protocol) -> dict:
 
 # ------------------------------------------------------------------------------ 3-4: whole runs
 def trainer_config(args):
-    tcfg = OmegaConf.load(ROOT / "src" / "prune_cli" / "conf" / "trainer" / "default.yaml")
+    tcfg = OmegaConf.load(ROOT / "conf" / "trainer" / "default.yaml")
     tcfg.merge_with({"epochs": 1, "batch_size": args.batch, "precision": args.precision, "progress_bar": False,
                      "save_every": 0, "log_every": 10**9, "eval_every": 0, "num_workers": 0})
     return tcfg

@@ -83,7 +83,7 @@ def data_dir() -> Path:
     return DATA
 
 
-CONF = Path(__file__).resolve().parents[1] / "src" / "prune_cli" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def load_task_cfg(name: str, local_dir, **overrides):

@@ -157,3 +157,22 @@ def test_demo_experiment_runs_from_any_folder_on_the_shipped_sample(tmp_path):
     assert metrics["versions"]["transformers"] and metrics["device"] == "cpu"
     config = (run_dir / ".hydra" / "config.yaml").read_text()
     assert "${package_data:sst2_sample}" in config  # resolves to the installed package wherever it reruns
+
+
+@pytest.mark.slow
+def test_user_config_dir_adds_experiments_without_editing_the_package(tmp_path):
+    conf = tmp_path / "my_conf"
+    (conf / "experiment").mkdir(parents=True)
+    (conf / "experiment" / "my_curve.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /method: random\nheads: 12\n")
+    (conf / "model").mkdir()
+    (conf / "model" / "my_minilm.yaml").write_text(
+        "defaults:\n  - minilm\n  - _self_\nname: my_minilm\n")
+    run_dir = tmp_path / "run"
+    res = prune_run(["--config-dir", str(conf), "experiment=my_curve", "model=my_minilm", *TINY[1:],
+                     "logger=none", "export_model=false", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["method"], metrics["heads_kept"], metrics["model"]) == ("random", 12, "my_minilm")
+    res = prune_run([f"--config-dir={conf}", "experiment=nope"], cwd=tmp_path)
+    assert res.returncode == 2 and "one of demo, dsp_curve, my_curve" in res.stderr

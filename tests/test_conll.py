@@ -16,7 +16,7 @@ from prune_cli.tasks.conll import IGNORE, ConllTask, align_labels, entity_metric
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CONF = Path(__file__).resolve().parents[1] / "src" / "prune_cli" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 CONLL = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 

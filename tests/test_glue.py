@@ -18,7 +18,7 @@ from prune_cli.tasks.glue import GlueTask, accuracy, f1, matthews_correlation, p
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CONF = Path(__file__).resolve().parents[1] / "src" / "prune_cli" / "conf" / "task"
+CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 ALL_TASKS = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
 # (config, folder, official dev size, first two train labels as ids/scores read by eye from the files)

@@ -26,7 +26,7 @@ from prune_cli.tasks.squad import (
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CONF = Path(__file__).resolve().parents[1] / "src" / "prune_cli" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "v1.1"
 
 

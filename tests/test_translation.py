@@ -20,7 +20,7 @@ from prune_cli.tasks.translation import TranslationTask, corpus_bleu, read_lines
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CONF = Path(__file__).resolve().parents[1] / "src" / "prune_cli" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "data" / "translation" / "multi30k-de-en" / "raw"
 
 

@@ -24,17 +24,41 @@ def _die(message: str) -> None:
     sys.exit(2)
 
 
-def _group_options(group: str) -> list[str] | None:
-    folder = resources.files(CONF_MODULE)
-    for part in group.split("/"):
-        folder = folder / part
-    if not folder.is_dir():
-        return None
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+def user_config_dirs_raw(args: list[str]) -> set[str]:
+    """The argument words that are --config-dir values (not overrides)."""
+    return {args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config-dir", "-cd")}
+
+
+def user_config_dirs(args: list[str]) -> list[Path]:
+    """Folders given with `--config-dir X` / `-cd X` (`--config-dir=X`): Hydra searches them
+    before the packaged configs, so `experiment=my_curve` may live there."""
+    dirs = []
+    for i, arg in enumerate(args):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            dirs.append(args[i + 1])
+        elif arg.startswith(("--config-dir=", "-cd=")):
+            dirs.append(arg.split("=", 1)[1])
+    return [Path(d).expanduser().resolve() for d in dirs]
+
+
+def _group_options(group: str, extra: list[Path] = ()) -> list[str] | None:
+    folders = [resources.files(CONF_MODULE), *extra]
+    options, found = set(), False
+    for folder in folders:
+        for part in group.split("/"):
+            folder = folder / part
+        if folder.is_dir():
+            found = True
+            options.update(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(options) if found else None
 
 
 def check_group_choices(args: list[str]) -> None:
-    """`method=foo` where method/foo.yaml does not exist -> one line naming the options."""
+    """`method=foo` where method/foo.yaml exists neither in the package nor in a --config-dir ->
+    one line naming the options."""
+    extra = user_config_dirs(args)
+    for missing in (d for d in extra if not d.is_dir()):
+        _die(f"--config-dir={missing}: not a folder")
     for arg in args:
         if arg.startswith("-") or "=" not in arg:
             continue
@@ -42,7 +66,7 @@ def check_group_choices(args: list[str]) -> None:
         key = key.lstrip("+~")
         if key.startswith("hydra") or "." in key:
             continue
-        options = _group_options(key)
+        options = _group_options(key, extra)
         if options is None:
             continue
         for choice in _sweep_values(value):
@@ -61,7 +85,11 @@ def precompose(args: list[str]) -> None:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    overrides = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    overrides = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")
+                 and a not in user_config_dirs_raw(args)]
+    extra = user_config_dirs(args)
+    if extra:
+        overrides.append("hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]")
     try:
         with initialize_config_module(CONF_MODULE, version_base="1.3"):
             cfg = compose("config", overrides=overrides)
