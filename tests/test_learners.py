@@ -4,6 +4,7 @@ gradients through the gated model, Voita's controller, heads_scope, determinism,
 from __future__ import annotations
 
 import itertools
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from prune_cli.methods import get_pruner, top_k_mask
 from prune_cli.methods.relaxed import HardConcrete, soft_top_k, straight_through_top_k
 from prune_cli.methods.voita import solve_shift
 
-CONF = Path(get_pruner.__code__.co_filename).parents[1] / "conf" / "method"
+CONF = Path(str(resources.files("prune_cli.conf"))) / "method"
 LEARNERS = ("dsp", "ste", "voita")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from omegaconf import OmegaConf
 from prune_cli import schedules
 from prune_cli.errors import ConfigError
 
-CONF = Path(schedules.__file__).parent / "conf" / "schedule"
+CONF = Path(str(resources.files("prune_cli.conf"))) / "schedule"
 H, K, STEPS = 144, 36, 1000
 
 
