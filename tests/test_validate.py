@@ -42,6 +42,10 @@ BAD = [
     (["method=dsp", "heads=36", "method.regime=pipelined", "pipeline=[prune_joint,evaluate]"], "pipeline"),
     (["method=michel", "heads=36", "schedule=cubic"], "schedule='cubic'"),
     (["method=random", "heads=36", "schedule=linear"], "schedule='linear'"),
+    (["model.attn_implementation=flash"], "model.attn_implementation"),
+    (["bench.device=tpu"], "bench.device"),
+    (["bench.batches=[0]"], "bench.batches"),
+    (["bench.threads=0"], "bench.threads"),
 ]
 
 

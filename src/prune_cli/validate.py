@@ -47,6 +47,8 @@ def _betas(v) -> bool:
             and all(_is_num(b) and 0 <= b < 1 for b in v))
 
 
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
 #: One rule per numeric key: (key, accepts null, test, what is allowed). Keys a config does not
 #: have (a method without gate_epochs) are skipped; choices and cross-key rules follow in code.
 RULES: tuple[tuple[str, bool, object, str], ...] = (
@@ -74,6 +76,12 @@ RULES: tuple[tuple[str, bool, object, str], ...] = (
     ("task.eval_batch_size", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null"),
     ("method.gate_epochs", True, lambda v: _is_num(v) and v > 0, "a number of epochs > 0, or null"),
     ("method.score_batches", True, lambda v: _is_int(v) and v >= 1, "a whole number of batches >= 1, or null"),
+    ("model.attn_implementation", True, lambda v: v in ATTN_IMPLEMENTATIONS, f"one of {', '.join(ATTN_IMPLEMENTATIONS)}"),
+    ("bench.device", False, lambda v: isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda")),
+     "auto, cpu, cuda or cuda:N"),
+    ("bench.batches", False, lambda v: len(v) > 0 and all(_is_int(b) and b >= 1 for b in v), "a list of batch sizes >= 1"),
+    ("bench.seq_lens", False, lambda v: len(v) > 0 and all(_is_int(n) and n >= 1 for n in v), "a list of lengths >= 1"),
+    ("bench.threads", True, lambda v: _is_int(v) and v >= 1, "a number of threads >= 1, or null (torch's default)"),
     ("bench.repeats", False, lambda v: _is_int(v) and v >= 1, "a positive integer"),
     ("bench.warmup", False, lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
 )
@@ -91,6 +99,8 @@ def check_rules(cfg: DictConfig) -> None:
         value = node.get(name)
         if value is None and nullable:
             continue
+        if OmegaConf.is_list(value):
+            value = OmegaConf.to_container(value)
         if isinstance(value, DictConfig) or not _safe(test, value):
             shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             raise ConfigError(key, shown, allowed)
