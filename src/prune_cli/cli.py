@@ -24,21 +24,19 @@ def _die(message: str) -> None:
     sys.exit(2)
 
 
-def user_config_dirs_raw(args: list[str]) -> set[str]:
-    """The argument words that are --config-dir values (not overrides)."""
-    return {args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config-dir", "-cd")}
-
-
-def user_config_dirs(args: list[str]) -> list[Path]:
-    """Folders given with `--config-dir X` / `-cd X` (`--config-dir=X`): Hydra searches them
-    before the packaged configs, so `experiment=my_curve` may live there."""
-    dirs = []
+def user_config_dirs(args: list[str]) -> tuple[list[Path], set[int]]:
+    """Folders given with `--config-dir X` / `-cd X` / `--config-dir=X` (Hydra searches them
+    before the packaged configs, so `experiment=my_curve` may live there), and the positions of
+    the words they took in `args` (not overrides)."""
+    dirs, taken = [], set()
     for i, arg in enumerate(args):
         if arg in ("--config-dir", "-cd") and i + 1 < len(args):
             dirs.append(args[i + 1])
+            taken.update((i, i + 1))
         elif arg.startswith(("--config-dir=", "-cd=")):
             dirs.append(arg.split("=", 1)[1])
-    return [Path(d).expanduser().resolve() for d in dirs]
+            taken.add(i)
+    return [Path(d).expanduser().resolve() for d in dirs], taken
 
 
 def _group_options(group: str, extra: list[Path] = ()) -> list[str] | None:
@@ -56,7 +54,7 @@ def _group_options(group: str, extra: list[Path] = ()) -> list[str] | None:
 def check_group_choices(args: list[str]) -> None:
     """`method=foo` where method/foo.yaml exists neither in the package nor in a --config-dir ->
     one line naming the options."""
-    extra = user_config_dirs(args)
+    extra, _ = user_config_dirs(args)
     for missing in (d for d in extra if not d.is_dir()):
         _die(f"--config-dir={missing}: not a folder")
     for arg in args:
@@ -85,9 +83,9 @@ def precompose(args: list[str]) -> None:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    overrides = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")
-                 and a not in user_config_dirs_raw(args)]
-    extra = user_config_dirs(args)
+    extra, taken = user_config_dirs(args)
+    overrides = [a for i, a in enumerate(args)
+                 if i not in taken and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
     if extra:
         overrides.append("hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]")
     try:

@@ -30,7 +30,7 @@ its per-layer head counts, and two masks with the same total (uniform or uneven 
 have the same FLOPs. A layer that kept no heads still adds its output-projection bias, the
 residual and the LayerNorm, and runs the stock attention kernel once with a zero stand-in head of
 `surgery.STAND_IN_DIM` features (what the pruned model computes: see `surgery._EmptyAttention`;
-0.2 % of a MiniLM layer at length 128).
+0.2 % of the FLOPs of an emptied MiniLM layer at length 128).
 """
 
 from __future__ import annotations

@@ -35,17 +35,9 @@ class Gates:
         self.model = model
         current = HeadSpace.from_model(model)
         self.space = space or current
-        by_name = {b.name: b for b in self.space.blocks}
-        self._index: list[slice | torch.Tensor] = []
-        for block in current.blocks:
-            ref = by_name.get(block.name)
-            missing = [h for h in block.heads if ref is None or h not in ref.heads]
-            if missing:
-                raise ValueError(f"{block.name}: heads {missing} of the model are not in the given HeadSpace")
-            pos = [ref.offset + ref.heads.index(h) for h in block.heads]
-            contiguous = pos == list(range(pos[0], pos[0] + len(pos))) if pos else True
-            self._index.append(slice(pos[0], pos[0] + len(pos)) if pos and contiguous
-                               else torch.tensor(pos, dtype=torch.long))
+        # per block: a slice of the gate vector (its heads are contiguous there, always so when
+        # `space` is the model's own) or an index tensor, kept on the gates' device
+        self._index = [_reader(pos) for pos in self.space.positions(current)]
         self._values: torch.Tensor | None = None
         self._slices: list[torch.Tensor | None] = [None] * len(current.blocks)
         modules = dict(model.named_modules())
@@ -91,7 +83,9 @@ class Gates:
         if values.device != device:
             values = values.to(device)
         self._values = values
-        self._slices = [values[ix] if isinstance(ix, slice) else values[ix.to(values.device)] for ix in self._index]
+        if any(isinstance(ix, torch.Tensor) and ix.device != values.device for ix in self._index):
+            self._index = [ix if isinstance(ix, slice) else ix.to(values.device) for ix in self._index]
+        self._slices = [values[ix] for ix in self._index]
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -105,6 +99,14 @@ class Gates:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def _reader(pos: list[int]) -> slice | torch.Tensor:
+    """How one block reads its gates from the vector: a view when its positions are a run."""
+    start = pos[0] if pos else 0
+    if pos == list(range(start, start + len(pos))):
+        return slice(start, start + len(pos))
+    return torch.tensor(pos, dtype=torch.long)
 
 
 def _device_of(model: nn.Module) -> torch.device:

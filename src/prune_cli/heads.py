@@ -217,15 +217,24 @@ class HeadSpace:
             [scope == "all" or b.kind == scope for b in self.blocks for _ in b.heads], dtype=torch.bool
         ).reshape(self.total)
 
-    def kept(self, current: HeadSpace) -> torch.Tensor:
-        """bool [self.total]: which of THIS (dense) space's heads `current` (the same model after
-        surgery) still has."""
-        mask = torch.zeros(self.total, dtype=torch.bool)
+    def positions(self, current: HeadSpace) -> list[list[int]]:
+        """Per block of `current` (this model after surgery, or this very space), the flat
+        indices in THIS space of the heads it still has: how a dense mask, gate vector or score
+        vector is read by a model that already lost heads."""
         by_name = {b.name: b for b in self.blocks}
+        out = []
         for block in current.blocks:
-            ref = by_name[block.name]
-            for h in block.heads:
-                mask[ref.offset + ref.heads.index(h)] = True
+            ref = by_name.get(block.name)
+            missing = [h for h in block.heads if ref is None or h not in ref.heads]
+            if missing:
+                raise ValueError(f"{block.name}: heads {missing} are not in this HeadSpace")
+            out.append([ref.offset + ref.heads.index(h) for h in block.heads])
+        return out
+
+    def kept(self, current: HeadSpace) -> torch.Tensor:
+        """bool [self.total]: which of this (dense) space's heads `current` still has."""
+        mask = torch.zeros(self.total, dtype=torch.bool)
+        mask[[i for block in self.positions(current) for i in block]] = True
         return mask
 
     def describe(self) -> list[dict]:

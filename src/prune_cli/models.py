@@ -129,8 +129,10 @@ def fresh_head(model) -> None:
     """Re-initialise the task head the way `from_config` initialises a new model."""
     import torch
 
+    from prune_cli.surgery import build_model
+
     with torch.no_grad():
-        fresh = type(model)._from_config(model.config).state_dict()
+        fresh = build_model(model.config, type(model)).state_dict()
         state = model.state_dict()
         for key in head_keys(model):
             state[key].copy_(fresh[key])

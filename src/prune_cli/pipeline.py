@@ -214,9 +214,8 @@ class Pipeline:
     def _apply(self, state: State, mask: torch.Tensor) -> dict:
         """Physically remove the heads outside `mask` (mask is over the dense flat index)."""
         current = HeadSpace.from_model(state.model)
-        # map the dense mask onto the model's current blocks (a resumed model may already be pruned)
-        keep_now = torch.cat([m[list(b.heads)] if b.num_heads else m[:0]
-                              for b, m in zip(current.blocks, state.space.split(mask))])
+        # the dense mask as the model's current blocks read it (it may have lost heads before)
+        keep_now = mask[[i for block in state.space.positions(current) for i in block]]
         remove_heads(state.model, keep_now, current)
         state.mask = mask
         self.logger.log({"heads_kept": int(mask.sum()), "params": count_params(state.model)})

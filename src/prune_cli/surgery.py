@@ -13,7 +13,6 @@ the record to get the shapes, then loads the weights.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import re
@@ -293,53 +292,49 @@ class _EmptyAttention:
 
     def __init__(self, module: nn.Module, layout, o_attr: str | None, own_table: bool):
         self.module_ref = [module]  # a list keeps this a plain object, not a registered submodule
-        self.layout = layout
         self.o_attr = o_attr  # the output projection inside the block (BART, DistilBERT, T5), else None
-        self.own_table = own_table  # UMT5: the block's own (now empty) relative-position table
+        # what the call swaps in, built once: zero projections computing in the dtype/device of
+        # the block's (empty) query projection, the real output bias, one head of STAND_IN_DIM
+        ref = getattr(module, layout.q)
+        width = STAND_IN_DIM
+        self.swaps = {a: _Zeros(width, ref) for a in (layout.q, layout.k, layout.v)}
+        if o_attr is not None:
+            o_proj = getattr(module, o_attr)
+            self.swaps[o_attr] = _Zeros(o_proj.out_features, ref, bias_of=o_proj)
+        if own_table:  # UMT5: the block's own (now empty) relative-position table
+            self.swaps["relative_attention_bias"] = _Zeros(1, ref)
+        self.swaps[layout.head_dim_attr] = width
+        self.swaps.update({a: 1 for a in layout.count_attrs})
+        self.swaps.update({a: width for a in layout.width_attrs if hasattr(module, a)})
 
     def __call__(self, *args, **kwargs):
         module = self.module_ref[0]
-        with self._one_zero_head(module):
+        saved = {a: getattr(module, a) for a in self.swaps}
+        for a, value in self.swaps.items():
+            setattr(module, a, value)
+        try:
             out = type(module).forward(module, *args, **kwargs)
+        finally:
+            for a, value in saved.items():
+                setattr(module, a, value)
         if self.o_attr is None:  # the output projection lives outside the block (BERT): no features
             out = (out[0][..., :0], *out[1:]) if isinstance(out, tuple) else out[..., :0]
         return out
 
-    @contextlib.contextmanager
-    def _one_zero_head(self, module: nn.Module):
-        layout = self.layout
-        ref = getattr(module, layout.q).weight  # [0, hidden]: the dtype and device to compute in
-        width = STAND_IN_DIM
-        swaps = {a: _Zeros(width, None, ref) for a in (layout.q, layout.k, layout.v)}
-        if self.o_attr is not None:
-            o_proj = getattr(module, self.o_attr)
-            swaps[self.o_attr] = _Zeros(o_proj.out_features, o_proj.bias, ref)
-        if self.own_table:
-            swaps["relative_attention_bias"] = _Zeros(1, None, ref)
-        swaps[layout.head_dim_attr] = width
-        swaps.update({a: 1 for a in layout.count_attrs})
-        swaps.update({a: width for a in layout.width_attrs if hasattr(module, a)})
-        saved = {a: getattr(module, a) for a in swaps}
-        for a, value in swaps.items():
-            setattr(module, a, value)
-        try:
-            yield
-        finally:
-            for a, value in saved.items():
-                setattr(module, a, value)
-
 
 class _Zeros(nn.Module):
-    """A stand-in projection (or bias table) that outputs zeros of `width` features, plus `bias`
-    (a real parameter, which keeps its gradient)."""
+    """A stand-in projection (or bias table) that outputs zeros of `width` features, in the dtype
+    and on the device of `like` (a module of the block), plus the bias of `bias_of` (a real
+    parameter, which keeps its gradient). Modules are referenced, not registered, and read at
+    call time, so `model.to(...)` and loaded weights are followed."""
 
-    def __init__(self, width: int, bias: torch.Tensor | None, ref: torch.Tensor):
+    def __init__(self, width: int, like: nn.Module, bias_of: nn.Module | None = None):
         super().__init__()
-        self.width, self.bias_ref, self.ref = width, [bias], [ref]
+        self.width, self.refs = width, [like, bias_of]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ref = self.ref[0]
-        out = torch.zeros(*x.shape[:-1] if x.is_floating_point() else x.shape, self.width,
-                          dtype=ref.dtype, device=ref.device)
-        bias = self.bias_ref[0]
+        like, bias_of = self.refs
+        lead = x.shape[:-1] if x.is_floating_point() else x.shape  # features, or bucket ids (table)
+        out = torch.zeros(*lead, self.width, dtype=like.weight.dtype, device=like.weight.device)
+        bias = None if bias_of is None else bias_of.bias
         return out if bias is None else out + bias

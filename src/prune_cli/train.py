@@ -148,7 +148,7 @@ def task_loss(outputs, batch: dict, label_smoothing: float) -> torch.Tensor:
     )
 
 
-def loss_units(batch: dict) -> int:
+def loss_units(batch: dict) -> int | torch.Tensor:
     """How many terms the batch's mean loss averages: labelled tokens for token-level labels
     (NER, translation: -100 is ignored), else examples. Weighting micro-batches by it makes an
     accumulated window compute the loss of ONE batch of all its examples."""
@@ -157,7 +157,7 @@ def loss_units(batch: dict) -> int:
         first = next(v for v in batch.values() if torch.is_tensor(v))
         return int(first.shape[0])
     if labels.dim() > 1:
-        return int((labels != -100).sum())
+        return (labels != -100).sum()  # a tensor on the batch's device: no host sync per micro-batch
     return int(labels.shape[0])
 
 
@@ -250,9 +250,11 @@ def train(
             if epoch == start_epoch and window < skip_windows:
                 continue  # already trained on before the restart
             units = [loss_units(b) for b in micro]
+            total_units = sum(units)  # a window whose labels are all ignored: weights 0, not NaN
+            total_units = total_units.clamp_min(1) if torch.is_tensor(total_units) else max(1, total_units)
             window_loss = 0.0
             for j, batch in enumerate(micro):
-                weight = units[j] / max(1, sum(units))
+                weight = units[j] / total_units
                 sync = j == size - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                     if pruner is not None:
@@ -263,7 +265,7 @@ def train(
                         extra = pruner.extra_loss() if pruner is not None else 0.0
                         total = loss + extra
                     accelerator.backward(total * weight)
-                window_loss += weight * float(loss.detach())
+                window_loss = window_loss + weight * loss.detach()
             if float(tcfg.max_grad_norm) > 0:
                 accelerator.clip_grad_norm_(
                     [p for g in optimizer.param_groups if not g.get("method") for p in g["params"]],
@@ -279,7 +281,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
 
             step += 1
-            losses.append(window_loss)
+            losses.append(float(window_loss))  # one host sync a step, as before accumulation
             bar.update(1)
             if logger is not None:
                 logger.step += 1
