@@ -124,7 +124,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         _die(str(err))
     primary = metrics.get("primary")
     print(f"prune-run: {cfg.task.name} {metrics['primary_metric']}={primary} "
-          f"heads={metrics['heads_kept']}/{metrics['heads_total']} -> {run_dir}")
+          f"heads={metrics['heads_kept']}/{metrics['heads_total']}"
+          + (f" density={metrics['density']:.4f}" if plan.density is not None else "") + f" -> {run_dir}")
     return primary  # what optuna-style sweepers optimise
 
 

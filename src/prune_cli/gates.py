@@ -1,19 +1,26 @@
-"""Gates: one multiplier per head, applied where a head's context enters the output projection.
+"""Gates: one multiplier per unit -- head, query/key dimension, value/output dimension, FFN neuron.
 
-transformers 5 dropped `head_mask`, so the seam we use is a forward pre-hook on each block's
-output projection: its input is the concatenation of the heads' context vectors
-(`[..., heads * head_dim]`), and scaling head h's slice by `gates[h]` is exactly what the old
-`head_mask` did. The hook works the same under eager, sdpa and flash attention (it sits after the
-attention kernel), needs no registration with `AttentionInterface` / `AttentionMaskInterface`,
-and never touches the padding mask.
+transformers 5 dropped `head_mask`, so the seams are hooks on the projections: a forward pre-hook
+on each block's output projection scales its input (the heads' context vectors, one feature per
+value dimension) by the head gate and the value/output gate of every feature, which is exactly
+what the old `head_mask` did for heads; a forward hook on the query projection scales each
+query/key dimension (a zero query dimension removes that dimension's term from every score, as
+deleting the row of W_q and of W_k does); a pre-hook on the FFN's output projection scales each
+neuron. The hooks work the same under eager, sdpa and flash attention (none is inside the
+attention kernel) and never touch the padding mask.
 
-The gate vector may be indexed by the DENSE model's heads while the model itself has already
-lost some (a pruned export pruned again, a resumed run): each block then reads the entries of
-the heads it still has, and the entries of removed heads are simply unused (their gradient is 0).
+|dL/dgate| at gate 1 is the first-order (Taylor) importance of the unit, and equals
+|sum(grad * W)| over the unit's slice of the gated matrix (W_o column, W_q row + bias, W2 column):
+GRAIN's score (tests/test_units.py checks the identity).
 
-When no gate values are set (`set(None)`, the default) the hook returns at once, so an installed
-but idle `Gates` costs one Python call per block. Values may carry gradients: learners (DSP,
-Voita, STE) and Michel's importance both differentiate the loss with respect to them.
+Gate vectors are indexed by the DENSE model's units (the `UnitSpace`) while the model itself may
+have lost some (a pruned export pruned again, a resumed run): each block reads the entries of the
+units it still has; entries of removed units are unused (their gradient is 0).
+
+When no gate values are set (`set(None)`, the default) the output-projection hook returns at once
+and the others are not installed, so an idle `Gates` costs one Python call per block. Values may
+carry gradients: learners (DSP, Voita, STE) and the importance scorers differentiate the loss with
+respect to them.
 """
 
 from __future__ import annotations
@@ -24,75 +31,138 @@ import torch
 from torch import nn
 
 from prune_cli.heads import HeadSpace
+from prune_cli.units import UnitSpace
 
 
 class Gates:
     """Install with `with Gates(model, space) as gates:` (or `.remove()` when done)."""
 
     def __init__(self, model: nn.Module, space: HeadSpace | None = None):
-        """`space`: the index of the gate values (default: the model as it is now); the DENSE space
-        of a model that lost heads works too."""
+        """`space`: the index of the head gate values (default: the model's heads as they are now);
+        a `UnitSpace` (the pipeline's: the dense index of every kind) also indexes the dimension
+        and neuron gates of `set_units`."""
         self.model = model
-        current = HeadSpace.from_model(model)
+        units = space if isinstance(space, UnitSpace) else UnitSpace.from_model(model)
+        current = units.current_heads()
+        self.units = units
         self.space = space or current
-        # per block: a slice of the gate vector (its heads are contiguous there, always so when
-        # `space` is the model's own) or an index tensor, kept on the gates' device
-        self._index = [_reader(pos) for pos in self.space.positions(current)]
-        self._values: torch.Tensor | None = None
-        self._slices: list[torch.Tensor | None] = [None] * len(current.blocks)
-        modules = dict(model.named_modules())
-        self._handles = []
-        for i, block in enumerate(current.blocks):
-            o_proj = modules[block.o]
-            width = block.num_heads * block.head_dim
-            if o_proj.in_features != width:
-                raise ValueError(
-                    f"{block.o} takes {o_proj.in_features} features but the HeadSpace gives {block.name} "
-                    f"{block.num_heads} heads of {block.head_dim}"
-                )
-            if block.num_heads:
-                self._handles.append(o_proj.register_forward_pre_hook(self._hook(i, block.num_heads, block.head_dim)))
+        self._modules = dict(model.named_modules())
+        head_pos = self.space.positions(current)
+        self._blocks = []  # per non-empty block: how it reads each gate vector
+        for i, block in enumerate(units.blocks):
+            layout = units.block_layout(i)
+            if not layout:
+                continue
+            o_proj = self._modules[block.o]
+            base, d = units.dim_offsets[i], block.head_dim
+            vo = [base + h * d + j for h, _, vd in layout for j in vd]
+            if o_proj.in_features != len(vo):
+                raise ValueError(f"{block.o} takes {o_proj.in_features} features but the UnitSpace gives "
+                                 f"{block.name} {len(vo)} value dimensions")
+            pos = head_pos[i]
+            self._blocks.append({
+                "o": block.o, "q": block.q, "even": units.is_even(i), "heads": len(layout), "head_dim": d,
+                "head": _reader(pos),  # one gate per head, in weight order
+                "head_feature": torch.tensor([p for p, (_, _, vd) in zip(pos, layout) for _ in vd], dtype=torch.long),
+                "vo": torch.tensor(vo, dtype=torch.long),
+                "qk": torch.tensor([base + h * d + j for h, qd, _ in layout for j in qd], dtype=torch.long),
+            })
+        self._ffns = [{"out": f.output, "ffn": torch.tensor([f.offset + n for n in units.ffn_kept(j)], dtype=torch.long)}
+                      for j, f in enumerate(units.ffns) if units.ffn_kept(j)]
+        self._values: dict[str, torch.Tensor] = {}
+        self._o_scale: list = [None] * len(self._blocks)  # what each hook multiplies by (None = nothing)
+        self._q_scale: list = [None] * len(self._blocks)
+        self._ffn_scale: list = [None] * len(self._ffns)
+        self._handles = [self._modules[b["o"]].register_forward_pre_hook(self._o_hook(n))
+                         for n, b in enumerate(self._blocks)]
+        self._q_hooked = self._ffn_hooked = False
 
-    def _hook(self, index: int, num_heads: int, head_dim: int):
+    # ---- hooks: each returns at once while its gates are unset ------------
+    def _o_hook(self, n: int):
+        block = self._blocks[n]
+
         def scale(module, args):
-            gate = self._slices[index]
-            if gate is None:
+            factor = self._o_scale[n]
+            if factor is None:
                 return None
             x = args[0]
-            shaped = x.unflatten(-1, (num_heads, head_dim)) * gate.to(x.dtype).unsqueeze(-1)
-            return (shaped.flatten(-2), *args[1:])
+            if factor.dim() == 2:  # one gate per head of a block of whole heads
+                shaped = x.unflatten(-1, (block["heads"], block["head_dim"])) * factor.to(x.dtype)
+                return (shaped.flatten(-2), *args[1:])
+            return (x * factor.to(x.dtype), *args[1:])
 
         return scale
 
+    def _q_hook(self, n: int):
+        def scale(module, args, output):
+            factor = self._q_scale[n]
+            return None if factor is None else output * factor.to(output.dtype)
+
+        return scale
+
+    def _ffn_hook(self, n: int):
+        def scale(module, args):
+            factor = self._ffn_scale[n]
+            return None if factor is None else (args[0] * factor.to(args[0].dtype), *args[1:])
+
+        return scale
+
+    # ---- values ------------------------------------------------------------
     @property
     def values(self) -> torch.Tensor:
-        """The current gate values [H] (ones when none are set)."""
-        if self._values is None:
-            return torch.ones(self.space.total)
-        return self._values
+        """The current head gate values [H] (ones when none are set)."""
+        return self._values.get("head", torch.ones(self.space.total))
 
     def set(self, values: torch.Tensor | None) -> None:
-        """Gate values [H] for the following forward passes; None opens every gate (no cost)."""
-        if values is None:
-            self._values = None
-            self._slices = [None] * len(self._index)
-            return
-        if values.shape != (self.space.total,):
-            raise ValueError(f"gate values must have shape ({self.space.total},), got {tuple(values.shape)}")
+        """Head gate values [H] for the following forward passes; None opens every gate (no cost)."""
+        self.set_units(None if values is None else {"head": values})
+
+    def set_units(self, values: dict[str, torch.Tensor] | None) -> None:
+        """Gate values per kind ({"head": [H], "qk": [...], "vo": [...], "ffn": [...]}, over the
+        dense index of the UnitSpace; kinds left out are open); None opens every gate."""
+        values = dict(values or {})
+        for kind, v in values.items():
+            size = self.space.total if kind == "head" else self.units.size(kind)
+            if kind not in ("head", "qk", "vo", "ffn") or v.shape != (size,):
+                raise ValueError(f"{kind} gate values must have shape ({size},), got {tuple(v.shape)}")
         device = _device_of(self.model)
-        if values.device != device:
-            values = values.to(device)
+        values = {k: v if v.device == device else v.to(device) for k, v in values.items()}
         self._values = values
-        if any(isinstance(ix, torch.Tensor) and ix.device != values.device for ix in self._index):
-            self._index = [ix if isinstance(ix, slice) else ix.to(values.device) for ix in self._index]
-        self._slices = [values[ix] for ix in self._index]
+        if "qk" in values and not self._q_hooked:
+            self._handles += [self._modules[b["q"]].register_forward_hook(self._q_hook(n))
+                              for n, b in enumerate(self._blocks)]
+            self._q_hooked = True
+        if "ffn" in values and not self._ffn_hooked:
+            self._handles += [self._modules[f["out"]].register_forward_pre_hook(self._ffn_hook(n))
+                              for n, f in enumerate(self._ffns)]
+            self._ffn_hooked = True
+        head, vo, qk, ffn = (values.get(k) for k in ("head", "vo", "qk", "ffn"))
+        for n, b in enumerate(self._blocks):
+            for key in ("head", "head_feature", "vo", "qk"):
+                if isinstance(b[key], torch.Tensor) and b[key].device != device:
+                    b[key] = b[key].to(device)
+            factor = None
+            if head is not None and vo is None and b["even"]:
+                factor = head[b["head"]].unsqueeze(-1)
+            elif head is not None or vo is not None:
+                factor = head[b["head_feature"]] if head is not None else None
+                factor = vo[b["vo"]] if factor is None else (factor if vo is None else factor * vo[b["vo"]])
+            self._o_scale[n] = factor
+            self._q_scale[n] = None if qk is None else qk[b["qk"]]
+        for n, f in enumerate(self._ffns):
+            if f["ffn"].device != device:
+                f["ffn"] = f["ffn"].to(device)
+            self._ffn_scale[n] = None if ffn is None else ffn[f["ffn"]]
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._values = None
-        self._slices = [None] * len(self._index)
+        self._values = {}
+        self._o_scale = [None] * len(self._blocks)
+        self._q_scale = [None] * len(self._blocks)
+        self._ffn_scale = [None] * len(self._ffns)
+        self._q_hooked = self._ffn_hooked = False
 
     def __enter__(self) -> Self:
         return self

@@ -150,10 +150,13 @@ class HeadSpace:
             o_name = resolve(name, layout.o)
             if not isinstance(modules.get(o_name), nn.Linear):
                 continue
-            head_dim = getattr(module, layout.head_dim_attr)
+            # a block whose heads lost dimensions runs with head size 1 (prune_cli.attention) and
+            # remembers its dense head size; its widths are sums of uneven heads
+            uneven = getattr(module, "_prune_cli_head_dim", None)
+            head_dim = uneven or getattr(module, layout.head_dim_attr)
             width = getattr(module, layout.q).out_features
             heads = tuple(record[name]) if name in record else tuple(range(width // head_dim))
-            if len(heads) * head_dim != width:
+            if not uneven and len(heads) * head_dim != width:
                 raise ValueError(
                     f"{name}: {width} query features do not hold the {len(heads)} heads of size {head_dim} "
                     f"recorded in config.{RECORD_KEY}"

@@ -23,12 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from prune_cli import report
 from prune_cli.gates import Gates
-from prune_cli.heads import HeadSpace
-from prune_cli.methods import ScoreContext, get_pruner, top_k_mask
+from prune_cli.methods import ScoreContext, get_pruner, select_units, top_k_mask
 from prune_cli.schedules import rounds
-from prune_cli.surgery import count_params, load_pruned, remove_heads, save_pruned
+from prune_cli.surgery import count_params, load_pruned, remove_units, save_pruned
 from prune_cli.tracking import RunLogger
 from prune_cli.train import make_accelerator, seed_everything, train, train_loader
+from prune_cli.units import UnitSpace
 from prune_cli.validate import Plan, validate
 
 
@@ -36,9 +36,9 @@ from prune_cli.validate import Plan, validate
 class State:
     model: torch.nn.Module
     tokenizer: object
-    space: HeadSpace  # of the DENSE model: heads.json speaks in its flat index
-    mask: torch.Tensor  # bool [H]: kept heads
-    scores: torch.Tensor | None = None
+    space: UnitSpace  # dense index of every unit kind + what the model holds now (heads.json speaks in it)
+    mask: torch.Tensor  # bool [H]: kept heads (heads with a value dimension left)
+    scores: torch.Tensor | dict | None = None  # [H], or {kind: scores} when units smaller than heads are ranked
     evals: list = field(default_factory=list)
     stages: list = field(default_factory=list)
     params_dense: int = 0
@@ -46,7 +46,9 @@ class State:
     def to_json(self) -> dict:
         return {
             "mask": self.mask.int().tolist(),
-            "scores": None if self.scores is None else self.scores.double().tolist(),
+            "scores": None if self.scores is None else (
+                {k: v.double().tolist() for k, v in self.scores.items()} if isinstance(self.scores, dict)
+                else self.scores.double().tolist()),
             "evals": self.evals,
             "stages": self.stages,
             "params_dense": self.params_dense,
@@ -118,17 +120,21 @@ class Pipeline:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(saved["model_dir"])
-            space = HeadSpace.from_config(model.config, type(model), dense=True)
-            state = State(model, tokenizer, space, torch.tensor(saved["mask"], dtype=torch.bool))
-            state.scores = None if saved["scores"] is None else torch.tensor(saved["scores"], dtype=torch.float64)
+            space = UnitSpace.from_model(model)  # the record in its config: what the stages left
+            state = State(model, tokenizer, space, space.kept("head"))
+            scores = saved["scores"]
+            if isinstance(scores, dict):
+                state.scores = {k: torch.tensor(v, dtype=torch.float64) for k, v in scores.items()}
+            else:
+                state.scores = None if scores is None else torch.tensor(scores, dtype=torch.float64)
             state.evals, state.stages, state.params_dense = saved["evals"], saved["stages"], saved["params_dense"]
             self.logger.step = saved.get("global_step", 0)
             return state, saved["done"] + 1
         model, tokenizer = self.task.load_model(self.cfg.model)
         # the DENSE geometry indexes everything (a pruned export loaded with model.path has lost
-        # heads: they start out masked, and heads_total / params_dense describe the dense model)
-        space = HeadSpace.from_config(model.config, type(model), dense=True)
-        state = State(model, tokenizer, space, space.kept(HeadSpace.from_model(model)))
+        # units: they start out removed, and heads_total / params_dense describe the dense model)
+        space = UnitSpace.from_model(model)
+        state = State(model, tokenizer, space, space.kept("head"))
         state.params_dense = dense_params(model)
         return state, 0
 
@@ -168,10 +174,7 @@ class Pipeline:
         return self._train(state, index, "finetune", epochs=epochs)
 
     def _stage_prune(self, state: State, index: int) -> dict:
-        """Score, keep the top-K (in rounds if the schedule says so), then remove heads."""
-        eligible = state.space.scope_mask(self.cfg.heads_scope) & state.mask  # removed heads stay removed
-        in_scope = int(eligible.sum())
-        mask = state.mask.clone()
+        """Score, keep the best (in rounds if the schedule says so), then remove what is not kept."""
         collate = self.task.collate_fn(state.tokenizer)
         device = self.accelerator.device
         state.model.to(device)
@@ -181,14 +184,39 @@ class Pipeline:
             for batch in loader:
                 yield {k: v.to(device) for k, v in batch.items()}
 
+        if self.plan.density is not None:
+            return self._prune_units(state, batches)
+        eligible = state.space.scope_mask(self.cfg.heads_scope) & state.mask  # removed heads stay removed
+        in_scope = int(eligible.sum())
+        mask = state.mask.clone()
         with Gates(state.model, state.space) as gates:
             for kept in rounds(self.cfg.schedule, in_scope, self.plan.keep):
-                ctx = ScoreContext(state.model, gates, batches, mask, self.accelerator)
+                ctx = ScoreContext(state.model, gates, batches, mask, self.accelerator, space=state.space)
                 scores = self.pruner.score(ctx)
                 mask = (top_k_mask(scores, kept, eligible & mask) | ~eligible) & state.mask
                 self.logger.log({"prune/heads_kept": int(mask.sum()), "prune/heads_kept_in_scope": kept})
         state.scores = scores
-        return self._apply(state, mask)
+        return self._apply(state, state.space.with_masks({"head": mask}))
+
+    def _prune_units(self, state: State, batches) -> dict:
+        """A `density` budget: every kind in `units` ranked together, kept weights counted exactly."""
+        scope, kinds = self.cfg.heads_scope, self.plan.units
+        kept_now, dense = state.space.weights(scope)
+        target = -(-round(self.plan.density * dense * 1e6) // 1_000_000)  # ceil, immune to float noise
+        current = state.space
+        with Gates(state.model, state.space) as gates:
+            for budget in rounds(self.cfg.schedule, kept_now, target):
+                masks = current.masks()
+                ctx = ScoreContext(state.model, gates, batches, masks["head"], self.accelerator, units=kinds,
+                                   space=state.space, masks={k: masks[k] for k in kinds})
+                scores = self.pruner.score(ctx)
+                if not isinstance(scores, dict):
+                    scores = {"head": scores}
+                candidates = {k: masks[k] & current.scope(k, scope) for k in kinds}
+                current = select_units(current, scores, candidates, budget, scope)
+                self.logger.log({"prune/density": current.density(scope), "prune/heads_kept": int(current.kept("head").sum())})
+        state.scores = scores
+        return self._apply(state, current)
 
     def _stage_prune_joint(self, state: State, index: int, freeze_model: bool = False) -> dict:
         """Learner methods: gates learned while training; then the exact top-K and surgery."""
@@ -201,25 +229,26 @@ class Pipeline:
                                  freeze_model=freeze_model)
         mask = (self.pruner.final_mask(self.plan.keep) | ~eligible) & state.mask
         state.scores = self.pruner.scores()
+        target = state.space.with_masks({"head": mask})
         result.update({k: v for k, v in self.pruner.log_stats().items() if k == "k_reached"})
         if hasattr(self.pruner, "history"):
             trajectory = self.run_dir / "mask_trajectory.json"
             report.write_json(trajectory, {"space": state.space.describe(), **self.pruner.history()})
             self.logger.file(trajectory)
-        return {**result, **self._apply(state, mask)}
+        return {**result, **self._apply(state, target)}
 
     def _stage_learn_gates(self, state: State, index: int) -> dict:
         return self._stage_prune_joint(state, index, freeze_model=True)
 
-    def _apply(self, state: State, mask: torch.Tensor) -> dict:
-        """Physically remove the heads outside `mask` (mask is over the dense flat index)."""
-        current = HeadSpace.from_model(state.model)
-        # the dense mask as the model's current blocks read it (it may have lost heads before)
-        keep_now = mask[[i for block in state.space.positions(current) for i in block]]
-        remove_heads(state.model, keep_now, current)
-        state.mask = mask
-        self.logger.log({"heads_kept": int(mask.sum()), "params": count_params(state.model)})
-        return {"heads_kept": int(mask.sum()), "params": count_params(state.model)}
+    def _apply(self, state: State, target: UnitSpace) -> dict:
+        """Physically remove what `target` (a UnitSpace over the dense index) does not keep."""
+        state.space = remove_units(state.model, target, state.space)
+        state.mask = target.kept("head")
+        out = {"heads_kept": int(state.mask.sum()), "params": count_params(state.model)}
+        if self.plan.density is not None:
+            out["density"] = round(target.density(self.cfg.heads_scope), 6)
+        self.logger.log(out)
+        return out
 
     def _evaluate(self, state: State, stage: str) -> dict:
         bs = int(self.cfg.task.get("eval_batch_size") or self.cfg.trainer.eval_batch_size)
@@ -258,6 +287,7 @@ class Pipeline:
             "heads_kept": int(state.mask.sum()),
             "params": count_params(state.model),
             "params_dense": state.params_dense,
+            **unit_metrics(state.model, state.space, self.cfg.heads_scope),
             "evals": state.evals,
             "stages": state.stages,
             "wall_time_s": round(seconds, 2),
@@ -267,12 +297,18 @@ class Pipeline:
         }
         report.write_json(self.run_dir / "metrics.json", metrics)
         scores = state.scores
-        heads = report.heads_record(state.space, state.mask, scores, method=self.cfg.method.name,
-                                    heads_scope=self.cfg.heads_scope)
+        head_scores = scores.get("head") if isinstance(scores, dict) else scores
+        heads = report.heads_record(state.space, state.mask, head_scores, method=self.cfg.method.name,
+                                    heads_scope=self.cfg.heads_scope, units=state.space.summary())
         report.write_json(self.run_dir / "heads.json", heads)
-        png = report.plot_heads(self.run_dir / "heads.png", state.space, state.mask, scores,
-                                title=f"{self.cfg.model.name} {self.cfg.task.name} {self.cfg.method.name}: "
-                                      f"{heads['heads_kept']}/{heads['heads_total']} heads")
+        title = f"{self.cfg.model.name} {self.cfg.task.name} {self.cfg.method.name}"
+        png = report.plot_heads(self.run_dir / "heads.png", state.space, state.mask, head_scores,
+                                title=f"{title}: {heads['heads_kept']}/{heads['heads_total']} heads")
+        if self.plan.density is not None or not state.space.is_whole():
+            report.write_json(self.run_dir / "units.json", report.units_record(state.space, scores))
+            report.plot_units(self.run_dir / "units.png", state.space,
+                              title=f"{title}: density {metrics['density']:.3f}")
+            self.logger.file(self.run_dir / "units.json")
         self.logger.summary({f"final/{k}": v for k, v in final_eval.items() if isinstance(v, (int, float))})
         self.logger.summary({"final/heads_kept": metrics["heads_kept"], "final/params": metrics["params"]})
         self.logger.image("heads", png)
@@ -315,15 +351,34 @@ def resume_conflict(run_dir: Path, cfg: DictConfig) -> str | None:
     return "; ".join(diff[:3]) + more
 
 
+def unit_metrics(model: torch.nn.Module, space: UnitSpace, scope: str = "all") -> dict:
+    """What is left, in the terms of a density budget: the kept fraction of the attention + FFN
+    weights (`density`), those weights, the encoder's parameters without its embeddings, and the
+    heads that still hold a value dimension."""
+    kept, dense = space.weights(scope)
+    return {"density": round(kept / dense, 6) if dense else 1.0, "weights_kept": kept, "weights_dense": dense,
+            "params_encoder": encoder_params(model), "heads_left": int(space.kept("head").sum())}
+
+
+def encoder_params(model: torch.nn.Module) -> int:
+    """Parameters of the encoder stack (the whole base model if it has no `encoder`), embeddings
+    excluded: what pruning can shrink, as papers report it."""
+    base = getattr(model, "base_model", model)
+    encoder = base.get_encoder() if hasattr(base, "get_encoder") else None
+    encoder = encoder or getattr(base, "encoder", None) or getattr(base, "transformer", None) or base
+    embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    return sum(p.numel() for p in encoder.parameters() if id(p) not in embeddings)
+
+
 def dense_params(model: torch.nn.Module) -> int:
     """Parameters of `model` before any pruning (built from its config on the meta device)."""
-    from prune_cli.heads import read_record
     from prune_cli.surgery import build_model
+    from prune_cli.units import _dense_config
 
-    if not read_record(model):
+    if UnitSpace.from_model(model).removed_params() == 0:
         return count_params(model)
     with torch.device("meta"):
-        return count_params(build_model(model.config, type(model)))
+        return count_params(build_model(_dense_config(model.config), type(model)))
 
 
 _MODEL_CHANGING = {"train", "finetune", "prune", "prune_joint", "learn_gates"}

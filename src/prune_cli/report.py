@@ -23,6 +23,60 @@ def heads_record(space, mask: torch.Tensor, scores: torch.Tensor | None, **extra
     return record
 
 
+def units_record(space, scores) -> dict:
+    """units.json: what is left of every head and FFN, the kept units per kind (as ranges over the
+    dense index, the same strings the pruned config stores), and the scores they were ranked by."""
+    from prune_cli.units import ranges
+
+    record = space.summary()
+    record["kept"] = {k: ranges(space.kept(k).nonzero().flatten().tolist()) for k in ("head", "qk", "vo", "ffn")}
+    if isinstance(scores, dict):
+        record["scores"] = {k: [round(float(x), 8) for x in v] for k, v in scores.items()}
+    return record
+
+
+def plot_units(path: Path, space, title: str = "") -> Path:
+    """What is left inside each head and FFN: per layer, each head's value/output dimensions kept
+    (colour) with its query/key count written in, and the FFN width kept beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    summary = space.summary()
+    kinds = [k for k in ("encoder", "decoder", "cross") if any(b["kind"] == k for b in summary["blocks"])]
+    fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(4.8 * len(kinds) + 3.2, 3.4), squeeze=False,
+                             gridspec_kw={"width_ratios": [4] * len(kinds) + [2]})
+    for ax, kind in zip(axes[0], kinds):
+        blocks = [b for b in summary["blocks"] if b["kind"] == kind]
+        layers, width = max(b["layer"] for b in blocks) + 1, max(len(b["vo"]) for b in blocks)
+        grid = np.full((layers, width), np.nan)
+        for b in blocks:
+            for h, (q, v) in enumerate(zip(b["qk"], b["vo"])):
+                grid[b["layer"], h] = v / b["head_dim"]
+                ax.text(h, b["layer"], str(q) if v else "x", ha="center", va="center", fontsize=7,
+                        color="white" if v / b["head_dim"] < 0.5 else "black")
+        im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        ax.set_xlabel("head (number: query/key dims kept; x: removed)")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{kind}: value dims kept (fraction)")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    ax = axes[0][-1]
+    ffns = summary["ffns"]
+    labels = [f"{f['kind'][0]}{f['layer']}" for f in ffns]
+    ax.barh(range(len(ffns)), [f["kept"] / f["width"] for f in ffns], color="tab:orange")
+    ax.set_yticks(range(len(ffns)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("FFN neurons kept (fraction)")
+    fig.suptitle(title or f"density {summary['density']:.3f}, {summary['heads_left']} heads left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def versions() -> dict:
     """The stack a result was produced with (metrics.json `versions`): results tables quote it,
     since a release can change numbers (transformers 5.24 once changed cached decoding)."""

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import prune_linear_layer
 
-from prune_cli.heads import RECORD_KEY, HeadSpace, base_prefix, match_layout, read_record
+from prune_cli.heads import RECORD_KEY, HeadSpace, base_prefix, match_layout
+from prune_cli.units import UNITS_KEY, UnitSpace
 
 
 def count_params(model: nn.Module) -> int:
@@ -47,42 +48,69 @@ def build_model(config, auto_class=None, **kwargs) -> nn.Module:
 
 
 def remove_heads(model: nn.Module, keep: torch.Tensor, space: HeadSpace | None = None) -> HeadSpace:
-    """Remove every head whose entry in `keep` (bool [space.total]) is False; returns the new space.
+    """Remove every head whose entry in `keep` (bool over the heads the model has NOW, in the
+    order of `HeadSpace.from_model(model)`) is False; returns the new HeadSpace of the model.
 
-    `space` must describe `model` as it is now (a model pruned before has fewer heads: build the
-    space with `HeadSpace.from_model`). Parameters are replaced, so build optimizers afterwards.
+    Parameters are replaced, so build optimizers afterwards. `remove_units` is the general form.
     """
-    space = space or HeadSpace.from_model(model)
+    units = UnitSpace.from_model(model)
+    space = space or units.current_heads()
     keep = torch.as_tensor(keep, dtype=torch.bool).flatten().cpu()
     if keep.numel() != space.total:
         raise ValueError(f"keep mask has {keep.numel()} entries, the model has {space.total} heads")
-    record = {name[len(base_prefix(model)):]: ids for name, ids in read_record(model).items()}
-    modules = dict(model.named_modules())
-    for block, kept in zip(space.blocks, space.split(keep)):
-        if bool(kept.all()):
-            continue
-        local = kept.nonzero().flatten().tolist()
-        original = [block.heads[i] for i in local]
-        _slice_block(model, modules, block.name, local, block.head_dim, block.o, original)
-        record[_relative(model, block.name)] = original
-    setattr(model.config, RECORD_KEY, record)
+    dense_keep = torch.zeros(units.total, dtype=torch.bool)
+    flat = torch.tensor([i for block in units.positions(space) for i in block], dtype=torch.long)
+    dense_keep[flat[keep]] = True
+    remove_units(model, units.with_masks({"head": dense_keep}), units)
     return HeadSpace.from_model(model)
+
+
+def remove_units(model: nn.Module, target: UnitSpace, current: UnitSpace | None = None) -> UnitSpace:
+    """Make `model` hold exactly the units `target` keeps (heads, query/key and value/output
+    dimensions, FFN neurons, in any mix); `current` is the space the model holds now (default:
+    read from its config). Returns `target`, which now describes the model.
+
+    Masks only shrink: a unit the model no longer has cannot come back.
+    """
+    current = current or UnitSpace.from_model(model)
+    for kind in ("qk", "vo", "ffn"):
+        grown = target.kept(kind) & ~current.kept(kind)
+        if bool(grown.any()):
+            raise ValueError(f"{int(grown.sum())} {kind} units are kept by the target but already removed from the model")
+    modules = dict(model.named_modules())
+    for i, block in enumerate(current.blocks):
+        old, new = current.block_layout(i), target.block_layout(i)
+        if old == new:
+            continue
+        q_pos, v_pos, head_pos = {}, {}, {}
+        for n, (h, qd, vd) in enumerate(old):
+            head_pos[h] = n
+            for j in qd:
+                q_pos[(h, j)] = len(q_pos)
+            for j in vd:
+                v_pos[(h, j)] = len(v_pos)
+        q_index = [q_pos[(h, j)] for h, qd, _ in new for j in qd]
+        v_index = [v_pos[(h, j)] for h, _, vd in new for j in vd]
+        _reshape_block(model, modules, block, q_index, v_index, new, [head_pos[h] for h, _, _ in new],
+                       target.is_even(i))
+    for j, ffn in enumerate(current.ffns):
+        old, new = current.ffn_kept(j), target.ffn_kept(j)
+        if old != new:
+            pos = {n: p for p, n in enumerate(old)}
+            _reshape_ffn(model, modules, ffn, [pos[n] for n in new])
+    heads, units = target.record(base_prefix(model))
+    setattr(model.config, RECORD_KEY, heads)
+    setattr(model.config, UNITS_KEY, units)
+    return target
 
 
 def apply_record(model: nn.Module) -> nn.Module:
     """Give a dense-built model the shapes of the pruned model its config describes (weights are
     then loaded over them). A no-op for a model that was never pruned."""
-    modules = dict(model.named_modules())
-    for name, ids in read_record(model).items():
-        module = modules.get(name)
-        layout = match_layout(module) if module is not None else None
-        if layout is None:
-            raise ValueError(f"config.{RECORD_KEY} names {name!r}, which is not an attention block of {type(model).__name__}")
-        head_dim = getattr(module, layout.head_dim_attr)
-        if getattr(module, layout.q).out_features != len(ids) * head_dim:
-            from prune_cli.heads import resolve
-
-            _slice_block(model, modules, name, list(range(len(ids))), head_dim, resolve(name, layout.o), list(ids))
+    if not (getattr(model.config, RECORD_KEY, None) or getattr(model.config, UNITS_KEY, None)):
+        return model
+    target = UnitSpace.from_model(model)
+    remove_units(model, target, UnitSpace.from_model(model, dense=True))
     return model
 
 
@@ -140,54 +168,82 @@ def load_pruned(path, auto_class=None, config_overrides: dict | None = None, fre
 
 
 # ---------------------------------------------------------------------------- internals
-def _relative(model: nn.Module, name: str) -> str:
-    prefix = base_prefix(model)
-    return name[len(prefix):] if prefix and name.startswith(prefix) else name
-
-
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
-def _slice_block(model, modules, name: str, local: list[int], head_dim: int, o_name: str,
-                 original: list[int]) -> None:
-    """Keep heads `local` (positions in the block's current weights) of attention module `name`;
-    `original` are their ids in the dense model (T5's shared position bias is indexed by them)."""
+def _sliced(lin: nn.Linear, index: list[int], dim: int) -> nn.Linear:
+    """`lin` keeping rows (dim 0) or columns (dim 1) `index`, in that order, in its own dtype
+    (prune_linear_layer builds the new layer in the default dtype)."""
+    with warnings.catch_warnings():  # "Initializing zero-element tensors is a no-op" for empty blocks
+        warnings.simplefilter("ignore", UserWarning)
+        idx = torch.tensor(index, dtype=torch.long, device=lin.weight.device)
+        return prune_linear_layer(lin, idx, dim=dim).to(lin.weight.dtype)
+
+
+def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int], layout, head_index: list[int],
+                   even: bool) -> None:
+    """Keep query/key features `q_index` and value/output features `v_index` (positions in the
+    block's current weights) of attention block `block` (a dense Block); `layout` is what it then
+    holds [(head, qk dims, vo dims)], `head_index` the kept heads' positions among its current heads."""
+    from prune_cli.attention import UnevenConfig
+
+    name, o_name = block.name, block.o
     module = modules[name]
-    layout = match_layout(module)
+    layout_attrs = match_layout(module)
     if hasattr(module, "block_len"):  # LongT5's local attention (validate refuses it up front)
         raise NotImplementedError(f"{name}: head surgery on LongT5 local attention is not supported")
     shared_bias = takes_shared_bias(module)
-    index = (torch.tensor(local, dtype=torch.long)[:, None] * head_dim + torch.arange(head_dim)).flatten()
-    with warnings.catch_warnings():  # "Initializing zero-element tensors is a no-op" for empty blocks
-        warnings.simplefilter("ignore", UserWarning)
-        # prune_linear_layer builds the new layer in the default dtype: keep the model's (bf16...)
-        for attr in (layout.q, layout.k, layout.v):
-            lin = getattr(module, attr)
-            setattr(module, attr, prune_linear_layer(lin, index.to(lin.weight.device), dim=0).to(lin.weight.dtype))
-        o_proj = modules[o_name]
-        new_o = prune_linear_layer(o_proj, index.to(o_proj.weight.device), dim=1).to(o_proj.weight.dtype)
-        _set_module(model, o_name, new_o)
+    for attr, index in ((layout_attrs.q, q_index), (layout_attrs.k, q_index), (layout_attrs.v, v_index)):
+        setattr(module, attr, _sliced(getattr(module, attr), index, 0))
+    _set_module(model, o_name, _sliced(modules[o_name], v_index, 1))
     modules[o_name] = model.get_submodule(o_name)
-    for attr in layout.count_attrs:
-        setattr(module, attr, len(local))
-    for attr in layout.width_attrs:
+    heads = [h for h, _, _ in layout]
+    if isinstance(module.__dict__.get("config"), UnevenConfig):
+        module.config = module.config._model_config
+    module.__dict__.pop("_prune_cli_groups", None)
+    module.__dict__.pop("_prune_cli_head_dim", None)
+    head_dim = block.head_dim if even or not heads else 1
+    setattr(module, layout_attrs.head_dim_attr, head_dim)
+    for attr in layout_attrs.count_attrs:
+        setattr(module, attr, len(heads))
+    for attr in layout_attrs.width_attrs:
         if hasattr(module, attr):
-            setattr(module, attr, len(local) * head_dim)
+            setattr(module, attr, len(v_index))
+    if heads and not even:
+        groups: list[list[int]] = []
+        for _, qd, vd in layout:
+            if groups and groups[-1][1:] == [len(qd), len(vd)]:
+                groups[-1][0] += 1
+            else:
+                groups.append([1, len(qd), len(vd)])
+        module._prune_cli_groups = tuple(tuple(g) for g in groups)
+        module._prune_cli_head_dim = block.head_dim
+        module.config = UnevenConfig(module.config)
     if getattr(module, "has_relative_attention_bias", False) and not shared_bias:
         # UMT5: every block owns its bias table, one column per head: keep the kept heads' columns
         table = module.relative_attention_bias
-        table.weight = nn.Parameter(table.weight.data[:, local].clone(), requires_grad=table.weight.requires_grad)
-        table.embedding_dim = len(local)
+        table.weight = nn.Parameter(table.weight.data[:, head_index].clone(), requires_grad=table.weight.requires_grad)
+        table.embedding_dim = len(head_index)
     inside = o_name.startswith(name + ".")
-    if not local:
+    if not heads:
         own_table = getattr(module, "has_relative_attention_bias", False) and not shared_bias
-        empty = _EmptyAttention(module, layout, o_name[len(name) + 1:] if inside else None, own_table)
+        empty = _EmptyAttention(module, layout_attrs, o_name[len(name) + 1:] if inside else None, own_table)
         # a T5 block that kept nothing still hands the stack's bias on (the first one computes it)
         module.forward = _SharedBiasHeads(module, [0], empty) if shared_bias else empty
     elif shared_bias:
-        module.forward = _SharedBiasHeads(module, original)
+        module.forward = _SharedBiasHeads(module, heads)
+
+
+def _reshape_ffn(model, modules, ffn, index: list[int]) -> None:
+    """Keep neurons `index` (positions in the FFN's current weights): rows of its input
+    projections, columns of its output projection. Width 0 leaves the output bias alone."""
+    for path in ffn.inputs:
+        _set_module(model, path, _sliced(modules[path], index, 0))
+        modules[path] = model.get_submodule(path)
+    _set_module(model, ffn.output, _sliced(modules[ffn.output], index, 1))
+    modules[ffn.output] = model.get_submodule(ffn.output)
 
 
 def takes_shared_bias(module: nn.Module) -> bool:

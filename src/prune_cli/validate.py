@@ -29,9 +29,11 @@ NO_SURGERY_MODELS = ("longt5",)
 class Plan:
     heads_total: int  # heads in the whole model
     heads_in_scope: int  # heads that heads_scope lets the method prune
-    keep: int | None  # heads to keep in scope (None = dense baseline)
+    keep: int | None  # heads to keep in scope (None = dense baseline, or a `density` budget)
     stages: list[str]
     task: object  # the validated prune_cli.tasks.Task
+    density: float | None = None  # fraction of the attention + FFN weights (in heads_scope) to keep
+    units: tuple[str, ...] = ("head",)  # the unit kinds the prune ranks
 
 
 def _is_int(v) -> bool:
@@ -123,6 +125,23 @@ def validate(cfg: DictConfig) -> Plan:
         raise ConfigError("heads", heads, "a whole number of heads to keep (e.g. heads=72)")
     if sparsity is not None and (not isinstance(sparsity, Real) or isinstance(sparsity, bool) or not 0 <= sparsity < 1):
         raise ConfigError("sparsity", sparsity, "a fraction of heads to remove in [0, 1), e.g. sparsity=0.5")
+    density = cfg.get("density")
+    if density is not None:
+        if heads is not None or sparsity is not None:
+            given = f"heads={heads}" if heads is not None else f"sparsity={sparsity}"
+            raise ConfigError("density", density, f"give density= OR heads=/sparsity=, not both ({given})")
+        if not _is_num(density) or not 0 < density <= 1:
+            raise ConfigError("density", density, "a fraction of the attention + FFN weights to keep in (0, 1], "
+                              "e.g. density=0.1")
+    from prune_cli.units import parse_units
+
+    units_given = cfg.get("units")
+    if OmegaConf.is_list(units_given):
+        units_given = list(units_given)
+    units = parse_units(units_given if units_given is not None else ("dims_ffn" if density is not None else "heads"))
+    if units != ("head",) and density is None:
+        raise ConfigError("units", units_given, "heads when heads=/sparsity= is the budget (they count whole heads): "
+                          "give density=FRACTION to prune FFN neurons or head dimensions")
     scope = cfg.get("heads_scope", "all")
     if scope not in SCOPES:
         raise ConfigError("heads_scope", scope, f"one of {', '.join(SCOPES)}")
@@ -157,11 +176,22 @@ def validate(cfg: DictConfig) -> Plan:
     pruning = [s for s in stages if s in PRUNING_STAGES]
     if len(pruning) > 1:
         raise ConfigError("pipeline", stages, f"at most one pruning stage ({', '.join(PRUNING_STAGES)})")
-    wants_pruning = heads is not None or sparsity is not None
+    wants_pruning = heads is not None or sparsity is not None or density is not None
     if method.kind == "none" and wants_pruning:
-        raise ConfigError("method", method.name, "a pruning method (e.g. method=michel) when heads= or sparsity= is given")
+        raise ConfigError("method", method.name, "a pruning method (e.g. method=michel) when heads=, sparsity= or "
+                          "density= is given")
     if method.kind != "none" and not wants_pruning:
-        raise ConfigError("heads", None, f"method={method.name} needs heads=K (heads kept) or sparsity=FRACTION")
+        raise ConfigError("heads", None, f"method={method.name} needs heads=K (heads kept), sparsity=FRACTION or "
+                          "density=FRACTION (attention + FFN weights kept)")
+    ranks = tuple(method.get("unit_kinds") or ("head",))
+    if method.kind != "none" and not set(units) <= set(ranks):
+        raise ConfigError("units", units_given if units_given is not None else "dims_ffn",
+                          f"{'heads' if ranks == ('head',) else ', '.join(ranks)}: method={method.name} ranks "
+                          f"{'whole heads only' if ranks == ('head',) else 'those kinds'} (random, magnitude and "
+                          "taylor rank every kind)")
+    if density is not None and method.kind == "learner":
+        raise ConfigError("density", density, f"heads=K or sparsity= with method={method.name} (a learner keeps "
+                          "exactly K heads); density= needs a scorer (random, magnitude, taylor)")
     if pruning and pruning[0] != "prune" and method.kind != "learner":
         raise ConfigError("pipeline", stages, f"stage {pruning[0]} needs a learner method (dsp, ste, voita)")
     if "prune" in pruning and method.kind != "scorer":
@@ -179,6 +209,8 @@ def validate(cfg: DictConfig) -> Plan:
     if pruning and model_type in NO_SURGERY_MODELS:
         raise ConfigError("model", cfg.model.name, f"a model whose heads surgery can remove ({model_type}'s local "
                           "attention is not supported yet; gates and scoring work without a pruning stage)")
+    if density is not None or units != ("head",):
+        _check_units(cfg, task, units, density, scope, model_type)
     keep = None
     if heads is not None:
         if not 0 <= heads <= in_scope:
@@ -192,7 +224,31 @@ def validate(cfg: DictConfig) -> Plan:
         warn(f"{'heads' if heads is not None else 'sparsity'}={heads if heads is not None else sparsity} keeps "
              f"all {in_scope} heads of {cfg.model.name}: nothing is pruned (heads=K counts heads KEPT)")
     task.validate()
-    return Plan(total, in_scope, keep, stages, task)
+    return Plan(total, in_scope, keep, stages, task, density=None if density is None else float(density), units=units)
+
+
+def _check_units(cfg: DictConfig, task, units: tuple[str, ...], density, scope: str, model_type: str) -> None:
+    """Can this model lose these unit kinds, and can they reach the density asked for?"""
+    from prune_cli.units import DIM_MODEL_TYPES, UnitSpace
+
+    name = cfg.model.name
+    if {"qk", "vo"} & set(units) and model_type not in DIM_MODEL_TYPES:
+        raise ConfigError("units", list(units), f"heads or ffn kinds for {name} ({model_type}): head dimensions are "
+                          f"pruned on {', '.join(DIM_MODEL_TYPES)}")
+    space = UnitSpace.from_config(task.model_config(cfg.model))
+    if "ffn" in units and not space.ffns:
+        raise ConfigError("units", list(units), f"kinds without ffn: no feed-forward block of {name} is known")
+    if density is None:
+        return
+    kept, dense = space.weights(scope)
+    ffn_kept = int(space.unit_sizes("ffn")[space.scope("ffn", scope) & space.kept("ffn")].sum())
+    fixed = (0 if "ffn" in units else ffn_kept) + (0 if {"head", "qk", "vo"} & set(units) else kept - ffn_kept)
+    if density * dense < fixed:
+        raise ConfigError("density", density, f">= {fixed / dense:.3f} with units={'+'.join(units)} on {name} (the "
+                          "weights of the kinds not pruned stay): add kinds, e.g. units=dims_ffn")
+    if density * dense > kept:
+        raise ConfigError("density", density, f"<= {kept / dense:.4f}: the model (model.path) was pruned to that "
+                          "density before")
 
 
 def warn(message: str) -> None:

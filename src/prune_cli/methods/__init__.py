@@ -7,12 +7,14 @@ import importlib
 from omegaconf import DictConfig
 
 from prune_cli.errors import ConfigError
-from prune_cli.methods.base import Pruner, ScoreContext, top_k_mask
+from prune_cli.methods.base import Pruner, ScoreContext, select_units, top_k_mask
 
 METHODS = {
     "none": "prune_cli.methods.baselines:NoPruning",
     "random": "prune_cli.methods.baselines:RandomScores",
     "michel": "prune_cli.methods.michel:MichelImportance",
+    "magnitude": "prune_cli.methods.magnitude:Magnitude",
+    "taylor": "prune_cli.methods.taylor:Taylor",
     "dsp": "prune_cli.methods.dsp:DSP",
     "ste": "prune_cli.methods.ste:STE",
     "voita": "prune_cli.methods.voita:Voita",
@@ -27,4 +29,4 @@ def get_pruner(cfg: DictConfig, space, seed: int) -> Pruner:
     return getattr(importlib.import_module(module), cls)(cfg, space, seed)
 
 
-__all__ = ["METHODS", "Pruner", "ScoreContext", "get_pruner", "top_k_mask"]
+__all__ = ["METHODS", "Pruner", "ScoreContext", "get_pruner", "select_units", "top_k_mask"]

@@ -31,6 +31,17 @@ class ScoreContext:
     batches: Callable[[], Iterable[dict]]  # a fresh pass over the training batches (on device)
     mask: torch.Tensor  # bool [H]: heads still kept (False = already pruned, gated to 0)
     accelerator: Any = None
+    #: the kinds to score (`units=`): ("head",) = one score per head, as `score` returns a [H] tensor;
+    #: otherwise `score` returns {kind: scores over the UnitSpace's dense index of that kind}
+    units: tuple[str, ...] = ("head",)
+    space: Any = None  # prune_cli.units.UnitSpace of `model` (dense index, what the model still has)
+    masks: dict | None = None  # {kind: bool}: units still kept in this round (earlier rounds gated to 0)
+
+    def gate_masks(self) -> dict[str, torch.Tensor]:
+        """The 0/1 gate vector of each scored kind for this round (what is kept so far)."""
+        if self.units == ("head",):
+            return {"head": self.mask}
+        return {k: (self.masks or {}).get(k, self.space.kept(k)) for k in self.units}
 
 
 class Pruner:
@@ -104,3 +115,75 @@ def top_k_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = Non
     mask = torch.zeros_like(scores, dtype=torch.bool)
     mask[order[:k]] = True
     return mask
+
+
+def select_units(space, scores: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor], budget: int,
+                 scope: str = "all"):
+    """One global ranking over units of every kind; returns the UnitSpace that keeps the
+    highest-scored candidates until the kept attention + FFN weights in `scope` reach `budget`.
+
+    `space` is what is kept now; `candidates` ({kind: bool over the dense index}) the units up for
+    pruning, all others stay. The result keeps AT LEAST `budget` weights and less than one unit
+    more: a query/key dimension counts only once its head holds a value dimension (a head without
+    values is removed, its query/key with it), and when the value dimension that revives a head
+    brings back more query/key dimensions than the budget needs, the lowest-scored go again.
+    """
+    masks = space.masks()
+    qk, vo, ffn = masks["qk"].clone(), masks["vo"].clone(), masks["ffn"].clone()
+    head_of = space.head_of("qk")
+    head_dims = {}
+    if "head" in candidates:
+        dims = candidates["head"][head_of]
+        head_dims = {"qk": qk & dims, "vo": vo & dims}
+        qk &= ~dims
+        vo &= ~dims
+    for kind, mask in (("qk", qk), ("vo", vo), ("ffn", ffn)):
+        if kind in candidates:
+            mask &= ~candidates[kind]
+    sizes = {k: space.unit_sizes(k) * space.scope(k, scope) for k in ("qk", "vo", "ffn")}  # 0 out of scope
+    if "head" in candidates:
+        held = torch.zeros(space.total, dtype=torch.long)
+        held.index_add_(0, head_of, head_dims["qk"].long() * sizes["qk"] + head_dims["vo"].long() * sizes["vo"])
+        sizes["head"] = held
+    alive = torch.zeros(space.total, dtype=torch.bool)
+    alive[head_of[vo]] = True
+    total = int(sizes["qk"][qk & alive[head_of]].sum() + sizes["vo"][vo].sum() + sizes["ffn"][ffn].sum())
+    order = sorted(((v, n, i, k) for n, k in enumerate(candidates)
+                    for i, v in zip(candidates[k].nonzero().flatten().tolist(),
+                                    scores[k].detach().double().cpu()[candidates[k]].tolist())),
+                   key=lambda t: (-t[0], t[1], t[2]))
+    pending: dict[int, list[tuple[float, int]]] = {}
+    revived: list[tuple[float, int]] = []
+    for score, _, i, kind in order:
+        if total >= budget:
+            break
+        if kind == "head":
+            mine = head_of == i
+            qk |= head_dims["qk"] & mine
+            vo |= head_dims["vo"] & mine
+            alive[i] = True
+            total += int(sizes["head"][i])
+        elif kind == "ffn":
+            ffn[i] = True
+            total += int(sizes["ffn"][i])
+        elif kind == "qk":
+            qk[i] = True
+            h = int(head_of[i])
+            if alive[h]:
+                total += int(sizes["qk"][i])
+            else:
+                pending.setdefault(h, []).append((score, i))
+        else:  # vo
+            vo[i] = True
+            total += int(sizes["vo"][i])
+            h = int(head_of[i])
+            if not alive[h]:
+                alive[h] = True
+                revived = pending.pop(h, [])
+                total += sum(int(sizes["qk"][j]) for _, j in revived)
+    for _, j in sorted(revived):  # lowest score first, while the budget still holds
+        if total - int(sizes["qk"][j]) < budget:
+            break
+        qk[j] = False
+        total -= int(sizes["qk"][j])
+    return space.replace(qk=qk, vo=vo, ffn=ffn)  # query/key of heads never revived go in _normalize

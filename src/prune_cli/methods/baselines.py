@@ -16,10 +16,14 @@ class NoPruning(Pruner):
 
 class RandomScores(Pruner):
     """Uniform random scores from a generator seeded by the run's seed: reproducible, and a
-    different draw per seed so a sweep over seeds gives the random baseline's spread."""
+    different draw per seed so a sweep over seeds gives the random baseline's spread. Every unit
+    kind gets its own draw; one global ranking then mixes them (GRAIN's random-score ablation)."""
 
     kind = "scorer"
 
-    def score(self, ctx: ScoreContext) -> torch.Tensor:
+    def score(self, ctx: ScoreContext):
         generator = torch.Generator().manual_seed(self.seed)
-        return torch.rand(self.space.total, generator=generator, dtype=torch.float64)
+        if ctx.units == ("head",):
+            return torch.rand(self.space.total, generator=generator, dtype=torch.float64)
+        # one draw per kind, in a fixed order, so a kind's scores do not depend on the others'
+        return {k: torch.rand(ctx.space.size(k), generator=generator, dtype=torch.float64) for k in ctx.units}

@@ -1,0 +1,102 @@
+"""Attention of heads with unequal query/key and value sizes, through transformers' public seam.
+
+Stock attention modules (BERT, RoBERTa, DistilBERT, BART, Marian, T5...) all do the same thing:
+project, `view(..., -1, head_size)`, call the function `ALL_ATTENTION_FUNCTIONS` holds under
+`config._attn_implementation`, and `reshape(..., -1)` the result into the output projection. A block
+whose heads lost different numbers of dimensions cannot be described by one head size, so surgery
+gives it head size 1 (q, k and v then arrive as one "head" per dimension, whatever their counts)
+and a view of the model config whose `_attn_implementation` names `UNEVEN` (registered with
+`AttentionInterface`). That function regroups the dimensions into the block's real heads (the
+pruned weights hold heads of equal (qk, vo) size side by side: `UnitSpace.block_layout`) and runs
+the model's OWN attention function (eager, sdpa...) once per group, on zero-copy views, with the
+block's original scale 1/sqrt(dense head size). Query/key size 0 runs with one zero dimension,
+which gives the uniform attention the gated model computes. Everything else -- the mask, the KV
+cache, dropout, T5's position bias (sliced per group) -- is the stock code's.
+
+Why groups rather than padding every head of a layer to its largest size: padding keeps zero
+rows as parameters (the saved model would be larger than its kept units) and spends FLOPs on
+them; the measured comparison is in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+UNEVEN = "prune_cli_uneven"
+
+
+class UnevenConfig:
+    """The model config as an uneven block sees it: every attribute is the model's (read at call
+    time, so `set_attn_implementation` and config edits still reach the block) except the
+    attention implementation, which routes the block through `uneven_attention`."""
+
+    def __init__(self, config):
+        object.__setattr__(self, "_model_config", config)
+
+    @property
+    def _attn_implementation(self) -> str:
+        return UNEVEN
+
+    @property
+    def base_implementation(self) -> str:
+        return self._model_config._attn_implementation
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name == "_model_config":
+            raise AttributeError(name)
+        return getattr(self._model_config, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._model_config, name, value)
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return UnevenConfig(copy.deepcopy(self._model_config, memo))
+
+    def __reduce__(self):
+        return UnevenConfig, (self._model_config,)
+
+
+def uneven_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """query/key: [b, Dqk, n, 1], value: [b, Dv, n, 1] (head size 1); returns ([b, n, Dv], None)."""
+    base_name = module.config.base_implementation
+    base = _eager if base_name == "eager" else ALL_ATTENTION_FUNCTIONS[base_name]
+    bias = kwargs.pop("position_bias", None)
+    q_all, k_all, v_all = query[..., 0], key[..., 0], value[..., 0]  # [b, D, n]
+    outs, qs, vs, hs = [], 0, 0, 0
+    for count, dq, dv in module._prune_cli_groups:
+        v = v_all[:, vs:vs + count * dv].unflatten(1, (count, dv)).transpose(-1, -2)  # [b, c, n, dv]
+        if dq:
+            q = q_all[:, qs:qs + count * dq].unflatten(1, (count, dq)).transpose(-1, -2)
+            k = k_all[:, qs:qs + count * dq].unflatten(1, (count, dq)).transpose(-1, -2)
+        else:  # no query/key left: zero scores, i.e. uniform attention over the unmasked keys
+            q = q_all.new_zeros(q_all.shape[0], count, q_all.shape[-1], 1)
+            k = k_all.new_zeros(k_all.shape[0], count, k_all.shape[-1], 1)
+        extra = dict(kwargs)
+        if bias is not None:
+            extra["position_bias"] = bias[:, hs:hs + count]
+        out, _ = base(module, q, k, v, attention_mask, scaling=scaling, dropout=dropout, **extra)
+        outs.append(out.flatten(-2))  # [b, n, c * dv]
+        qs, vs, hs = qs + count * dq, vs + count * dv, hs + count
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)), None
+
+
+def _eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The stock eager computation of the block's own model family (its modeling module's
+    `eager_attention_forward`, pinned by tests/test_stack_contract.py), else the usual one."""
+    import sys
+
+    stock = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if stock is not None:
+        return stock(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * (1.0 if scaling is None else scaling)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = torch.nn.functional.dropout(scores.softmax(-1), p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+AttentionInterface.register(UNEVEN, uneven_attention)

@@ -1,0 +1,52 @@
+"""Weight magnitude: a unit's importance is the L2 norm of the weights it owns.
+
+The data-free baseline of the intra-head pruning literature: a head owns its rows of W_q, W_k, W_v
+and its columns of W_o; a query/key dimension its row of W_q and of W_k; a value/output dimension
+its row of W_v and column of W_o; an FFN neuron its rows of the input projection(s) and column
+of the output projection. Biases are left out (they are not what `density` counts). Read from the
+model as it is (a pruned model's units at their current positions), in the dense index.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prune_cli.methods.base import Pruner, ScoreContext
+
+
+def unit_norms(model, space) -> dict[str, torch.Tensor]:
+    """{kind: L2 norm per unit} over the dense index of `space` (0 for units the model lost)."""
+    modules = dict(model.named_modules())
+    sq = {k: torch.zeros(space.size(k), dtype=torch.float64) for k in ("qk", "vo", "ffn")}
+    with torch.no_grad():
+        for i, b in enumerate(space.blocks):
+            layout = space.block_layout(i)
+            if not layout:
+                continue
+            rows = lambda path: modules[path].weight.detach().double().cpu().pow(2)
+            q, k, v, o = rows(b.q).sum(1), rows(b.k).sum(1), rows(b.v).sum(1), rows(b.o).sum(0)
+            base, d = space.dim_offsets[i], b.head_dim
+            qk_index = torch.tensor([base + h * d + j for h, qd, _ in layout for j in qd], dtype=torch.long)
+            vo_index = torch.tensor([base + h * d + j for h, _, vd in layout for j in vd], dtype=torch.long)
+            sq["qk"][qk_index] = q + k
+            sq["vo"][vo_index] = v + o
+        for j, f in enumerate(space.ffns):
+            kept = space.ffn_kept(j)
+            if not kept:
+                continue
+            total = sum(modules[p].weight.detach().double().cpu().pow(2).sum(1) for p in f.inputs)
+            total = total + modules[f.output].weight.detach().double().cpu().pow(2).sum(0)
+            sq["ffn"][torch.tensor(kept, dtype=torch.long) + f.offset] = total
+    head = torch.zeros(space.total, dtype=torch.float64)
+    head.index_add_(0, space.head_of("qk"), sq["qk"] + sq["vo"])
+    return {"head": head.sqrt(), **{k: v.sqrt() for k, v in sq.items()}}
+
+
+class Magnitude(Pruner):
+    kind = "scorer"
+
+    def score(self, ctx: ScoreContext):
+        norms = unit_norms(ctx.model, ctx.space)
+        if ctx.units == ("head",):
+            return norms["head"]
+        return {k: norms[k] for k in ctx.units}
