@@ -1,8 +1,9 @@
 """What prune-cli's own machinery costs during training (docs/benchmarks.md, issue 5 items 3-4).
 
 1. Gate overhead: one training step (forward, backward, AdamW) of the stock model vs the same
-   model with `Gates` installed and every gate at 1.0 (target <= 3%), and with gates installed
-   but idle (`set(None)`).
+   model with `Gates` installed and every gate at 1.0 (target <= 3%), the same with a gate on every
+   unit kind (heads, query/key and value/output dimensions, FFN neurons: `unit_gates_1.0`), and
+   with gates installed but idle (`set(None)`).
 2. DSP step: a step driven by the DSP learner (Gumbel noise + soft top-K over all heads, gate
    logits in the optimizer) vs the stock step (target <= 10%).
 3. Runner vs stock: fine-tuning throughput (samples/s) of prune-cli's trainer
@@ -120,12 +121,18 @@ def step_overhead(base, data, args, protocol) -> dict:
     from prune_cli.methods.dsp import DSP
 
     batch = {k: v.to(args.device) for k, v in collate(data[: args.batch]).items()}
-    names = ("stock", "gates_idle", "gates_1.0", "dsp", "dsp_cpu_logits")
+    names = ("stock", "gates_idle", "gates_1.0", "unit_gates_1.0", "dsp", "dsp_cpu_logits")
     copies = {name: copy.deepcopy(base).to(args.device).train() for name in names}
     space = HeadSpace.from_model(copies["stock"])
     idle = Gates(copies["gates_idle"], space)
     ones = Gates(copies["gates_1.0"], space)
     ones.set(torch.ones(space.total, device=args.device))
+    # every unit kind gated at 1.0: heads, query/key and value/output dimensions, FFN neurons
+    from prune_cli.units import UnitSpace
+
+    units = UnitSpace.from_model(copies["unit_gates_1.0"])
+    unit_ones = Gates(copies["unit_gates_1.0"], units)
+    unit_ones.set_units({k: torch.ones(units.size(k), device=args.device) for k in ("head", "qk", "vo", "ffn")})
     dsp_gates = Gates(copies["dsp"], space)
     dsp = DSP(OmegaConf.create({"name": "dsp"}), space, seed=0)
     dsp.setup(keep=space.total // 2)
@@ -140,13 +147,14 @@ def step_overhead(base, data, args, protocol) -> dict:
         "stock": step_fn(copies["stock"], batch, args.precision, args.device),
         "gates_idle": step_fn(copies["gates_idle"], batch, args.precision, args.device),
         "gates_1.0": step_fn(copies["gates_1.0"], batch, args.precision, args.device),
+        "unit_gates_1.0": step_fn(copies["unit_gates_1.0"], batch, args.precision, args.device),
         "dsp": step_fn(copies["dsp"], batch, args.precision, args.device, gates=dsp_gates, pruner=dsp),
     }
     if args.device != "cpu":
         calls["dsp_cpu_logits"] = step_fn(copies["dsp_cpu_logits"], batch, args.precision, args.device,
                                           gates=cpu_gates, pruner=dsp_cpu)
     timings = bench.time_round_robin(calls, protocol)
-    for g in (idle, ones, dsp_gates, cpu_gates):
+    for g in (idle, ones, unit_ones, dsp_gates, cpu_gates):
         g.remove()
     stock = timings["stock"]["median"]
     return {
@@ -154,7 +162,7 @@ def step_overhead(base, data, args, protocol) -> dict:
         "dsp_keep": space.total // 2,
         "step_ms": {name: {k: round(v, 2) for k, v in t.items()} for name, t in timings.items()},
         "overhead": {name: round(t["median"] / stock - 1.0, 4) for name, t in timings.items() if name != "stock"},
-        "targets": {"gates_1.0": 0.03, "dsp": 0.10, "dsp_cpu_logits": 0.10},
+        "targets": {"gates_1.0": 0.03, "unit_gates_1.0": 0.03, "dsp": 0.10, "dsp_cpu_logits": 0.10},
     }
 
 

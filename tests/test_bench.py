@@ -73,6 +73,34 @@ def test_matmul_flops_match_torch_flop_counter(keep):
     assert encoder_flops(geometry, heads_per_layer(model), 2, 10)["matmul"] == counter.get_total_flops()
 
 
+def test_uneven_flops_match_torch_flop_counter():
+    """The same check on heads pruned inside and FFNs of unequal widths (one emptied): our count
+    from the TRUE kept dimensions equals what the pruned model's eager forward multiplies."""
+    from prune_cli.flops import kept_geometry
+    from prune_cli.surgery import remove_units
+    from prune_cli.units import UnitSpace
+
+    model = tiny_model("bert", attn="eager")
+    space = UnitSpace.from_model(model)
+    g = torch.Generator().manual_seed(0)
+    vo = torch.rand(space.dims_total, generator=g) > 0.4
+    qk = vo | (torch.rand(space.dims_total, generator=g) > 0.5)
+    ffn = torch.rand(space.ffn_total, generator=g) > 0.5
+    ffn[: space.ffns[0].width] = False
+    target = space.replace(qk=qk, vo=vo, ffn=ffn)
+    assert all(len(q) > 0 for i in range(len(target.blocks)) for _, q, _ in target.block_layout(i))
+    remove_units(model, target, space)
+    heads, widths = kept_geometry(UnitSpace.from_model(model))
+    assert widths[0] == 0 and len({q for h in heads for q, _ in h}) > 1  # uneven, as intended
+    ids = torch.randint(3, 99, (2, 10))
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(input_ids=ids)
+    geometry = EncoderGeometry.from_model(model)
+    assert encoder_flops(geometry, heads, 2, 10, widths)["matmul"] == counter.get_total_flops()
+    # whole heads given as (qk, vo) pairs count what the head counts count
+    assert layer_flops(TINY, [(4, 4), (4, 4)], 1, 3) == layer_flops(TINY, 2, 1, 3)
+
+
 def test_layer_counts_layouts():
     assert bench.layer_counts([12] * 6, 36, "uniform") == [6] * 6
     uneven = bench.layer_counts([12] * 6, 18, "uneven")

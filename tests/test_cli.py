@@ -176,3 +176,45 @@ def test_user_config_dir_adds_experiments_without_editing_the_package(tmp_path):
     assert (metrics["method"], metrics["heads_kept"], metrics["model"]) == ("random", 12, "my_minilm")
     res = prune_run([f"--config-dir={conf}", "experiment=nope"], cwd=tmp_path)
     assert res.returncode == 2 and "one of demo, dsp_curve, my_curve" in res.stderr
+
+
+@pytest.mark.slow
+def test_density_run_prunes_every_kind_exactly_and_its_export_reloads(tmp_path):
+    """density=0.3 with taylor scores: query/key, value/output dimensions and FFN neurons ranked
+    together; the achieved density is within one unit of the target; the uneven export reloads
+    with the analytical parameter count and runs again through model.path."""
+    run_dir = tmp_path / "run"
+    res = prune_run([*TINY, "method=taylor", "density=0.3", "method.score_batches=2", f"hydra.run.dir={run_dir}"],
+                    cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "density=0.3" in res.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    unit = 2 * 384  # every unit of MiniLM weighs a row + a column of width 384
+    assert 0 <= metrics["weights_kept"] - 0.3 * metrics["weights_dense"] < unit
+    assert metrics["density"] == pytest.approx(0.3, abs=unit / metrics["weights_dense"])
+    units = json.loads((run_dir / "units.json").read_text())
+    assert {"qk", "vo", "ffn"} <= set(units["scores"]) and units["heads_left"] == metrics["heads_left"]
+    assert any(0 < v < 32 for b in units["blocks"] for v in b["vo"])  # heads pruned inside
+    assert len({f["kept"] for f in units["ffns"]}) > 1  # FFN layers of unequal widths
+    heads = json.loads((run_dir / "heads.json").read_text())
+    assert heads["units"]["density"] == metrics["density"]
+    assert (run_dir / "units.png").stat().st_size > 1000
+
+    from prune_cli.surgery import count_params, load_pruned
+    from prune_cli.units import UnitSpace
+
+    model = load_pruned(run_dir / "model")
+    space = UnitSpace.from_model(model)
+    assert space.weights()[0] == metrics["weights_kept"]
+    assert count_params(model) == metrics["params"] == metrics["params_dense"] - space.removed_params()
+
+    again = tmp_path / "again"  # the export as the start of a further prune: density counts from dense
+    res = prune_run([*TINY, f"model.path={run_dir / 'model'}", "method=magnitude", "density=0.2",
+                     f"hydra.run.dir={again}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    second = json.loads((again / "metrics.json").read_text())
+    assert 0 <= second["weights_kept"] - 0.2 * second["weights_dense"] < unit
+    assert second["weights_dense"] == metrics["weights_dense"] and second["params_dense"] == metrics["params_dense"]
+    res = prune_run([*TINY, f"model.path={run_dir / 'model'}", "method=magnitude", "density=0.5",
+                     "logger.mode=disabled", f"hydra.run.dir={tmp_path / 'up'}"], cwd=tmp_path)
+    assert res.returncode == 2 and "density=0.5: <= 0.30" in res.stderr

@@ -46,6 +46,18 @@ BAD = [
     (["bench.device=tpu"], "bench.device"),
     (["bench.batches=[0]"], "bench.batches"),
     (["bench.threads=0"], "bench.threads"),
+    (["method=taylor", "density=0.1", "heads=36"], "density"),
+    (["method=taylor", "density=0"], "density"),
+    (["method=taylor", "density=1.5"], "density"),
+    (["method=taylor", "heads=36", "units=dims_ffn"], "units"),  # heads=K counts whole heads
+    (["method=taylor", "density=0.1", "units=neurons"], "units"),
+    (["method=taylor", "density=0.1", "units=[head,qk,vo]"], "units"),
+    (["method=taylor", "density=0.1", "units=[qk,ffn]"], "units"),
+    (["method=michel", "density=0.5"], "units"),  # michel ranks whole heads; density= alone means dims_ffn
+    (["method=dsp", "density=0.5", "units=heads"], "density"),  # learners keep exactly K heads
+    (["method=taylor", "density=0.1", "units=heads"], "density=0.1: >= 0.667"),  # the FFN stays
+    (["method=taylor", "density=0.1", "units=ffn"], "density=0.1: >= 0.333"),  # the attention stays
+    (["method=none", "density=0.5"], "method"),
 ]
 
 
@@ -75,3 +87,37 @@ def test_good_configs_pass_and_keeping_every_head_says_so(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     want = "prune-run: warning: heads=72 keeps all 72 heads of minilm: nothing is pruned (heads=K counts heads KEPT)"
     assert err == [want]
+
+
+def test_density_plan_and_its_defaults():
+    plan = validate(cfg("method=taylor", "density=0.1"))
+    assert plan.density == 0.1 and plan.units == ("qk", "vo", "ffn") and plan.keep is None
+    assert validate(cfg("method=magnitude", "density=0.7", "units=heads")).units == ("head",)
+    assert validate(cfg("method=random", "density=0.5", "units=[head,ffn]")).units == ("head", "ffn")
+    assert validate(cfg("method=michel", "heads=36")).units == ("head",)
+
+
+def test_head_dimensions_refused_up_front_where_attention_cannot_run_them(tmp_path):
+    """UMT5 views its projections with its head count: dimensions cannot be pruned there (one
+    line before loading); its FFN neurons can."""
+    import transformers as tf
+
+    config = tf.UMT5Config(d_model=32, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=2, d_ff=37,
+                           vocab_size=99, architectures=["UMT5ForConditionalGeneration"])
+    config.save_pretrained(tmp_path)
+    with initialize_config_module("prune_cli.conf", version_base="1.3"):
+        c = compose("config", overrides=["model=t5_small", f"model.path={tmp_path}", "task=wmt16_en_ro",
+                                         "method=taylor", "density=0.5"])
+    from prune_cli.units import DIM_MODEL_TYPES, UnitSpace
+
+    assert "umt5" not in DIM_MODEL_TYPES
+    from prune_cli.validate import _check_units
+
+    class Task:
+        def model_config(self, _):
+            return tf.AutoConfig.from_pretrained(tmp_path)
+
+    with pytest.raises(ConfigError, match="^units=.*heads or ffn kinds"):
+        _check_units(c, Task(), ("qk", "vo", "ffn"), 0.5, "all", "umt5")
+    _check_units(c, Task(), ("ffn",), 0.8, "all", "umt5")  # FFN neurons are fine
+    assert len(UnitSpace.from_config(tf.AutoConfig.from_pretrained(tmp_path)).ffns) == 4

@@ -9,8 +9,9 @@ and a view of the model config whose `_attn_implementation` names `UNEVEN` (regi
 `AttentionInterface`). That function regroups the dimensions into the block's real heads (the
 pruned weights hold heads of equal (qk, vo) size side by side: `UnitSpace.block_layout`) and runs
 the model's OWN attention function (eager, sdpa...) once per group, on zero-copy views, with the
-block's original scale 1/sqrt(dense head size). Query/key size 0 runs with one zero dimension,
-which gives the uniform attention the gated model computes. Everything else -- the mask, the KV
+block's original scale 1/sqrt(dense head size). Query/key size 0 gives the uniform attention the
+gated model computes: a masked mean of the values (one zero query/key dimension through the
+attention function where the mask differs per query: causal, biased or dropout). Everything else -- the mask, the KV
 cache, dropout, T5's position bias (sliced per group) -- is the stock code's.
 
 Why groups rather than padding every head of a layer to its largest size: padding keeps zero
@@ -65,14 +66,26 @@ def uneven_attention(module, query, key, value, attention_mask, scaling=None, dr
     base_name = module.config.base_implementation
     base = _eager if base_name == "eager" else ALL_ATTENTION_FUNCTIONS[base_name]
     bias = kwargs.pop("position_bias", None)
+    groups = module._prune_cli_groups
+    if len(groups) > 1 and attention_mask is not None and attention_mask.dtype == torch.bool and base_name == "sdpa":
+        # torch's sdpa converts a boolean mask on every call (~1 ms at batch 32 x 128 on a CPU
+        # core): convert it once for all groups of the block
+        attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill_(
+            ~attention_mask, torch.finfo(query.dtype).min)
     q_all, k_all, v_all = query[..., 0], key[..., 0], value[..., 0]  # [b, D, n]
     outs, qs, vs, hs = [], 0, 0, 0
-    for count, dq, dv in module._prune_cli_groups:
+    for count, dq, dv in groups:
         v = v_all[:, vs:vs + count * dv].unflatten(1, (count, dv)).transpose(-1, -2)  # [b, c, n, dv]
+        if not dq and bias is None and not getattr(module, "is_causal", False) and not (dropout and module.training):
+            # no query/key left: zero scores, i.e. every query attends uniformly over the keys the
+            # mask lets through -- one masked mean of the values, not an n x n attention
+            outs.append(_uniform(v, attention_mask, q_all.shape[-1]).flatten(-2))
+            vs, hs = vs + count * dv, hs + count
+            continue
         if dq:
             q = q_all[:, qs:qs + count * dq].unflatten(1, (count, dq)).transpose(-1, -2)
             k = k_all[:, qs:qs + count * dq].unflatten(1, (count, dq)).transpose(-1, -2)
-        else:  # no query/key left: zero scores, i.e. uniform attention over the unmasked keys
+        else:  # causal, biased or with dropout: the attention function with zero scores
             q = q_all.new_zeros(q_all.shape[0], count, q_all.shape[-1], 1)
             k = k_all.new_zeros(k_all.shape[0], count, k_all.shape[-1], 1)
         extra = dict(kwargs)
@@ -82,6 +95,20 @@ def uneven_attention(module, query, key, value, attention_mask, scaling=None, dr
         outs.append(out.flatten(-2))  # [b, n, c * dv]
         qs, vs, hs = qs + count * dq, vs + count * dv, hs + count
     return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)), None
+
+
+def _uniform(value: torch.Tensor, mask: torch.Tensor | None, q_len: int) -> torch.Tensor:
+    """softmax(0 + mask) @ value for a mask that treats every query alike (padding of the keys:
+    bidirectional and cross attention): [b, c, nk, dv] -> [b, q_len, c, dv]."""
+    if mask is None:
+        mean = value.mean(-2, keepdim=True)
+    else:
+        row = mask[..., :1, :]  # [b, 1, 1, nk]: the keys every query may see
+        if row.dtype == torch.bool:
+            row = torch.zeros(row.shape, dtype=value.dtype, device=value.device).masked_fill_(
+                ~row, torch.finfo(value.dtype).min)
+        mean = torch.matmul(torch.softmax(row.to(value.dtype), dim=-1), value)  # [b, c, 1, dv]
+    return mean.transpose(1, 2).expand(-1, q_len, -1, -1)
 
 
 def _eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):

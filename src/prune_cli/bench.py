@@ -38,9 +38,10 @@ import torch
 from torch import nn
 
 from prune_cli.errors import ConfigError
-from prune_cli.flops import EncoderGeometry, encoder_flops, heads_per_layer
+from prune_cli.flops import EncoderGeometry, encoder_flops, kept_geometry
 from prune_cli.heads import RECORD_KEY, HeadSpace
 from prune_cli.surgery import build_model, count_params, remove_heads
+from prune_cli.units import UnitSpace
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LAYOUTS = ("uniform", "uneven")
@@ -231,13 +232,14 @@ def dense_twin(model: nn.Module) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------ rows
-def compare(model_name: str, dense: nn.Module, variants: dict[str, tuple[nn.Module, str]], batch: int,
+def compare(model_name: str, dense: nn.Module, variants: dict[str, tuple], batch: int,
             seq_len: int, protocol: Protocol, dtype: str = "float32") -> list[dict]:
-    """Time `dense` and every pruned variant ({label: (model, layout)}) at one (batch, seq_len):
-    one result row per variant in the bench.json schema."""
+    """Time `dense` and every pruned variant ({label: (model, layout[, UnitSpace])}) at one
+    (batch, seq_len): one result row per variant in the bench.json schema. The optional UnitSpace
+    names the units whose FLOP limit the variant is measured against (default: its own)."""
     inputs = make_inputs(dense.config, batch, seq_len, protocol.device)
     calls = {"dense": forward_call(dense, inputs)}
-    calls.update({label: forward_call(m, inputs) for label, (m, _) in variants.items()})
+    calls.update({label: forward_call(v[0], inputs) for label, v in variants.items()})
     timings = time_round_robin(calls, protocol)
     rss = peak_rss_mb()
     try:
@@ -246,7 +248,7 @@ def compare(model_name: str, dense: nn.Module, variants: dict[str, tuple[nn.Modu
         geometry = None  # encoder-decoder: timed, but no FLOP limit
     dense_heads = HeadSpace.from_model(dense).total
     rows = []
-    for label, (model, layout) in variants.items():
+    for label, (model, layout, *limit) in variants.items():
         d, p = timings["dense"], timings[label]
         row = {
             "model": model_name,
@@ -273,12 +275,18 @@ def compare(model_name: str, dense: nn.Module, variants: dict[str, tuple[nn.Modu
         if "forward_gpu_mb" in p:
             row["dense_forward_gpu_mb"], row["pruned_forward_gpu_mb"] = d["forward_gpu_mb"], p["forward_gpu_mb"]
         if geometry is not None:
-            kept = heads_per_layer(model)
+            # the TRUE kept dimensions (a variant may name the units it stands for: a padded layout)
+            heads, ffn = kept_geometry(limit[0] if limit else UnitSpace.from_model(model))
+            kept = [len(h) for h in heads]
             dense_flops = encoder_flops(geometry, [geometry.heads] * geometry.layers, batch, seq_len)
-            pruned_flops = encoder_flops(geometry, kept, batch, seq_len)
+            pruned_flops = encoder_flops(geometry, heads, batch, seq_len, ffn)
             row["flop_speedup"] = round(dense_flops["total"] / pruned_flops["total"], 4)
             row["ratio"] = round(row["speedup"] / row["flop_speedup"], 4)
             row["heads_per_layer"] = kept
+            if any(q != geometry.head_dim or v != geometry.head_dim for h in heads for q, v in h) \
+                    or any(f != geometry.intermediate for f in ffn):
+                row["dims_per_layer"] = [[list(x) for x in h] for h in heads]  # (qk, vo) per head left
+                row["ffn_per_layer"] = ffn
             row["gflops_dense"] = round(dense_flops["total"] / 1e9, 3)
             row["gflops_pruned"] = round(pruned_flops["total"] / 1e9, 3)
             row["attention_share_dense"] = round(dense_flops["attention"] / dense_flops["total"], 4)

@@ -25,6 +25,10 @@ T = b*n tokens:
     output projection        2*T*(h*d_h)*d
     FFN                      2*T*d*f + 2*T*f*d
 
+With heads pruned inside (`prune_cli.units`), h*d_h becomes the sum of the kept query/key
+dimensions (q, k projections and scores) or of the kept value dimensions (v, output projections
+and context), and f the kept FFN neurons of that layer.
+
 Every term but the FFN is linear in h, which is why the FLOP speedup of a mask depends only on
 its per-layer head counts, and two masks with the same total (uniform or uneven over layers)
 have the same FLOPs. A layer that kept no heads still adds its output-projection bias, the
@@ -84,50 +88,75 @@ class EncoderGeometry:
         return cls.from_config(model.config, pooler=pooler, num_labels=num_labels)
 
 
-def layer_flops(g: EncoderGeometry, kept: int, batch: int, seq_len: int) -> dict[str, int]:
-    """FLOPs of one encoder layer that kept `kept` heads: {matmul, elementwise}."""
+def _heads(g: EncoderGeometry, kept) -> list[tuple[int, int]]:
+    """`kept` as [(query/key dims, value dims)] per kept head (an int = that many whole heads)."""
+    heads = [(g.head_dim, g.head_dim)] * kept if isinstance(kept, int) else [tuple(h) for h in kept]
+    if len(heads) > g.heads or any(not (0 <= q <= g.head_dim and 0 < v <= g.head_dim) for q, v in heads):
+        raise ValueError(f"a layer holds at most {g.heads} heads of query/key 0..{g.head_dim} and value "
+                         f"1..{g.head_dim} dimensions: {kept}")
+    return heads
+
+
+def layer_flops(g: EncoderGeometry, kept, batch: int, seq_len: int, ffn: int | None = None) -> dict[str, int]:
+    """FLOPs of one encoder layer: {matmul, elementwise, attention, ffn}.
+
+    `kept`: the number of whole heads left, or [(query/key dims, value dims)] per head left (heads
+    pruned inside, `prune_cli.units`); `ffn`: FFN neurons left (None = all). These are the TRUE
+    kept dimensions: a head with query/key 0 costs no scores and no softmax, only the masked mean
+    of its values that uniform attention is (what the pruned model computes in an encoder)."""
     from prune_cli.surgery import STAND_IN_DIM
 
+    heads = _heads(g, kept)
+    f = g.intermediate if ffn is None else int(ffn)
+    if not 0 <= f <= g.intermediate:
+        raise ValueError(f"FFN neurons must lie in 0..{g.intermediate}: {ffn}")
     tokens = batch * seq_len
-    width = kept * g.head_dim  # features the kept heads produce
-    qkv = 3 * 2 * tokens * g.hidden * width
-    kernel_heads, kernel_dim = (kept, g.head_dim) if kept else (1, STAND_IN_DIM)  # see the module doc
-    attention = 2 * (2 * batch * kernel_heads * seq_len * seq_len * kernel_dim)  # scores + context
-    out = 2 * tokens * width * g.hidden
-    ffn = 2 * 2 * tokens * g.hidden * g.intermediate
+    dq, dv = sum(q for q, _ in heads), sum(v for _, v in heads)
+    projections = 2 * tokens * g.hidden * (2 * dq + dv) + 2 * tokens * dv * g.hidden  # q, k, v and output
+    if heads:
+        # scores + context; a head with query/key 0 attends uniformly: a masked mean of its values
+        uniform = sum(v for q, v in heads if q == 0)
+        kernel = 2 * batch * seq_len * seq_len * (dq + dv - uniform) + 2 * batch * seq_len * uniform
+        kernel_heads = sum(1 for q, _ in heads if q)
+    else:  # the stand-in head of an emptied block (see the module doc)
+        kernel, kernel_heads = 2 * (2 * batch * seq_len * seq_len * STAND_IN_DIM), 1
+    ffn_mm = 2 * 2 * tokens * g.hidden * f
+    attention_ew = tokens * (2 * dq + dv) + SOFTMAX_OPS * batch * kernel_heads * seq_len * seq_len
+    ffn_ew = tokens * f + tokens * g.hidden + GELU_OPS * tokens * f  # biases + GELU
     elementwise = (
-        3 * tokens * width  # q/k/v biases
-        + SOFTMAX_OPS * batch * kernel_heads * seq_len * seq_len
+        attention_ew
         + tokens * g.hidden  # output-projection bias (also when no head is left)
-        + tokens * g.intermediate + tokens * g.hidden  # FFN biases
-        + GELU_OPS * tokens * g.intermediate
+        + ffn_ew
         + 2 * tokens * g.hidden  # two residual adds
         + 2 * LAYERNORM_OPS * tokens * g.hidden  # two LayerNorms
     )
-    return {"matmul": qkv + attention + out + ffn, "elementwise": elementwise}
+    attention = projections + (kernel if heads else 0) + (attention_ew if heads else 0)
+    return {"matmul": projections + kernel + ffn_mm, "elementwise": elementwise, "attention": attention,
+            "ffn": ffn_mm + ffn_ew}
 
 
-def encoder_flops(g: EncoderGeometry, heads_per_layer: Sequence[int], batch: int, seq_len: int) -> dict[str, int]:
+def encoder_flops(g: EncoderGeometry, heads_per_layer: Sequence, batch: int, seq_len: int,
+                  ffn_per_layer: Sequence[int] | None = None) -> dict[str, int]:
     """FLOPs of one forward pass: {matmul, elementwise, attention, ffn, other, total}.
 
-    `attention` is the part head pruning can remove (projections + score/context products and
-    their element-wise work), `ffn` the feed-forward blocks, `other` embeddings, LayerNorms,
-    residuals, pooler and classifier.
+    `heads_per_layer`: per layer, the whole heads kept (an int) or [(qk, vo)] per kept head;
+    `ffn_per_layer`: FFN neurons kept per layer (None = all). `attention` is the part head
+    pruning can remove (projections + score/context products and their element-wise work), `ffn`
+    the feed-forward blocks, `other` embeddings, LayerNorms, residuals, pooler and classifier.
     """
     if len(heads_per_layer) != g.layers:
         raise ValueError(f"expected {g.layers} per-layer head counts, got {len(heads_per_layer)}")
-    if any(not 0 <= h <= g.heads for h in heads_per_layer):
-        raise ValueError(f"head counts must lie in 0..{g.heads}: {list(heads_per_layer)}")
+    ffns = list(ffn_per_layer) if ffn_per_layer is not None else [None] * g.layers
+    if len(ffns) != g.layers:
+        raise ValueError(f"expected {g.layers} per-layer FFN widths, got {len(ffns)}")
     tokens = batch * seq_len
-    matmul = elementwise = attention = 0
-    for kept in heads_per_layer:
-        layer = layer_flops(g, kept, batch, seq_len)
+    matmul = elementwise = attention = ffn = 0
+    for kept, width in zip(heads_per_layer, ffns):
+        layer = layer_flops(g, kept, batch, seq_len, width)
         matmul += layer["matmul"]
         elementwise += layer["elementwise"]
-        width = kept * g.head_dim
-        attention += (8 * tokens * g.hidden * width + 4 * batch * kept * seq_len**2 * g.head_dim
-                      + 3 * tokens * width + SOFTMAX_OPS * batch * kept * seq_len**2)
-    ffn = g.layers * (4 * tokens * g.hidden * g.intermediate + tokens * g.intermediate * (1 + GELU_OPS) + tokens * g.hidden)
+        attention += layer["attention"]
+        ffn += layer["ffn"]
     elementwise += 2 * tokens * g.hidden + LAYERNORM_OPS * tokens * g.hidden  # embedding sum + LayerNorm
     if g.pooler:
         matmul += 2 * batch * g.hidden * g.hidden
@@ -140,10 +169,11 @@ def encoder_flops(g: EncoderGeometry, heads_per_layer: Sequence[int], batch: int
             "other": total - attention - ffn, "total": total}
 
 
-def flop_speedup(g: EncoderGeometry, heads_per_layer: Sequence[int], batch: int, seq_len: int) -> float:
+def flop_speedup(g: EncoderGeometry, heads_per_layer: Sequence, batch: int, seq_len: int,
+                 ffn_per_layer: Sequence[int] | None = None) -> float:
     """Dense FLOPs / pruned FLOPs: the speedup a perfectly efficient runtime would show."""
     dense = encoder_flops(g, [g.heads] * g.layers, batch, seq_len)["total"]
-    return dense / encoder_flops(g, heads_per_layer, batch, seq_len)["total"]
+    return dense / encoder_flops(g, heads_per_layer, batch, seq_len, ffn_per_layer)["total"]
 
 
 def heads_per_layer(model) -> list[int]:
@@ -152,3 +182,12 @@ def heads_per_layer(model) -> list[int]:
 
     blocks = sorted((b for b in HeadSpace.from_model(model).blocks if b.kind == "encoder"), key=lambda b: b.layer)
     return [b.num_heads for b in blocks]
+
+
+def kept_geometry(space) -> tuple[list, list[int]]:
+    """(per encoder layer [(qk, vo)] of each head left, per encoder layer FFN neurons left) of a
+    `UnitSpace`: the true kept dimensions `encoder_flops` takes."""
+    blocks = sorted((i for i, b in enumerate(space.blocks) if b.kind == "encoder"), key=lambda i: space.blocks[i].layer)
+    heads = [[(len(q), len(v)) for _, q, v in space.block_layout(i)] for i in blocks]
+    ffns = sorted((j for j, f in enumerate(space.ffns) if f.kind == "encoder"), key=lambda j: space.ffns[j].layer)
+    return heads, [len(space.ffn_kept(j)) for j in ffns]
