@@ -26,8 +26,9 @@ test-oldest:
 	PRUNE_CLI_TEST_OLDEST=1 $(OLDEST_VENV)/bin/python -m pytest -q -x -p no:cacheprovider --durations=5 $(OLDEST_TESTS)
 
 BENCH_ARGS ?=
-bench:  ## pruned-vs-dense speed + gate/runner overhead -> outputs/bench/ (see docs/benchmarks.md)
+bench:  ## pruned-vs-dense speed (whole heads, then units inside heads + FFN) + gate/runner overhead -> outputs/bench/
 	$(PYTHON) scripts/bench_speed.py --out outputs/bench $(BENCH_ARGS)
+	$(PYTHON) scripts/bench_units.py --out outputs/bench/units
 	$(PYTHON) scripts/bench_runner.py --quick --out outputs/bench $(BENCH_ARGS)
 
 lint:

@@ -72,6 +72,9 @@ def test_michel_end_to_end_keeps_exactly_k_heads(tmp_path):
         (["model=minilm", "model.path=/nonexistent/model", "method=michel", "heads=10"], "model.path"),
         (["no_such_key=1"], "no_such_key"),
         (["model=minilm", "method=voita", "heads=10", "method.controller=pid"], "method.controller='pid': one of"),
+        (["model=minilm", "method=taylor", "density=0.1", "heads=36"], "density=0.1: give density= OR heads="),
+        (["model=minilm", "method=michel", "density=0.5"], "units='dims_ffn': heads: method=michel ranks whole"),
+        (["model=minilm", "method=taylor", "density=0.1", "units=heads"], "density=0.1: >= 0.667 with units=head"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, expected):

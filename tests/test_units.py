@@ -230,3 +230,41 @@ def test_encoder_decoder_blocks_and_ffns_are_found():
         space = UnitSpace.from_model(tiny_model(arch))
         assert {f.kind for f in space.ffns} == {"encoder", "decoder"}
         assert len(space.ffns) == len({(f.kind, f.layer) for f in space.ffns})
+
+
+@pytest.mark.parametrize("kinds", [("qk", "vo", "ffn"), ("head", "ffn"), ("head",), ("ffn",), ("qk", "vo")])
+@pytest.mark.parametrize("density", [0.9, 0.5, 0.1])
+def test_one_global_ranking_keeps_the_budget_to_one_unit(kinds, density):
+    """Kept weights >= the budget and less than one unit above it, whatever the mix of kinds; a
+    query/key dimension never survives in a head without values."""
+    from prune_cli.methods import select_units
+
+    space = UnitSpace.from_model(tiny_model("bert"))
+    g = torch.Generator().manual_seed(0)
+    scores = {k: torch.rand(space.size(k), generator=g, dtype=torch.float64) for k in kinds}
+    candidates = {k: space.kept(k) for k in kinds}
+    kept, dense = space.weights()
+    fixed = kept - sum(int(space.unit_sizes(k).sum()) for k in ("qk", "vo", "ffn")
+                       if k in kinds or (k != "ffn" and "head" in kinds))
+    budget = max(round(density * dense), fixed)
+    out = select_units(space, scores, candidates, budget)
+    unit = max(int(space.unit_sizes("head").max()) if "head" in kinds else 0, 2 * 32)
+    got = out.weights()[0]
+    assert budget <= got < budget + unit, (budget, got)
+    heads_alive = out.kept("head")[space.head_of("qk")]
+    assert not (out.kept("qk") & ~heads_alive).any()
+    for k in ("qk", "vo", "ffn"):  # nothing outside the ranked kinds moved
+        if k not in kinds and not (k != "ffn" and "head" in kinds):
+            assert torch.equal(out.kept(k), space.kept(k))
+
+
+def test_ranking_prefers_high_scores_across_kinds():
+    from prune_cli.methods import select_units
+
+    space = UnitSpace.from_model(tiny_model("bert"))
+    scores = {"vo": torch.zeros(space.size("vo")), "qk": torch.zeros(space.size("qk")),
+              "ffn": torch.ones(space.size("ffn"))}
+    kept_ffn = int(space.unit_sizes("ffn").sum())
+    out = select_units(space, scores, {k: space.kept(k) for k in scores}, kept_ffn)
+    assert bool(out.kept("ffn").all()) and not out.kept("vo").any()  # FFN first: it scored higher
+    assert int(out.kept("head").sum()) == 0
