@@ -85,3 +85,45 @@ def test_stand_in_leaves_the_block_as_it_was(arch):
     assert {k: after[k] for k in before if not k.startswith("_")} == {
         k: v for k, v in before.items() if not k.startswith("_")}
     assert dict(block._modules) == modules
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "bart", "marian", "t5", "mt5"])
+def test_uneven_blocks_run_through_the_attention_interface(arch):
+    """Heads of unequal sizes rely on three things of the stock attention modules: they view
+    q/k/v with (-1, head size), look the attention function up by `config._attn_implementation`
+    at call time, and keep `scaling` from __init__. Every uneven block must actually have called
+    prune-cli's function in a forward pass."""
+    from prune_cli.units import DIM_MODEL_TYPES, UnitSpace
+    from prune_cli.surgery import remove_units
+
+    model = tiny_model(arch)
+    assert model.config.model_type in DIM_MODEL_TYPES
+    space = UnitSpace.from_model(model)
+    vo = torch.ones(space.dims_total, dtype=torch.bool)
+    vo[1::3] = False  # every head loses a third of its values
+    remove_units(model, space.replace(vo=vo), space)
+    uneven = [m for m in model.modules() if m.__dict__.get("_prune_cli_groups")]
+    assert len(uneven) == len(space.blocks)
+    model(**padded_batch(arch))
+    assert all(m.__dict__["_prune_cli_ran"] for m in uneven)
+    for m in uneven:
+        src = inspect.getsource(type(m).forward)
+        assert "_attn_implementation" in src and "-1" in src
+
+
+def test_a_release_that_bypasses_the_attention_interface_is_an_error(monkeypatch):
+    """If a block stopped reading config._attn_implementation, the stock kernel would treat every
+    dimension as a head: the guard raises instead."""
+    from prune_cli import attention
+    from prune_cli.units import UnitSpace
+    from prune_cli.surgery import remove_units
+
+    model = tiny_model("bert")
+    space = UnitSpace.from_model(model)
+    dims = torch.ones(space.dims_total, dtype=torch.bool)
+    dims[::5] = False  # the same query/key and value counts: the stock kernel would run, wrongly
+    remove_units(model, space.replace(qk=dims, vo=dims), space)
+    sdpa = transformers.modeling_utils.ALL_ATTENTION_FUNCTIONS["sdpa"]
+    monkeypatch.setitem(transformers.modeling_utils.ALL_ATTENTION_FUNCTIONS._global_mapping, attention.UNEVEN, sdpa)
+    with pytest.raises(RuntimeError, match="no longer calls the attention function"):
+        model(**padded_batch("bert"))

@@ -61,8 +61,32 @@ class UnevenConfig:
         return UnevenConfig, (self._model_config,)
 
 
+def install_guard(module) -> None:
+    """Make an uneven block fail loudly, never compute wrongly, if a transformers release stops
+    routing it through `config._attn_implementation`: the stock kernel would then treat every
+    dimension as a head. A pre-hook clears a flag that `uneven_attention` sets, a forward hook
+    checks it. Installed once per module (idle for a block that is whole again)."""
+    if _clear not in module._forward_pre_hooks.values():
+        module.register_forward_pre_hook(_clear)
+        module.register_forward_hook(_check)
+
+
+def _clear(module, args):
+    module.__dict__["_prune_cli_ran"] = False
+
+
+def _check(module, args, output):
+    if module.__dict__.get("_prune_cli_groups") and not module.__dict__.get("_prune_cli_ran"):
+        import transformers
+
+        raise RuntimeError(
+            f"{type(module).__name__} no longer calls the attention function named by config._attn_implementation "
+            f"(transformers {transformers.__version__}): prune-cli's heads of unequal sizes need updating")
+
+
 def uneven_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """query/key: [b, Dqk, n, 1], value: [b, Dv, n, 1] (head size 1); returns ([b, n, Dv], None)."""
+    module.__dict__["_prune_cli_ran"] = True
     base_name = module.config.base_implementation
     base = _eager if base_name == "eager" else ALL_ATTENTION_FUNCTIONS[base_name]
     bias = kwargs.pop("position_bias", None)

@@ -187,7 +187,7 @@ def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int]
     """Keep query/key features `q_index` and value/output features `v_index` (positions in the
     block's current weights) of attention block `block` (a dense Block); `layout` is what it then
     holds [(head, qk dims, vo dims)], `head_index` the kept heads' positions among its current heads."""
-    from prune_cli.attention import UnevenConfig
+    from prune_cli.attention import UnevenConfig, install_guard
 
     name, o_name = block.name, block.o
     module = modules[name]
@@ -221,6 +221,7 @@ def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int]
         module._prune_cli_groups = tuple(tuple(g) for g in groups)
         module._prune_cli_head_dim = block.head_dim
         module.config = UnevenConfig(module.config)
+        install_guard(module)
     if getattr(module, "has_relative_attention_bias", False) and not shared_bias:
         # UMT5: every block owns its bias table, one column per head: keep the kept heads' columns
         table = module.relative_attention_bias
