@@ -200,7 +200,9 @@ def test_density_run_prunes_every_kind_exactly_and_its_export_reloads(tmp_path):
     assert any(0 < v < 32 for b in units["blocks"] for v in b["vo"])  # heads pruned inside
     assert len({f["kept"] for f in units["ffns"]}) > 1  # FFN layers of unequal widths
     heads = json.loads((run_dir / "heads.json").read_text())
-    assert heads["units"]["density"] == metrics["density"]
+    assert heads["units"]["density"] == heads["density"] == metrics["density"]
+    assert heads["params"] == metrics["params"] and heads["params_encoder"] == metrics["params_encoder"]
+    assert heads["heads_left"] == metrics["heads_left"] < 72
     assert (run_dir / "units.png").stat().st_size > 1000
 
     from prune_cli.surgery import count_params, load_pruned

@@ -299,7 +299,8 @@ class Pipeline:
         scores = state.scores
         head_scores = scores.get("head") if isinstance(scores, dict) else scores
         heads = report.heads_record(state.space, state.mask, head_scores, method=self.cfg.method.name,
-                                    heads_scope=self.cfg.heads_scope, units=state.space.summary())
+                                    heads_scope=self.cfg.heads_scope, units=state.space.summary(),
+                                    **{k: metrics[k] for k in ("density", "params", "params_encoder", "heads_left")})
         report.write_json(self.run_dir / "heads.json", heads)
         title = f"{self.cfg.model.name} {self.cfg.task.name} {self.cfg.method.name}"
         png = report.plot_heads(self.run_dir / "heads.png", state.space, state.mask, head_scores,
