@@ -93,8 +93,8 @@ def test_uneven_blocks_run_through_the_attention_interface(arch):
     q/k/v with (-1, head size), look the attention function up by `config._attn_implementation`
     at call time, and keep `scaling` from __init__. Every uneven block must actually have called
     prune-cli's function in a forward pass."""
-    from prune_cli.units import DIM_MODEL_TYPES, UnitSpace
     from prune_cli.surgery import remove_units
+    from prune_cli.units import DIM_MODEL_TYPES, UnitSpace
 
     model = tiny_model(arch)
     assert model.config.model_type in DIM_MODEL_TYPES
@@ -115,8 +115,8 @@ def test_a_release_that_bypasses_the_attention_interface_is_an_error(monkeypatch
     """If a block stopped reading config._attn_implementation, the stock kernel would treat every
     dimension as a head: the guard raises instead."""
     from prune_cli import attention
-    from prune_cli.units import UnitSpace
     from prune_cli.surgery import remove_units
+    from prune_cli.units import UnitSpace
 
     model = tiny_model("bert")
     space = UnitSpace.from_model(model)

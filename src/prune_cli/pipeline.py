@@ -42,6 +42,7 @@ class State:
     evals: list = field(default_factory=list)
     stages: list = field(default_factory=list)
     params_dense: int = 0
+    teacher: str | None = None  # folder of the fine-tuned dense teacher (distill=...)
 
     def to_json(self) -> dict:
         return {
@@ -52,6 +53,7 @@ class State:
             "evals": self.evals,
             "stages": self.stages,
             "params_dense": self.params_dense,
+            "teacher": self.teacher,
         }
 
 
@@ -128,6 +130,7 @@ class Pipeline:
             else:
                 state.scores = None if scores is None else torch.tensor(scores, dtype=torch.float64)
             state.evals, state.stages, state.params_dense = saved["evals"], saved["stages"], saved["params_dense"]
+            state.teacher = saved.get("teacher")
             self.logger.step = saved.get("global_step", 0)
             return state, saved["done"] + 1
         model, tokenizer = self.task.load_model(self.cfg.model)
@@ -158,12 +161,43 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
     def _train(self, state: State, index: int, name: str, epochs=None, **kw) -> dict:
         collate = self.task.collate_fn(state.tokenizer)
+        distiller = self._distiller(state) if self.cfg.distill.name != "none" else None
         return train(
             model=state.model, dataset=self.splits.train, collate_fn=collate, tcfg=self.cfg.trainer,
             accelerator=self.accelerator, seed=self.cfg.seed + index, logger=self.logger, epochs=epochs,
             checkpoint=self.ckpt_dir / f"train-{index}.pt", evaluate=lambda step: self._evaluate(state, name),
-            desc=name, **kw,
+            desc=name, distiller=distiller, **kw,
         )
+
+    def _distiller(self, state: State):
+        """The teacher of `distill=` (its folder, or the `teacher` stage's) with fresh loss maps."""
+        from prune_cli.distill import Distiller
+
+        path = state.teacher or self.cfg.distill.get("teacher")
+        teacher, _ = self.task.load_model(OmegaConf.merge(self.cfg.model, {"path": str(path)}))
+        return Distiller(self.cfg.distill, teacher, state.model)
+
+    def _stage_teacher(self, state: State, index: int) -> dict:
+        """Fine-tune the dense teacher of `distill=` from the model the run starts with (the student
+        keeps starting from it, as GRAIN does); saved in <run>/teacher and reused on resume."""
+        import copy
+
+        if self.cfg.distill.get("teacher"):
+            state.teacher = str(self.cfg.distill.teacher)
+            return {"path": state.teacher}
+        teacher = copy.deepcopy(state.model)
+        collate = self.task.collate_fn(state.tokenizer)
+        result = train(model=teacher, dataset=self.splits.train, collate_fn=collate, tcfg=self.cfg.trainer,
+                       accelerator=self.accelerator, seed=self.cfg.seed + index, logger=self.logger,
+                       checkpoint=self.ckpt_dir / f"train-{index}.pt", desc="teacher")
+        bs = int(self.cfg.task.get("eval_batch_size") or self.cfg.trainer.eval_batch_size)
+        metrics = self.task.evaluate(teacher, state.tokenizer, self.splits, self.accelerator, bs)
+        self.logger.log({f"teacher/{k}": v for k, v in metrics.items()})
+        path = self.run_dir / "teacher"
+        save_pruned(teacher, path, state.tokenizer)
+        state.teacher = str(path)
+        del teacher
+        return {**result, "path": "teacher", "metrics": metrics}
 
     def _stage_train(self, state: State, index: int) -> dict:
         return self._train(state, index, "train")
@@ -220,6 +254,8 @@ class Pipeline:
 
     def _stage_prune_joint(self, state: State, index: int, freeze_model: bool = False) -> dict:
         """Learner methods: gates learned while training; then the exact top-K and surgery."""
+        if self.plan.density is not None:  # a learner of units (GRAIN): a density budget
+            return self._prune_units_joint(state, index)
         eligible = state.space.scope_mask(self.cfg.heads_scope) & state.mask
         self.pruner.setup(keep=self.plan.keep, eligible=eligible, schedule=self.cfg.schedule)
         name = "learn_gates" if freeze_model else "prune_joint"
@@ -235,6 +271,15 @@ class Pipeline:
             trajectory = self.run_dir / "mask_trajectory.json"
             report.write_json(trajectory, {"space": state.space.describe(), **self.pruner.history()})
             self.logger.file(trajectory)
+        return {**result, **self._apply(state, target)}
+
+    def _prune_units_joint(self, state: State, index: int) -> dict:
+        self.pruner.setup_units(state.space, self.plan.units, self.plan.density, self.cfg.heads_scope)
+        with Gates(state.model, state.space) as gates:
+            result = self._train(state, index, "prune_joint", pruner=self.pruner, gates=gates)
+        target = self.pruner.final_space()
+        state.scores = self.pruner.scores()
+        result["steps_pruned"] = self.pruner.steps_pruned
         return {**result, **self._apply(state, target)}
 
     def _stage_learn_gates(self, state: State, index: int) -> dict:
@@ -382,7 +427,7 @@ def dense_params(model: torch.nn.Module) -> int:
         return count_params(build_model(_dense_config(model.config), type(model)))
 
 
-_MODEL_CHANGING = {"train", "finetune", "prune", "prune_joint", "learn_gates"}
+_MODEL_CHANGING = {"train", "finetune", "prune", "prune_joint", "learn_gates"}  # (teacher: its own folder)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:

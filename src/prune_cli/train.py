@@ -89,7 +89,7 @@ def budget(tcfg: DictConfig, n_batches: int, epochs: float | None = None) -> Bud
     return Budget(max(1, math.ceil(epochs * steps_per_epoch)), max(1, math.ceil(epochs)), steps_per_epoch)
 
 
-def _param_groups(model, tcfg: DictConfig, pruner, freeze_model: bool):
+def _param_groups(model, tcfg: DictConfig, pruner, freeze_model: bool, distiller=None):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if freeze_model:
@@ -105,6 +105,9 @@ def _param_groups(model, tcfg: DictConfig, pruner, freeze_model: bool):
     if pruner is not None and pruner.parameters():
         lr = pruner.lr() or float(tcfg.lr)
         groups.append({"params": pruner.parameters(), "weight_decay": 0.0, "lr": lr, "method": True})
+    if distiller is not None and list(distiller.maps.parameters()):  # the hidden-state maps train with the model
+        groups.append({"params": list(distiller.maps.parameters()), "weight_decay": float(tcfg.weight_decay),
+                       "lr": float(tcfg.lr)})
     return groups
 
 
@@ -173,6 +176,7 @@ def train(
     pruner=None,
     gates=None,
     freeze_model: bool = False,
+    distiller=None,
     epochs: float | None = None,
     checkpoint: Path | None = None,
     evaluate=None,
@@ -181,6 +185,11 @@ def train(
     """Train `model` in place; returns {"steps", "train_loss"}.
 
     `pruner`/`gates`: a learner method whose gate values are set before every forward pass.
+    `distiller`: a `prune_cli.distill.Distiller`: the loss is its terms (teacher logits, hidden
+    states, the hard labels by their weights) instead of the task loss alone. A learner that reads
+    its importance from gate gradients (`pruner.observes_gradients`) sees them after the backward
+    of the first terms; with `pruner.grad_sep` the hidden-state term is backpropagated after that
+    (GRAIN's gradient separation), so the importance never sees its gradient but the weights do.
     `freeze_model`: train only the method's parameters (the "pipelined" regime's gate learning;
     the model stays in eval mode, so no dropout, evaluations in between included).
     `checkpoint`: file for a resumable mid-stage checkpoint (written every `save_every` steps and
@@ -201,13 +210,15 @@ def train(
     n_batches = len(loader)
     plan = budget(tcfg, n_batches, epochs)
     optimizer = torch.optim.AdamW(
-        _param_groups(model, tcfg, pruner, freeze_model), lr=float(tcfg.lr),
+        _param_groups(model, tcfg, pruner, freeze_model, distiller), lr=float(tcfg.lr),
         betas=tuple(tcfg.get("adam_betas") or (0.9, 0.999)), eps=float(tcfg.get("adam_eps") or 1e-8),
     )
     scheduler = _scheduler(optimizer, tcfg, plan.steps)  # stepped once per optimizer step, by us
     model, optimizer = accelerator.prepare(model, optimizer)
     if pruner is not None and hasattr(pruner, "to"):
         pruner.to(accelerator.device)
+    if distiller is not None:
+        distiller.to(accelerator.device)
 
     step = 0
     losses: list[float] = []
@@ -218,6 +229,8 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         if pruner is not None:
             pruner.load_state_dict(state["pruner"])
+        if distiller is not None and state.get("distill"):
+            distiller.load_state_dict(state["distill"])
         if accelerator.scaler is not None and state.get("scaler"):
             accelerator.scaler.load_state_dict(state["scaler"])
         step = state["step"]
@@ -233,12 +246,12 @@ def train(
     bar = tqdm(total=plan.steps, initial=step, desc=desc, disable=not tcfg.progress_bar, dynamic_ncols=True)
     train_mode = not freeze_model  # no dropout while only the gates learn on a fixed network
     model.train(train_mode)
-    extra = 0.0
+    extra, parts = 0.0, {}
 
     def save():
         if checkpoint is not None:
             _save(checkpoint, accelerator, model, optimizer, scheduler, pruner, step, losses,
-                  global_step=logger.step if logger is not None else step)
+                  global_step=logger.step if logger is not None else step, distiller=distiller)
 
     epoch = start_epoch
     while step < plan.steps:
@@ -258,14 +271,27 @@ def train(
                 sync = j == size - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                     if pruner is not None:
-                        gates.set(pruner.gate_values(step, plan.steps, training=True))
+                        _set_gates(gates, pruner.gate_values(step, plan.steps, training=True))
                     with accelerator.autocast():
-                        outputs = model(**batch)
+                        outputs = model(**batch, **(distiller.forward_kwargs() if distiller is not None else {}))
                         loss = task_loss(outputs, batch, label_smoothing)
                         extra = pruner.extra_loss() if pruner is not None else 0.0
-                        total = loss + extra
-                    accelerator.backward(total * weight)
-                window_loss = window_loss + weight * loss.detach()
+                        if distiller is not None:
+                            first, second, parts = distiller.losses(outputs, batch, loss)
+                            first = first + extra
+                        else:
+                            first, second, parts = loss + extra, None, {}
+                    observes = pruner is not None and getattr(pruner, "observes_gradients", False)
+                    if observes and second is not None and getattr(pruner, "grad_sep", False):
+                        accelerator.backward(first * weight, retain_graph=True)
+                        pruner.observe_gradients()  # importance: the first terms' gradient only
+                        accelerator.backward(second * weight)
+                    else:
+                        accelerator.backward((first if second is None else first + second) * weight)
+                        if observes:
+                            pruner.observe_gradients()
+                    objective = loss if distiller is None else first + second
+                window_loss = window_loss + weight * objective.detach()
             if float(tcfg.max_grad_norm) > 0:
                 accelerator.clip_grad_norm_(
                     [p for g in optimizer.param_groups if not g.get("method") for p in g["params"]],
@@ -281,12 +307,15 @@ def train(
             optimizer.zero_grad(set_to_none=True)
 
             step += 1
+            if pruner is not None and hasattr(pruner, "after_step"):
+                pruner.after_step(step, plan.steps)  # GRAIN: running importance, masks that shrink
             losses.append(float(window_loss))  # one host sync a step, as before accumulation
             bar.update(1)
             if logger is not None:
                 logger.step += 1
             if logger is not None and (step % log_every == 0 or step == plan.steps):
                 row = {f"{desc}/loss": float(np.mean(losses[-log_every:])), f"{desc}/lr": scheduler.get_last_lr()[0]}
+                row.update({f"{desc}/{k}": float(v) for k, v in parts.items()})
                 if pruner is not None:
                     row.update({f"{desc}/{k}": v for k, v in pruner.log_stats().items()})
                     if torch.is_tensor(extra):
@@ -295,7 +324,7 @@ def train(
                 bar.set_postfix(loss=f"{row[f'{desc}/loss']:.4f}")
             if evaluate is not None and eval_every and step % eval_every == 0 and step < plan.steps:
                 if pruner is not None:  # score the hard top-K_t mask, not the last noisy relaxation
-                    gates.set(pruner.gate_values(step, plan.steps, training=False))
+                    _set_gates(gates, pruner.gate_values(step, plan.steps, training=False))
                 evaluate(step)
                 model.train(train_mode)
             if save_every and (step % save_every == 0 or step == plan.steps):
@@ -314,8 +343,16 @@ def train(
     return {"steps": step, "train_loss": float(np.mean(losses)) if losses else float("nan")}
 
 
+def _set_gates(gates, values) -> None:
+    """Head gate values ([H]) or gate values per unit kind ({kind: tensor})."""
+    if isinstance(values, dict):
+        gates.set_units(values)
+    else:
+        gates.set(values)
+
+
 def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: int, losses: list[float],
-          global_step: int) -> None:
+          global_step: int, distiller=None) -> None:
     if not accelerator.is_main_process:
         return
     state = {
@@ -323,6 +360,7 @@ def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: in
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "pruner": pruner.state_dict() if pruner is not None else {},
+        "distill": distiller.state_dict() if distiller is not None else {},
         "step": step,
         "global_step": global_step,
         "losses": losses,

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from prune_cli import schedules, tracking
 from prune_cli.errors import ConfigError
 
-STAGES = ("train", "finetune", "prune", "prune_joint", "learn_gates", "evaluate", "export", "bench")
+STAGES = ("teacher", "train", "finetune", "prune", "prune_joint", "learn_gates", "evaluate", "export", "bench")
 PRUNING_STAGES = ("prune", "prune_joint", "learn_gates")
 SCOPES = ("all", "encoder", "decoder", "cross")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -162,7 +162,8 @@ def validate(cfg: DictConfig) -> Plan:
     check_rules(cfg)
 
     method = cfg.method
-    default = _default_pipeline(method, cfg.model)
+    distill = _check_distill(cfg)
+    default = _default_pipeline(method, cfg.model, distill)
     stages = list(cfg.pipeline) if cfg.get("pipeline") is not None else default
     for s in stages:
         _check_choice("pipeline", s, STAGES)
@@ -189,9 +190,17 @@ def validate(cfg: DictConfig) -> Plan:
                           f"{'heads' if ranks == ('head',) else ', '.join(ranks)}: method={method.name} ranks "
                           f"{'whole heads only' if ranks == ('head',) else 'those kinds'} (random, magnitude and "
                           "taylor rank every kind)")
-    if density is not None and method.kind == "learner":
+    if density is not None and method.kind == "learner" and ranks == ("head",):
         raise ConfigError("density", density, f"heads=K or sparsity= with method={method.name} (a learner keeps "
-                          "exactly K heads); density= needs a scorer (random, magnitude, taylor)")
+                          "exactly K heads); density= needs a scorer (random, magnitude, taylor) or method=grain")
+    if density is None and method.kind == "learner" and ranks != ("head",):
+        raise ConfigError("density", None, f"a fraction of the attention + FFN weights to keep: method={method.name} "
+                          "prunes to a density (e.g. density=0.1), not to a head count")
+    if "teacher" in stages and distill == "none":
+        raise ConfigError("pipeline", stages, "a teacher stage only with distill=logits or distill=logits_hidden")
+    if distill != "none" and not cfg.distill.get("teacher") and "teacher" not in stages:
+        raise ConfigError("distill.teacher", None, "a folder holding the fine-tuned dense teacher, or a teacher stage "
+                          "first in pipeline= (it fine-tunes one)")
     if pruning and pruning[0] != "prune" and method.kind != "learner":
         raise ConfigError("pipeline", stages, f"stage {pruning[0]} needs a learner method (dsp, ste, voita)")
     if "prune" in pruning and method.kind != "scorer":
@@ -277,9 +286,40 @@ def _check_choice(key: str, value, allowed) -> None:
         raise ConfigError(key, value, f"one of {', '.join(allowed)}")
 
 
-def _default_pipeline(method: DictConfig, model: DictConfig) -> list[str]:
+def _check_distill(cfg: DictConfig) -> str:
+    """The distill group's mode, after checking its keys (before anything loads)."""
+    from prune_cli.distill import MODES
+
+    node = cfg.get("distill")
+    mode = "none" if node is None else str(node.get("name"))
+    _check_choice("distill", mode, MODES)
+    if mode == "none":
+        return mode
+    for key, test, allowed in (("temperature", lambda v: _is_num(v) and v > 0, "a temperature > 0 (GRAIN: 8)"),
+                               ("logit_weight", lambda v: _is_num(v) and v >= 0, "a weight >= 0"),
+                               ("hard_weight", lambda v: _is_num(v) and v >= 0, "a weight >= 0 (GRAIN: 0)"),
+                               ("hidden_weight", lambda v: _is_num(v) and v >= 0, "a weight >= 0")):
+        if key in node and not _safe(test, node.get(key)):
+            raise ConfigError(f"distill.{key}", node.get(key), allowed)
+    if cfg.task.get("family") == "translation":
+        raise ConfigError("distill", mode, "none for translation (distillation covers classification, NER and QA)")
+    teacher = node.get("teacher")
+    if teacher:
+        from pathlib import Path
+
+        from hydra.utils import to_absolute_path
+
+        if not (Path(to_absolute_path(str(teacher))) / "config.json").is_file():
+            raise ConfigError("distill.teacher", str(teacher), "a folder holding config.json (the fine-tuned dense "
+                              "teacher, e.g. <run>/model of a method=none run), or null for a teacher stage")
+    return mode
+
+
+def _default_pipeline(method: DictConfig, model: DictConfig, distill: str = "none") -> list[str]:
     """The method's pipeline (per regime for learners). A model built from scratch (and not
-    loaded from `model.path`) has nothing to fine-tune yet: its first stage trains it."""
+    loaded from `model.path`) has nothing to fine-tune yet: its first stage trains it. With
+    distillation a `teacher` stage comes first (unless `distill.teacher` names one); without,
+    a method's own teacher stage is dropped."""
     if method.get("pipelines") is not None:
         regime = method.get("regime", "joint")
         if regime not in method.pipelines:
@@ -289,6 +329,10 @@ def _default_pipeline(method: DictConfig, model: DictConfig) -> list[str]:
         stages = list(OmegaConf.to_container(method.default_pipeline))
     if model.get("from_scratch") and not model.get("path"):
         stages = ["train", *stages[1:]] if stages and stages[0] == "finetune" else ["train", *stages]
+    if distill == "none":
+        stages = [s for s in stages if s != "teacher"]
+    elif "teacher" not in stages:
+        stages = ["teacher", *stages]
     return stages
 
 

@@ -18,6 +18,7 @@ METHODS = {
     "dsp": "prune_cli.methods.dsp:DSP",
     "ste": "prune_cli.methods.ste:STE",
     "voita": "prune_cli.methods.voita:Voita",
+    "grain": "prune_cli.methods.grain:GRAIN",
 }
 
 

@@ -1,0 +1,158 @@
+"""GRAIN, Yang et al. ACL 2023: gradient-based intra-attention pruning (facts: ../shared/METHODS.md).
+
+A learner over units smaller than heads, pruning WHILE the model trains (with distillation from a
+fine-tuned teacher, `distill=logits_hidden`, and the student starting from the pretrained model):
+
+* importance of every unit = an exponential moving average (beta 0.998) of its first-order score
+  |dL/dgate| = |sum(grad * W)| over its slice, gathered at EVERY optimizer step (with gradient
+  accumulation: the gradient of the whole window, as one batch would give it);
+* with `grad_sep` (GRAIN's default) that gradient is the one of the first loss terms (logit
+  distillation, hard labels) only: the trainer backpropagates the hidden-state term afterwards;
+* structure regularisation: a value/output unit's score update is multiplied by tanh(D / alpha),
+  D = the fraction of its head's value dimensions still kept, so nearly empty heads empty out
+  (alpha 0 turns it off);
+* the density falls cubically: 1 until `p_start` (0.2) of training, then
+  s(t) = s_f + (1 - s_f) (1 - (t - p_start) / (p_end - p_start))^3 until `p_end` (0.4), then s_f;
+  at every step the kept weights exceed s(t), the units of every kind are ranked TOGETHER by their
+  raw running score and the lowest go (`methods.base.select_units`: exact to one unit); masks only
+  shrink, and a head that loses its last value dimension loses its query/key dimensions too.
+
+Pruned units are gated to 0 while training goes on; the pipeline removes them physically at the
+end. `method.importance=random` is the paper's random-score ablation (fixed seeded scores).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from prune_cli.errors import ConfigError
+from prune_cli.methods.base import Pruner, select_units
+
+
+def density_at(progress: float, target: float, p_start: float, p_end: float) -> float:
+    """GRAIN's cubic schedule: the density to keep at `progress` (0..1) through training."""
+    if progress < p_start:
+        return 1.0
+    if progress >= p_end:
+        return target
+    return target + (1.0 - target) * (1.0 - (progress - p_start) / (p_end - p_start)) ** 3
+
+
+class GRAIN(Pruner):
+    kind = "learner"
+    observes_gradients = True
+    default_pipeline = ("teacher", "prune_joint", "evaluate", "export")
+
+    def __init__(self, cfg, space, seed: int = 0):
+        super().__init__(cfg, space, seed)
+        self.beta = float(cfg.get("beta", 0.998))
+        self.alpha = float(cfg.get("alpha", 0.3))
+        self.p_start, self.p_end = float(cfg.get("p_start", 0.2)), float(cfg.get("p_end", 0.4))
+        self.grad_sep = bool(cfg.get("grad_sep", True))
+        self.importance = str(cfg.get("importance", "taylor"))
+        if not 0 <= self.beta < 1:
+            raise ConfigError("method.beta", self.beta, "an EMA factor in [0, 1), e.g. 0.998")
+        if self.alpha < 0:
+            raise ConfigError("method.alpha", self.alpha, "a number >= 0 (0 = no structure regularisation)")
+        if not 0 <= self.p_start < self.p_end <= 1:
+            raise ConfigError("method.p_start", self.p_start, f"0 <= p_start < p_end <= 1 (p_end={self.p_end})")
+        if self.importance not in ("taylor", "random"):
+            raise ConfigError("method.importance", self.importance, "taylor or random (the paper's ablation)")
+        self.current = None
+
+    # ---- set-up by the pipeline ------------------------------------------
+    def setup_units(self, space, kinds: tuple[str, ...], density: float, scope: str = "all") -> None:
+        """`space`: the model's UnitSpace now (dense index); prune `kinds` within `scope` down to
+        `density` of the attention + FFN weights there."""
+        self.current, self.kinds, self.scope, self.density = space, tuple(kinds), scope, float(density)
+        self.dense_weights = space.weights(scope)[1]
+        g = torch.Generator().manual_seed(self.seed)
+        self.ema = {k: (torch.rand(space.size(k), generator=g, dtype=torch.float64) if self.importance == "random"
+                        else torch.zeros(space.size(k), dtype=torch.float64)) for k in self.kinds}
+        self._acc = {k: torch.zeros(space.size(k), dtype=torch.float64) for k in self.kinds}
+        self._leaves: dict[str, torch.Tensor] = {}
+        self.steps_pruned = 0
+
+    def budget(self, step: int, total: int) -> int:
+        """Kept weights allowed after `step` of `total` steps (ceil: kept >= the density)."""
+        s = density_at(step / max(total, 1), self.density, self.p_start, self.p_end)
+        return math.ceil(round(s * self.dense_weights, 6))
+
+    # ---- the trainer's hooks ----------------------------------------------
+    def gate_values(self, step: int, total_steps: int, training: bool = True) -> dict[str, torch.Tensor]:
+        masks = {k: self.current.kept(k).float() for k in self.kinds}
+        if training and self.importance == "taylor":
+            masks = {k: v.requires_grad_(True) for k, v in masks.items()}
+        self._leaves = masks
+        return masks
+
+    def observe_gradients(self) -> None:
+        """Add this micro-batch's gate gradient to the step's sum (|.| is taken per step)."""
+        for k, leaf in self._leaves.items():
+            if leaf.grad is not None:
+                self._acc[k] += leaf.grad.detach().double().cpu()
+                leaf.grad = None
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        if self.importance == "taylor":
+            for k in self.kinds:
+                update = self._acc[k].abs()
+                if k == "vo" and self.alpha > 0:
+                    update = update * torch.tanh(self._value_share() / self.alpha)
+                self.ema[k].mul_(self.beta).add_(update, alpha=1 - self.beta)
+                self._acc[k].zero_()
+        budget = self.budget(step, total_steps)
+        before = self.current.weights(self.scope)[0]
+        if before > budget:
+            self._prune_to(budget)
+            self.steps_pruned += int(self.current.weights(self.scope)[0] < before)
+
+    def _value_share(self) -> torch.Tensor:
+        """Per value/output unit: the fraction of its head's value dimensions still kept."""
+        space = self.current
+        share = torch.zeros(space.dims_total, dtype=torch.float64)
+        for i, b in enumerate(space.blocks):
+            sl = slice(space.dim_offsets[i], space.dim_offsets[i] + b.num_heads * b.head_dim)
+            kept = space.vo[sl].view(b.num_heads, b.head_dim).double().mean(-1)
+            share[sl] = kept.repeat_interleave(b.head_dim)
+        return share
+
+    def _prune_to(self, budget: int) -> None:
+        candidates = {k: self.current.kept(k) & self.current.scope(k, self.scope) for k in self.kinds}
+        self.current = select_units(self.current, self.ema, candidates, budget, self.scope)
+
+    # ---- results -----------------------------------------------------------
+    def final_space(self):
+        """The units kept at the end: exactly the target density (to one unit)."""
+        budget = math.ceil(round(self.density * self.dense_weights, 6))
+        if self.current.weights(self.scope)[0] > budget:  # training ended before p_end
+            self._prune_to(budget)
+        return self.current
+
+    def final_mask(self, k: int) -> torch.Tensor:
+        return self.final_space().kept("head")
+
+    def scores(self):
+        return {k: v.clone() for k, v in self.ema.items()}
+
+    def log_stats(self) -> dict[str, float]:
+        if self.current is None:
+            return {}
+        kept, dense = self.current.weights(self.scope)
+        return {"density": kept / max(dense, 1), "heads_left": float(self.current.kept("head").sum())}
+
+    def state_dict(self) -> dict:
+        if self.current is None:
+            return {}
+        return {"ema": self.ema, "masks": {k: self.current.kept(k) for k in ("qk", "vo", "ffn")},
+                "steps_pruned": self.steps_pruned}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        self.ema = {k: v.clone() for k, v in state["ema"].items()}
+        m = state["masks"]
+        self.current = self.current.replace(qk=m["qk"], vo=m["vo"], ffn=m["ffn"])
+        self.steps_pruned = state["steps_pruned"]

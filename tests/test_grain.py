@@ -1,0 +1,185 @@
+"""GRAIN and the distillation group: importance, schedule, budget, structure regularisation,
+gradient separation, the distillation loss, and a run end to end on real rows."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import padded_batch, tiny_model
+from omegaconf import OmegaConf
+
+from prune_cli.distill import Distiller, hidden_loss, logit_loss
+from prune_cli.gates import Gates
+from prune_cli.methods.grain import GRAIN, density_at
+from prune_cli.units import UnitSpace
+
+
+def grain(space, **cfg):
+    method = GRAIN(OmegaConf.create({"name": "grain", **cfg}), space, seed=0)
+    return method
+
+
+def no_dropout(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model.train()
+
+
+def one_step(model, method, space, batch, distiller=None, grad_sep=True):
+    """What the trainer does in one step, spelled out (forward, separated backward, observe)."""
+    with Gates(model, space) as gates:
+        gates.set_units(method.gate_values(0, 100, training=True))
+        out = model(**batch, **(distiller.forward_kwargs() if distiller else {}))
+        if distiller is None:
+            out.loss.backward()
+            method.observe_gradients()
+        else:
+            first, second, _ = distiller.losses(out, batch, out.loss)
+            if grad_sep:
+                first.backward(retain_graph=True)
+                method.observe_gradients()
+                second.backward()
+            else:
+                (first + second).backward()
+                method.observe_gradients()
+    model.zero_grad()
+
+
+def test_importance_is_the_gate_gradient_and_grains_sum_of_grad_times_weight():
+    model = no_dropout(tiny_model("bert"))
+    space = UnitSpace.from_model(model)
+    method = grain(space, beta=0.0, alpha=0.0)
+    method.setup_units(space, ("qk", "vo", "ffn"), density=0.9)
+    batch = {**padded_batch("bert"), "labels": torch.tensor([0, 1, 1])}
+    one_step(model, method, space, batch)
+    acc = {k: v.clone() for k, v in method._acc.items()}
+    out = model(**batch)
+    out.loss.backward()
+    modules = dict(model.named_modules())
+    for i, b in enumerate(space.blocks):
+        sl = slice(space.dim_offsets[i], space.dim_offsets[i] + b.num_heads * b.head_dim)
+        o, q = modules[b.o], modules[b.q]
+        torch.testing.assert_close(acc["vo"][sl].abs().float(), (o.weight.grad * o.weight).sum(0).abs(),
+                                   atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(acc["qk"][sl].abs().float(),
+                                   ((q.weight.grad * q.weight).sum(1) + q.bias.grad * q.bias).abs(), atol=1e-6, rtol=1e-4)
+    method.after_step(1, 100)  # beta 0: the running score IS this step's |dL/dgate|
+    torch.testing.assert_close(method.ema["vo"], acc["vo"].abs())
+
+
+def test_cubic_density_schedule_end_points_and_monotonicity():
+    assert density_at(0.0, 0.1, 0.2, 0.4) == density_at(0.19, 0.1, 0.2, 0.4) == 1.0
+    assert density_at(0.2, 0.1, 0.2, 0.4) == pytest.approx(1.0)
+    assert density_at(0.4, 0.1, 0.2, 0.4) == density_at(1.0, 0.1, 0.2, 0.4) == 0.1
+    values = [density_at(t / 100, 0.1, 0.2, 0.4) for t in range(101)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+    assert density_at(0.3, 0.1, 0.2, 0.4) == pytest.approx(0.1 + 0.9 * 0.5 ** 3)
+
+
+def _simulate(alpha: float, steps: int = 60, density: float = 0.3):
+    """GRAIN's loop on fixed noisy per-unit gradients: which structure do the masks end in?"""
+    space = UnitSpace.from_model(tiny_model("bert"))
+    method = grain(space, alpha=alpha, beta=0.9, p_start=0.1, p_end=0.6)
+    method.setup_units(space, ("qk", "vo", "ffn"), density=density)
+    g = torch.Generator().manual_seed(0)
+    base = {k: torch.rand(space.size(k), generator=g, dtype=torch.float64) + 0.5 for k in method.kinds}
+    for step in range(1, steps + 1):
+        for k in method.kinds:
+            method._acc[k] = base[k] * (1 + 0.2 * torch.rand(space.size(k), generator=g, dtype=torch.float64))
+        method.after_step(step, steps)
+    final = method.final_space()
+    partial = sum(1 for i in range(len(space.blocks)) for _, _, v in final.block_layout(i)
+                  if len(v) < space.blocks[i].head_dim)
+    return final, partial, space
+
+
+def test_budget_is_exact_and_masks_only_shrink():
+    final, _, space = _simulate(0.3)
+    kept, dense = final.weights()
+    assert 0 <= kept - 0.3 * dense < 2 * 32  # one unit of this model weighs 2 x hidden
+    assert not (final.kept("qk") & ~final.kept("head")[space.head_of("qk")]).any()
+
+
+def test_structure_regularisation_empties_heads_that_would_stay_partial():
+    """Same gradients, same budget: without it every head of the 12 keeps a few dimensions; with
+    tanh(D / 0.3) on the value scores, heads that started losing values lose them all."""
+    with_reg, partial_with, _ = _simulate(0.3)
+    without, partial_without, _ = _simulate(0.0)
+    left_with, left_without = int(with_reg.kept("head").sum()), int(without.kept("head").sum())
+    assert partial_without == left_without == 12
+    assert left_with <= left_without - 4 and partial_with < partial_without, (left_with, partial_with)
+
+
+def _distilled(hidden_weight: float, grad_sep: bool):
+    torch.manual_seed(0)
+    student = no_dropout(tiny_model("bert", seed=1))
+    teacher = tiny_model("bert", seed=2)
+    space = UnitSpace.from_model(student)
+    method = grain(space, alpha=0.0, beta=0.0, grad_sep=grad_sep)
+    method.setup_units(space, ("qk", "vo", "ffn"), density=0.9)
+    cfg = OmegaConf.create({"name": "logits_hidden", "temperature": 8.0, "hidden_weight": hidden_weight})
+    distiller = Distiller(cfg, teacher, student)
+    with torch.no_grad():  # maps away from the identity, so the hidden loss has a gradient everywhere
+        for m in distiller.maps:
+            m.weight.mul_(0.7)
+    one_step(student, method, space, {**padded_batch("bert"), "labels": torch.tensor([0, 1, 1])}, distiller, grad_sep)
+    return {k: v.clone() for k, v in method._acc.items()}
+
+
+def test_gradient_separation_keeps_importance_blind_to_the_hidden_loss():
+    a, b = _distilled(1.0, True), _distilled(5.0, True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    c, d = _distilled(1.0, False), _distilled(5.0, False)
+    assert any(not torch.allclose(c[k], d[k]) for k in c)  # without it the hidden gradient leaks in
+
+
+def test_distillation_loss_is_zero_for_the_teacher_itself_and_its_gradient_is_right():
+    teacher = tiny_model("bert")
+    batch = padded_batch("bert")
+    cfg = OmegaConf.create({"name": "logits_hidden", "temperature": 8.0})
+    distiller = Distiller(cfg, teacher, teacher)
+    out = teacher(**batch, output_hidden_states=True)
+    first, second, _ = distiller.losses(out, batch, torch.tensor(0.0))
+    assert float(first.detach()) == pytest.approx(0.0, abs=1e-7) and float(second.detach()) == pytest.approx(0.0, abs=1e-10)
+    g = torch.Generator().manual_seed(0)
+    t_logits = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+
+    def token_kd(s):
+        return logit_loss(type("O", (), {"logits": s})(), type("O", (), {"logits": t_logits})(), 8.0, mask)
+
+    s = torch.randn(3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(token_kd, (s,))
+    t_states = [torch.randn(3, 4, 6, generator=g, dtype=torch.float64) for _ in range(3)]
+    maps = torch.nn.ModuleList([torch.nn.Linear(6, 6).double() for _ in range(2)])
+    states = [torch.randn(3, 4, 6, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    assert torch.autograd.gradcheck(lambda *x: hidden_loss(x, t_states, [0, 2], maps, mask), tuple(states))
+
+
+def test_grain_end_to_end_on_real_rows(tmp_path):
+    """prune-run method=grain density=... on real SST-2 rows: a teacher stage, pruning while the
+    student trains with distillation, an export at the requested density that reloads."""
+    import json
+
+    from test_cli import DATA, prune_run
+
+    run = tmp_path / "run"
+    res = prune_run(["model=minilm", "task=sst2", f"data_root={DATA}", "method=grain", "density=0.3",
+                     "task.max_train_samples=48", "task.max_eval_samples=32", "trainer.max_steps=6",
+                     "trainer.batch_size=16", "trainer.progress_bar=false", "logger.mode=disabled",
+                     f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [s["stage"] for s in metrics["stages"]] == ["teacher", "prune_joint", "evaluate", "export"]
+    assert 0 <= metrics["weights_kept"] - 0.3 * metrics["weights_dense"] < 2 * 384
+    assert metrics["stages"][1]["steps_pruned"] >= 1
+    assert (run / "teacher" / "config.json").is_file()
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert any("prune_joint/kd_hidden" in row for row in log) and any("prune_joint/density" in row for row in log)
+    from prune_cli.surgery import count_params, load_pruned
+
+    assert count_params(load_pruned(run / "model")) == metrics["params"]
