@@ -183,3 +183,20 @@ def test_grain_end_to_end_on_real_rows(tmp_path):
     from prune_cli.surgery import count_params, load_pruned
 
     assert count_params(load_pruned(run / "model")) == metrics["params"]
+
+
+def test_embedding_factorisation_saves_and_reloads(tmp_path):
+    from prune_cli.factorize import FactorizedEmbedding, factorize_embeddings
+    from prune_cli.surgery import count_params, load_pruned, save_pruned
+
+    model = tiny_model("bert")
+    batch = padded_batch("bert")
+    ref = model(**batch).logits
+    full = factorize_embeddings(tiny_model("bert"), 31)  # rank d-1 of a 32-wide table: nearly exact
+    assert (full(**batch).logits - ref).abs().max() < 0.05
+    small = factorize_embeddings(tiny_model("bert"), 8)
+    assert isinstance(small.get_input_embeddings(), FactorizedEmbedding)
+    assert count_params(small) == count_params(model) - 99 * 32 + 99 * 8 + 8 * 32
+    save_pruned(small, tmp_path / "m")
+    loaded = load_pruned(tmp_path / "m", type(small))
+    assert torch.equal(loaded(**batch).logits, small.eval()(**batch).logits)

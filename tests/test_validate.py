@@ -58,6 +58,16 @@ BAD = [
     (["method=taylor", "density=0.1", "units=heads"], "density=0.1: >= 0.667"),  # the FFN stays
     (["method=taylor", "density=0.1", "units=ffn"], "density=0.1: >= 0.333"),  # the attention stays
     (["method=none", "density=0.5"], "method"),
+    (["method=grain", "heads=36"], "heads=36: density=FRACTION instead"),  # GRAIN prunes to a density
+    (["method=grain"], "heads"),
+    (["method=grain", "density=0.1", "distill.temperature=0"], "distill.temperature"),
+    (["method=grain", "density=0.1", "distill.hard_weight=-1"], "distill.hard_weight"),
+    (["method=grain", "density=0.1", "distill.teacher=/nonexistent"], "distill.teacher"),
+    (["method=grain", "density=0.1", "distill=none", "pipeline=[teacher,prune_joint,evaluate]"], "pipeline"),
+    (["method=michel", "heads=36", "distill=logits", "pipeline=[finetune,prune,finetune,evaluate]"], "distill.teacher"),
+    (["method=grain", "density=0.1", "method.alpha=-1"], "method.alpha"),
+    (["method=grain", "density=0.1", "method.p_start=0.5", "method.p_end=0.4"], "method.p_start"),
+    (["method=grain", "density=0.1", "method.importance=magnitude"], "method.importance"),
 ]
 
 
@@ -121,3 +131,18 @@ def test_head_dimensions_refused_up_front_where_attention_cannot_run_them(tmp_pa
         _check_units(c, Task(), ("qk", "vo", "ffn"), 0.5, "all", "umt5")
     _check_units(c, Task(), ("ffn",), 0.8, "all", "umt5")  # FFN neurons are fine
     assert len(UnitSpace.from_config(tf.AutoConfig.from_pretrained(tmp_path)).ffns) == 4
+
+
+def test_distillation_plans_a_teacher_stage_first():
+    assert validate(cfg("method=grain", "density=0.1")).stages == ["teacher", "prune_joint", "evaluate", "export"]
+    assert validate(cfg("method=grain", "density=0.1", "distill=none")).stages == ["prune_joint", "evaluate", "export"]
+    assert validate(cfg("method=michel", "heads=36", "distill=logits")).stages[:2] == ["teacher", "finetune"]
+    assert validate(cfg("method=michel", "heads=36")).stages[0] == "finetune"
+
+
+def test_translation_is_refused_for_distillation():
+    with initialize_config_module("prune_cli.conf", version_base="1.3"):
+        c = compose("config", overrides=["model=transformer_tiny", "task=multi30k_de_en", "method=random",
+                                         "heads=10", "distill=logits"])
+    with pytest.raises(ConfigError, match="^distill=.*translation"):
+        validate(c)

@@ -141,7 +141,12 @@ def fresh_head(model) -> None:
 def _is_pruned(source: str) -> bool:
     import json
 
+    from prune_cli.factorize import EMBED_KEY
     from prune_cli.heads import RECORD_KEY
+    from prune_cli.units import UNITS_KEY
 
     config = Path(source) / "config.json"
-    return config.is_file() and bool(json.loads(config.read_text()).get(RECORD_KEY))
+    if not config.is_file():
+        return False
+    saved = json.loads(config.read_text())
+    return any(saved.get(key) for key in (RECORD_KEY, UNITS_KEY, EMBED_KEY))

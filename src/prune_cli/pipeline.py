@@ -274,6 +274,11 @@ class Pipeline:
         return {**result, **self._apply(state, target)}
 
     def _prune_units_joint(self, state: State, index: int) -> dict:
+        rank = self.cfg.method.get("embed_rank")
+        if rank and not getattr(state.model.config, "prune_cli_embed_rank", None):
+            from prune_cli.factorize import factorize_embeddings
+
+            factorize_embeddings(state.model, int(rank))  # before training, which recovers from it
         self.pruner.setup_units(state.space, self.plan.units, self.plan.density, self.cfg.heads_scope)
         with Gates(state.model, state.space) as gates:
             result = self._train(state, index, "prune_joint", pruner=self.pruner, gates=gates)

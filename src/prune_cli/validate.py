@@ -193,9 +193,10 @@ def validate(cfg: DictConfig) -> Plan:
     if density is not None and method.kind == "learner" and ranks == ("head",):
         raise ConfigError("density", density, f"heads=K or sparsity= with method={method.name} (a learner keeps "
                           "exactly K heads); density= needs a scorer (random, magnitude, taylor) or method=grain")
-    if density is None and method.kind == "learner" and ranks != ("head",):
-        raise ConfigError("density", None, f"a fraction of the attention + FFN weights to keep: method={method.name} "
-                          "prunes to a density (e.g. density=0.1), not to a head count")
+    if density is None and method.kind == "learner" and ranks != ("head",) and wants_pruning:
+        key, value = ("heads", heads) if heads is not None else ("sparsity", sparsity)
+        raise ConfigError(key, value, f"density=FRACTION instead: method={method.name} prunes to a fraction of the "
+                          "attention + FFN weights kept (e.g. density=0.1), not to a head count")
     if "teacher" in stages and distill == "none":
         raise ConfigError("pipeline", stages, "a teacher stage only with distill=logits or distill=logits_hidden")
     if distill != "none" and not cfg.distill.get("teacher") and "teacher" not in stages:

@@ -58,6 +58,9 @@ class GRAIN(Pruner):
             raise ConfigError("method.alpha", self.alpha, "a number >= 0 (0 = no structure regularisation)")
         if not 0 <= self.p_start < self.p_end <= 1:
             raise ConfigError("method.p_start", self.p_start, f"0 <= p_start < p_end <= 1 (p_end={self.p_end})")
+        rank = cfg.get("embed_rank")
+        if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
+            raise ConfigError("method.embed_rank", rank, "null (off) or a rank >= 1 below the embedding width (the paper: 192)")
         if self.importance not in ("taylor", "random"):
             raise ConfigError("method.importance", self.importance, "taylor or random (the paper's ablation)")
         self.current = None
