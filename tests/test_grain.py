@@ -200,3 +200,31 @@ def test_embedding_factorisation_saves_and_reloads(tmp_path):
     save_pruned(small, tmp_path / "m")
     loaded = load_pruned(tmp_path / "m", type(small))
     assert torch.equal(loaded(**batch).logits, small.eval()(**batch).logits)
+
+
+def test_a_resumed_grain_continues_exactly():
+    """The pruner's checkpoint (running scores, masks) restores the run: interrupted at step 20
+    and resumed, it ends with the masks and scores of the uninterrupted run."""
+    import copy
+
+    def run(stop=None, state=None):
+        space = UnitSpace.from_model(tiny_model("bert"))
+        method = grain(space, beta=0.9, p_start=0.1, p_end=0.6)
+        method.setup_units(space, ("qk", "vo", "ffn"), density=0.3)
+        if state is not None:
+            method.load_state_dict(copy.deepcopy(state))
+        g = torch.Generator().manual_seed(0)
+        grads = [{k: torch.rand(space.size(k), generator=g, dtype=torch.float64) for k in method.kinds}
+                 for _ in range(40)]
+        for step in range(1 if state is None else 21, 41):
+            method._acc = {k: v.clone() for k, v in grads[step - 1].items()}
+            method.after_step(step, 40)
+            if step == stop:
+                return method.state_dict()
+        return method
+
+    whole = run()
+    resumed = run(state=run(stop=20))
+    assert whole.final_space() == resumed.final_space()
+    for k in whole.ema:
+        assert torch.equal(whole.ema[k], resumed.ema[k])
