@@ -146,3 +146,15 @@ def test_translation_is_refused_for_distillation():
                                          "heads=10", "distill=logits"])
     with pytest.raises(ConfigError, match="^distill=.*translation"):
         validate(c)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment")
+                                        .glob("*.yaml")))
+def test_every_experiment_composes_and_validates_here(name):
+    """Each experiment file composes, and passes every up-front check with the local model and
+    data (the README's "here" overrides)."""
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    with initialize_config_module("prune_cli.conf", version_base="1.3"):
+        c = compose("config", overrides=[f"experiment={name}", "model=minilm", f"data_root={data}"])
+    plan = validate(c)
+    assert plan.stages
