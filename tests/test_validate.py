@@ -58,6 +58,7 @@ BAD = [
     (["method=taylor", "density=0.1", "units=heads"], "density=0.1: >= 0.667"),  # the FFN stays
     (["method=taylor", "density=0.1", "units=ffn"], "density=0.1: >= 0.333"),  # the attention stays
     (["method=none", "density=0.5"], "method"),
+    (["method=taylor", "density=0.5", "model.attn_implementation=flash_attention_2"], "model.attn_implementation"),
     (["method=grain", "heads=36"], "heads=36: density=FRACTION instead"),  # GRAIN prunes to a density
     (["method=grain"], "heads"),
     (["method=grain", "density=0.1", "distill.temperature=0"], "distill.temperature"),

@@ -245,6 +245,10 @@ def _check_units(cfg: DictConfig, task, units: tuple[str, ...], density, scope: 
     if {"qk", "vo"} & set(units) and model_type not in DIM_MODEL_TYPES:
         raise ConfigError("units", list(units), f"heads or ffn kinds for {name} ({model_type}): head dimensions are "
                           f"pruned on {', '.join(DIM_MODEL_TYPES)}")
+    attn = cfg.model.get("attn_implementation") or "sdpa"
+    if {"qk", "vo"} & set(units) and attn not in ("eager", "sdpa"):
+        raise ConfigError("model.attn_implementation", attn, "eager or sdpa when head dimensions are pruned (heads of "
+                          "unequal query/key and value sizes run through those kernels)")
     space = UnitSpace.from_config(task.model_config(cfg.model))
     if "ffn" in units and not space.ffns:
         raise ConfigError("units", list(units), f"kinds without ffn: no feed-forward block of {name} is known")
