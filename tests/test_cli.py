@@ -223,3 +223,20 @@ def test_density_run_prunes_every_kind_exactly_and_its_export_reloads(tmp_path):
     res = prune_run([*TINY, f"model.path={run_dir / 'model'}", "method=magnitude", "density=0.5",
                      "logger.mode=disabled", f"hydra.run.dir={tmp_path / 'up'}"], cwd=tmp_path)
     assert res.returncode == 2 and "density=0.5: <= 0.30" in res.stderr
+
+
+def test_every_sweep_point_is_checked_before_anything_launches(tmp_path):
+    """`-m ... heads=36,1000`: one line naming the bad point, exit 2, and no job folder at all."""
+    sweep_dir = tmp_path / "sweep"
+    res = prune_run(["-m", "model=minilm", "task=rte", f"task.data_dir={RTE}", "method=michel", "heads=36,1000",
+                     "logger.mode=disabled", f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "sweep job 1 (heads=1000): heads=1000: 0..72" in lines[0], res.stderr
+    assert not sweep_dir.exists()
+    from prune_cli.cli import sweep_points
+
+    points = sweep_points(["experiment=dsp_curve", "method=michel", "heads=9,18"])  # the command line wins
+    assert points == [["experiment=dsp_curve", "method=michel", "heads=9"],
+                      ["experiment=dsp_curve", "method=michel", "heads=18"]]
+    assert len(sweep_points(["experiment=dsp_curve"])) == 30  # the experiment's own 6 methods x 5 budgets

@@ -106,6 +106,67 @@ def precompose(args: list[str]) -> None:
                  f"with ({conflict})")
 
 
+def sweep_points(args: list[str]) -> list[list[str]]:
+    """Every job a `-m` sweep will launch, as its list of overrides: the command line's sweeps
+    (`heads=36,18`) crossed with an experiment's `hydra.sweeper.params` (the command line wins
+    for a key both give), as Hydra's basic sweeper expands them."""
+    import itertools
+
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    extra, taken = user_config_dirs(args)
+    given = [a for i, a in enumerate(args) if i not in taken and not a.startswith("-")]
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides([a for a in given if not a.lstrip("+~").startswith("hydra")])
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    dims = {o.get_key_element(): [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+            for o in parsed if o.is_sweep_override()}
+    search = ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]"] if extra else []
+    try:
+        with initialize_config_module(CONF_MODULE, version_base="1.3"):
+            base = compose("config", overrides=fixed + search, return_hydra_config=True)
+            params = base.hydra.get("sweeper", {}).get("params") or {}
+            given_keys = {o.get_key_element() for o in parsed}
+            for key, value in params.items():
+                if key not in given_keys:  # the command line wins, sweep or not (Hydra's basic sweeper)
+                    (o,) = parser.parse_overrides([f"{key}={value}"])
+                    dims[key] = ([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+                                 else [o.input_line])
+    finally:
+        GlobalHydra.instance().clear()
+    return [fixed + list(point) for point in itertools.product(*dims.values())] if dims else [fixed]
+
+
+def validate_sweep(args: list[str]) -> None:
+    """Check every point of a `-m` sweep before anything launches (a bad one is one line, exit 2,
+    and no job is submitted), as a single run is checked before it loads a model."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from prune_cli.validate import validate
+
+    try:
+        points = sweep_points(args)
+    except Exception as err:  # noqa: BLE001 - override syntax: Hydra's first line names it
+        _die(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+    extra, _ = user_config_dirs(args)
+    search = ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]"] if extra else []
+    for n, point in enumerate(points):
+        try:
+            with initialize_config_module(CONF_MODULE, version_base="1.3"):
+                cfg = compose("config", overrides=point + search)
+            validate(cfg)
+        except ConfigError as err:
+            varying = [p for p in point if not all(p in other for other in points)]
+            _die(f"sweep job {n} ({' '.join(varying or point)}): {err}")
+        except Exception as err:  # noqa: BLE001 - a composition error: its first line names the key
+            _die(f"sweep job {n}: {str(err).strip().splitlines()[0]}")
+        finally:
+            GlobalHydra.instance().clear()
+
+
 @hydra.main(config_path="pkg://prune_cli.conf", config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
@@ -133,8 +194,11 @@ def main() -> None:
     args = sys.argv[1:]
     check_group_choices(args)
     informational = {"--help", "-h", "--hydra-help", "--info", "--version", "--cfg", "-c", "--shell-completion", "-sc"}
-    if not any(a in ("-m", "--multirun") or a.split("=")[0] in informational for a in args):
-        precompose(args)
+    if not any(a.split("=")[0] in informational for a in args):
+        if any(a in ("-m", "--multirun") for a in args):
+            validate_sweep(args)
+        else:
+            precompose(args)
     _hydra_main()
 
 
