@@ -228,3 +228,34 @@ def test_a_resumed_grain_continues_exactly():
     assert whole.final_space() == resumed.final_space()
     for k in whole.ema:
         assert torch.equal(whole.ema[k], resumed.ema[k])
+
+
+@pytest.mark.parametrize("head", ["qa", "token", "regression"])
+def test_logit_distillation_covers_every_task_head(head):
+    """Spans (start and end over the real positions), tokens (per real token), regression (MSE):
+    0 when the student predicts what the teacher does, positive and differentiable otherwise."""
+    from types import SimpleNamespace
+
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    if head == "qa":
+        def out(seed):
+            r = torch.Generator().manual_seed(seed)
+            return SimpleNamespace(start_logits=torch.randn(2, 5, generator=r, requires_grad=True),
+                                   end_logits=torch.randn(2, 5, generator=r, requires_grad=True))
+    elif head == "token":
+        def out(seed):
+            return SimpleNamespace(logits=torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(seed),
+                                                      requires_grad=True))
+    else:
+        def out(seed):
+            return SimpleNamespace(logits=torch.randn(2, 1, generator=torch.Generator().manual_seed(seed),
+                                                      requires_grad=True))
+    teacher = out(1)
+    assert float(logit_loss(out(1), teacher, 8.0, mask).detach()) == pytest.approx(0.0, abs=1e-6)
+    student = out(2)
+    loss = logit_loss(student, teacher, 8.0, mask)
+    loss.backward()
+    grads = [t.grad for t in vars(student).values()]
+    assert float(loss.detach()) > 0 and all(gr is not None and gr.abs().sum() > 0 for gr in grads)
+    if head != "regression":  # padding positions get no gradient
+        assert all(gr[1, 3:].abs().sum() == 0 for gr in grads)
