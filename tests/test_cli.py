@@ -240,3 +240,36 @@ def test_every_sweep_point_is_checked_before_anything_launches(tmp_path):
     assert points == [["experiment=dsp_curve", "method=michel", "heads=9"],
                       ["experiment=dsp_curve", "method=michel", "heads=18"]]
     assert len(sweep_points(["experiment=dsp_curve"])) == 30  # the experiment's own 6 methods x 5 budgets
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_sink_the_sweep_and_a_rerun_redoes_only_it(tmp_path):
+    """Two jobs, one with a model folder whose weights are missing (it passes the up-front checks,
+    then fails to load): the other still finishes, the sweep writes summary.json/md, exits 1; the
+    same command again skips the finished job and retries the other, which now succeeds."""
+    import shutil
+
+    from conftest import minilm_path
+
+    good, bad = Path(minilm_path()), tmp_path / "broken"
+    bad.mkdir()
+    for f in good.iterdir():
+        if f.is_file() and not f.name.endswith((".safetensors", ".bin")):
+            shutil.copy2(f, bad / f.name)
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *TINY, "method=none", "trainer.max_steps=1", f"model.path={good},{bad}", "logger.mode=disabled",
+            "export_model=false", f"hydra.sweep.dir={sweep_dir}"]
+    res = prune_run(args, cwd=tmp_path)
+    assert res.returncode == 1, (res.stdout[-2000:], res.stderr[-2000:])
+    summary = json.loads((sweep_dir / "summary.json").read_text())["jobs"]
+    assert [j["status"] for j in summary] == ["completed", "failed"]
+    assert summary[0]["primary_metric"] == "accuracy" and "safetensors" in summary[1]["error"]
+    assert "1/2 jobs completed" in res.stdout and (sweep_dir / "summary.md").is_file()
+    first = (sweep_dir / summary[0]["folder"] / "metrics.json").stat().st_mtime_ns
+
+    shutil.copy2(next(good.glob("*.safetensors")), bad)  # fixed: the rerun redoes only that job
+    res = prune_run(args, cwd=tmp_path)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-2000:])
+    assert "completed before" in res.stdout and "2/2 jobs completed" in res.stdout
+    assert (sweep_dir / summary[0]["folder"] / "metrics.json").stat().st_mtime_ns == first
+    assert [j["status"] for j in json.loads((sweep_dir / "summary.json").read_text())["jobs"]] == ["completed"] * 2

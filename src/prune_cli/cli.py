@@ -170,24 +170,53 @@ def validate_sweep(args: list[str]) -> None:
 @hydra.main(config_path="pkg://prune_cli.conf", config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return _run(cfg, run_dir)
+    from prune_cli import sweep
+
+    overrides = list(hydra_cfg.overrides.task)
+    done = sweep.finished(run_dir)
+    if done is not None:  # the same sweep again: a job that completed is not redone
+        print(f"prune-run: {run_dir}: completed before ({done.get('primary_metric')}={done.get('primary')})")
+        return done.get("primary")
+    try:
+        metrics = _run(cfg, run_dir)
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - one job's failure must not sink the sweep
+        message = getattr(err, "prune_cli_message", None) or sweep.error_line(err)
+        sweep.record(run_dir, "failed", overrides, error=message)
+        print(f"prune-run: error: job {hydra_cfg.job.num} ({' '.join(overrides)}): {message}", file=sys.stderr)
+        return None
+    sweep.record(run_dir, "completed", overrides, primary_metric=metrics["primary_metric"],
+                 primary=metrics.get("primary"))
+    return metrics.get("primary")
+
+
+def _run(cfg: DictConfig, run_dir: Path):
+    """Validate and run one job; returns its metrics (a single run returns its primary metric)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from prune_cli.pipeline import Pipeline
     from prune_cli.validate import validate
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    single = HydraConfig.get().mode != RunMode.MULTIRUN
     try:
         plan = validate(cfg)
-    except ConfigError as err:
-        _die(str(err))
-    try:
         metrics = Pipeline(cfg, run_dir, plan).run()
     except ConfigError as err:
-        _die(str(err))
+        if single:
+            _die(str(err))
+        err.prune_cli_message = str(err)
+        raise
     primary = metrics.get("primary")
     print(f"prune-run: {cfg.task.name} {metrics['primary_metric']}={primary} "
           f"heads={metrics['heads_kept']}/{metrics['heads_total']}"
           + (f" density={metrics['density']:.4f}" if plan.density is not None else "") + f" -> {run_dir}")
-    return primary  # what optuna-style sweepers optimise
+    return primary if single else metrics  # a single run: what optuna-style sweepers optimise
 
 
 def main() -> None:
@@ -200,6 +229,10 @@ def main() -> None:
         else:
             precompose(args)
     _hydra_main()
+    from prune_cli import sweep
+
+    if sweep._failed:  # the sweep finished, and said which jobs did not
+        sys.exit(1)
 
 
 if __name__ == "__main__":
