@@ -134,7 +134,8 @@ def test_gate_learning_stays_in_eval_mode_across_evaluations():
 # ------------------------------------------------------------------ resume, killed for real
 DRIVER = textwrap.dedent('''
     """Run a pipeline and SIGKILL this very process at one point: after optimizer step N has been
-    logged (`step:N`), or when stage I is about to be committed (`commit:I`)."""
+    logged (`step:N`), or when stage I is about to be committed (`commit:I`); or send it SLURM's
+    preemption warning, SIGUSR2, after step N (`signal:N`)."""
     import json, os, signal, sys
     from hydra import compose, initialize_config_module
     from prune_cli.pipeline import Pipeline
@@ -146,8 +147,8 @@ DRIVER = textwrap.dedent('''
 
     def log_then_die(self, row, *a, **k):
         log(self, row, *a, **k)
-        if what == "step" and self.step == int(at) and any(key.endswith("/loss") for key in row):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if what in ("step", "signal") and self.step == int(at) and any(key.endswith("/loss") for key in row):
+            os.kill(os.getpid(), signal.SIGKILL if what == "step" else signal.SIGUSR2)
 
     def die_before_commit(self, state, index, *a, **k):
         if what == "commit" and index == int(at):
@@ -207,6 +208,28 @@ def test_sigkilled_run_resumes_to_the_same_weights_metrics_and_curves(tmp_path):
 
     wa, wb = (load_file(d / "model" / "model.safetensors") for d in (tmp_path / "whole", cut))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_preemption_signal_checkpoints_that_step_and_the_rerun_continues_exactly(tmp_path):
+    """SIGUSR2 (what SLURM sends before preempting or at the time limit) after step 3, with
+    periodic checkpoints only every 2 steps: the run writes step 3's checkpoint at once and exits
+    (128 + SIGUSR2); the rerun resumes AT step 3 (no step is trained twice) and ends equal to the
+    uninterrupted run."""
+    whole = _drive(tmp_path, tmp_path / "whole", "none:0")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    cut = tmp_path / "cut"
+    res = _drive(tmp_path, cut, "signal:3")
+    assert res.returncode == 128 + signal.SIGUSR2, res.stderr[-2000:]
+    saved = torch.load(cut / "checkpoints" / "train-0.pt", map_location="cpu", weights_only=False)
+    assert saved["step"] == 3
+    res = _drive(tmp_path, cut, "none:0")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [s for s, _ in _losses(cut)] == [1, 2, 3, 4, 5, 6]
+    want = dict(_losses(tmp_path / "whole"))
+    assert all(loss == want[s] for s, loss in _losses(cut))
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", cut))
+    assert a["eval"] == b["eval"]
 
 
 @pytest.mark.slow

@@ -183,8 +183,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     if done is not None:  # the same sweep again: a job that completed is not redone
         print(f"prune-run: {run_dir}: completed before ({done.get('primary_metric')}={done.get('primary')})")
         return done.get("primary")
+    from prune_cli.train import Preempted
+
     try:
         metrics = _run(cfg, run_dir)
+    except Preempted:  # checkpointed; submitit requeues the job, which resumes
+        sweep.record(run_dir, "preempted", overrides, error="preempted: resumes from its checkpoint when rerun")
+        raise
     except (Exception, SystemExit) as err:  # noqa: BLE001 - one job's failure must not sink the sweep
         message = getattr(err, "prune_cli_message", None) or sweep.error_line(err)
         sweep.record(run_dir, "failed", overrides, error=message)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
@@ -54,6 +57,46 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Preempted(SystemExit):
+    """A run stopped by SLURM's preemption / time-limit signal (or a plain `kill`), after its
+    checkpoint was written: rerunning the command (submitit requeues the job) resumes from it."""
+
+
+class StopSignals:
+    """SIGUSR2 (SLURM's warning before a time limit or preemption, as submitit asks for it) and
+    SIGTERM set a flag; the loop finishes the optimizer step it is in, writes the checkpoint AT
+    ONCE, then `stop()` hands the signal to whoever handled it before (submitit: requeue the job)
+    and ends the run. Only in the main thread (Python allows signal handlers nowhere else)."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGUSR2", None), signal.SIGTERM) if s is not None)
+
+    def __init__(self):
+        self.received: tuple | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        self.received = self.received or (signum, frame)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def stop(self) -> None:
+        signum, frame = self.received
+        previous = self.previous.get(signum)
+        self.__exit__()
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, frame)  # submitit's handler requeues the job (and may exit itself)
+        raise Preempted(128 + signum)
 
 
 def make_accelerator(tcfg: DictConfig, seed: int):
@@ -253,85 +296,90 @@ def train(
             _save(checkpoint, accelerator, model, optimizer, scheduler, pruner, step, losses,
                   global_step=logger.step if logger is not None else step, distiller=distiller)
 
-    epoch = start_epoch
-    while step < plan.steps:
-        loader.set_epoch(epoch)
-        batches = iter(loader)
-        for window in range(plan.steps_per_epoch):
-            size = min(accum, n_batches - window * accum)
-            micro = [next(batches) for _ in range(size)]
-            if epoch == start_epoch and window < skip_windows:
-                continue  # already trained on before the restart
-            units = [loss_units(b) for b in micro]
-            total_units = sum(units)  # a window whose labels are all ignored: weights 0, not NaN
-            total_units = total_units.clamp_min(1) if torch.is_tensor(total_units) else max(1, total_units)
-            window_loss = 0.0
-            for j, batch in enumerate(micro):
-                weight = units[j] / total_units
-                sync = j == size - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    if pruner is not None:
-                        _set_gates(gates, pruner.gate_values(step, plan.steps, training=True))
-                    with accelerator.autocast():
-                        outputs = model(**batch, **(distiller.forward_kwargs() if distiller is not None else {}))
-                        loss = task_loss(outputs, batch, label_smoothing)
-                        extra = pruner.extra_loss() if pruner is not None else 0.0
-                        if distiller is not None:
-                            first, second, parts = distiller.losses(outputs, batch, loss)
-                            first = first + extra
+    with StopSignals() as signals:  # preemption / time limit: checkpoint at once, then stop
+        epoch = start_epoch
+        while step < plan.steps:
+            loader.set_epoch(epoch)
+            batches = iter(loader)
+            for window in range(plan.steps_per_epoch):
+                size = min(accum, n_batches - window * accum)
+                micro = [next(batches) for _ in range(size)]
+                if epoch == start_epoch and window < skip_windows:
+                    continue  # already trained on before the restart
+                units = [loss_units(b) for b in micro]
+                total_units = sum(units)  # a window whose labels are all ignored: weights 0, not NaN
+                total_units = total_units.clamp_min(1) if torch.is_tensor(total_units) else max(1, total_units)
+                window_loss = 0.0
+                for j, batch in enumerate(micro):
+                    weight = units[j] / total_units
+                    sync = j == size - 1
+                    with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                        if pruner is not None:
+                            _set_gates(gates, pruner.gate_values(step, plan.steps, training=True))
+                        with accelerator.autocast():
+                            outputs = model(**batch, **(distiller.forward_kwargs() if distiller is not None else {}))
+                            loss = task_loss(outputs, batch, label_smoothing)
+                            extra = pruner.extra_loss() if pruner is not None else 0.0
+                            if distiller is not None:
+                                first, second, parts = distiller.losses(outputs, batch, loss)
+                                first = first + extra
+                            else:
+                                first, second, parts = loss + extra, None, {}
+                        observes = pruner is not None and getattr(pruner, "observes_gradients", False)
+                        if observes and second is not None and getattr(pruner, "grad_sep", False):
+                            accelerator.backward(first * weight, retain_graph=True)
+                            pruner.observe_gradients()  # importance: the first terms' gradient only
+                            accelerator.backward(second * weight)
                         else:
-                            first, second, parts = loss + extra, None, {}
-                    observes = pruner is not None and getattr(pruner, "observes_gradients", False)
-                    if observes and second is not None and getattr(pruner, "grad_sep", False):
-                        accelerator.backward(first * weight, retain_graph=True)
-                        pruner.observe_gradients()  # importance: the first terms' gradient only
-                        accelerator.backward(second * weight)
-                    else:
-                        accelerator.backward((first if second is None else first + second) * weight)
-                        if observes:
-                            pruner.observe_gradients()
-                    objective = loss if distiller is None else first + second
-                window_loss = window_loss + weight * objective.detach()
-            if float(tcfg.max_grad_norm) > 0:
-                accelerator.clip_grad_norm_(
-                    [p for g in optimizer.param_groups if not g.get("method") for p in g["params"]],
-                    float(tcfg.max_grad_norm),
-                )
-            if pruner is not None and accelerator.num_processes > 1:  # method params live outside DDP
-                for p in pruner.parameters():
-                    if p.grad is not None:
-                        p.grad = accelerator.reduce(p.grad, "mean")
-            optimizer.step()
-            if not accelerator.optimizer_step_was_skipped:  # fp16: an overflow skips both
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+                            accelerator.backward((first if second is None else first + second) * weight)
+                            if observes:
+                                pruner.observe_gradients()
+                        objective = loss if distiller is None else first + second
+                    window_loss = window_loss + weight * objective.detach()
+                if float(tcfg.max_grad_norm) > 0:
+                    accelerator.clip_grad_norm_(
+                        [p for g in optimizer.param_groups if not g.get("method") for p in g["params"]],
+                        float(tcfg.max_grad_norm),
+                    )
+                if pruner is not None and accelerator.num_processes > 1:  # method params live outside DDP
+                    for p in pruner.parameters():
+                        if p.grad is not None:
+                            p.grad = accelerator.reduce(p.grad, "mean")
+                optimizer.step()
+                if not accelerator.optimizer_step_was_skipped:  # fp16: an overflow skips both
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
 
-            step += 1
-            if pruner is not None and hasattr(pruner, "after_step"):
-                pruner.after_step(step, plan.steps)  # GRAIN: running importance, masks that shrink
-            losses.append(float(window_loss))  # one host sync a step, as before accumulation
-            bar.update(1)
-            if logger is not None:
-                logger.step += 1
-            if logger is not None and (step % log_every == 0 or step == plan.steps):
-                row = {f"{desc}/loss": float(np.mean(losses[-log_every:])), f"{desc}/lr": scheduler.get_last_lr()[0]}
-                row.update({f"{desc}/{k}": float(v) for k, v in parts.items()})
-                if pruner is not None:
-                    row.update({f"{desc}/{k}": v for k, v in pruner.log_stats().items()})
-                    if torch.is_tensor(extra):
-                        row[f"{desc}/method_loss"] = float(extra.detach())
-                logger.log(row)
-                bar.set_postfix(loss=f"{row[f'{desc}/loss']:.4f}")
-            if evaluate is not None and eval_every and step % eval_every == 0 and step < plan.steps:
-                if pruner is not None:  # score the hard top-K_t mask, not the last noisy relaxation
-                    _set_gates(gates, pruner.gate_values(step, plan.steps, training=False))
-                evaluate(step)
-                model.train(train_mode)
-            if save_every and (step % save_every == 0 or step == plan.steps):
-                save()  # also at the end: a kill before the pipeline commits the stage loses nothing
-            if step >= plan.steps:
-                break
-        epoch += 1
+                step += 1
+                if pruner is not None and hasattr(pruner, "after_step"):
+                    pruner.after_step(step, plan.steps)  # GRAIN: running importance, masks that shrink
+                losses.append(float(window_loss))  # one host sync a step, as before accumulation
+                bar.update(1)
+                if logger is not None:
+                    logger.step += 1
+                if logger is not None and (step % log_every == 0 or step == plan.steps):
+                    row = {f"{desc}/loss": float(np.mean(losses[-log_every:])), f"{desc}/lr": scheduler.get_last_lr()[0]}
+                    row.update({f"{desc}/{k}": float(v) for k, v in parts.items()})
+                    if pruner is not None:
+                        row.update({f"{desc}/{k}": v for k, v in pruner.log_stats().items()})
+                        if torch.is_tensor(extra):
+                            row[f"{desc}/method_loss"] = float(extra.detach())
+                    logger.log(row)
+                    bar.set_postfix(loss=f"{row[f'{desc}/loss']:.4f}")
+                if evaluate is not None and eval_every and step % eval_every == 0 and step < plan.steps:
+                    if pruner is not None:  # score the hard top-K_t mask, not the last noisy relaxation
+                        _set_gates(gates, pruner.gate_values(step, plan.steps, training=False))
+                    evaluate(step)
+                    model.train(train_mode)
+                if save_every and (step % save_every == 0 or step == plan.steps):
+                    save()  # also at the end: a kill before the pipeline commits the stage loses nothing
+                if signals.received:
+                    if not (save_every and step % save_every == 0):
+                        save()  # this very step, not the last periodic one
+                    signals.stop()
+                if step >= plan.steps:
+                    break
+            epoch += 1
     bar.close()
     if gates is not None:
         gates.set(None)
