@@ -95,7 +95,8 @@ class StopSignals:
         previous = self.previous.get(signum)
         self.__exit__()
         if callable(previous) and previous is not signal.default_int_handler:
-            previous(signum, frame)  # submitit's handler requeues the job (and may exit itself)
+            with contextlib.suppress(SystemExit):  # submitit's handler requeues the job, then exits:
+                previous(signum, frame)            # the run ends as Preempted all the same
         raise Preempted(128 + signum)
 
 
