@@ -84,8 +84,15 @@ class GRAIN(Pruner):
         return math.ceil(round(s * self.dense_weights, 6))
 
     # ---- the trainer's hooks ----------------------------------------------
+    def to(self, device) -> GRAIN:
+        """Gate leaves (and the step's gradient sums) live on the model's device: no host copy per
+        micro-batch; the sums come to the host once per optimizer step."""
+        self.device = torch.device(device)
+        return self
+
     def gate_values(self, step: int, total_steps: int, training: bool = True) -> dict[str, torch.Tensor]:
-        masks = {k: self.current.kept(k).float() for k in self.kinds}
+        device = getattr(self, "device", torch.device("cpu"))
+        masks = {k: self.current.kept(k).to(device, torch.float32) for k in self.kinds}
         if training and self.importance == "taylor":
             masks = {k: v.requires_grad_(True) for k, v in masks.items()}
         self._leaves = masks
@@ -95,13 +102,15 @@ class GRAIN(Pruner):
         """Add this micro-batch's gate gradient to the step's sum (|.| is taken per step)."""
         for k, leaf in self._leaves.items():
             if leaf.grad is not None:
-                self._acc[k] += leaf.grad.detach().double().cpu()
+                if self._acc[k].device != leaf.grad.device:
+                    self._acc[k] = self._acc[k].to(leaf.grad.device)
+                self._acc[k] += leaf.grad.detach().double()
                 leaf.grad = None
 
     def after_step(self, step: int, total_steps: int) -> None:
         if self.importance == "taylor":
             for k in self.kinds:
-                update = self._acc[k].abs()
+                update = self._acc[k].abs().cpu()  # one transfer per kind and optimizer step
                 if k == "vo" and self.alpha > 0:
                     update = update * torch.tanh(self._value_share() / self.alpha)
                 self.ema[k].mul_(self.beta).add_(update, alpha=1 - self.beta)

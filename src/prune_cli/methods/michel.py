@@ -9,37 +9,20 @@ gradients from absorbing the whole budget.
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
-from prune_cli.methods.base import Pruner, ScoreContext
+from prune_cli.methods.base import ScoreContext
+from prune_cli.methods.taylor import Taylor
 
 
-class MichelImportance(Pruner):
+class MichelImportance(Taylor):
+    """The first-order importance of every head (`Taylor`, one pass over the training batches),
+    then the paper's per-layer L2 normalisation."""
+
     kind = "scorer"
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
-        model = ctx.model
-        was_training = model.training
-        model.eval()  # dropout off: the estimate should not depend on dropout noise
-        device = next(model.parameters()).device
-        importance = torch.zeros(self.space.total, dtype=torch.float64, device=device)
-        limit = self.cfg.get("score_batches")
-        batches = ctx.batches()
-        if limit:
-            batches = itertools.islice(batches, int(limit))
-        n = 0
-        for batch in batches:
-            gate = ctx.mask.to(device=device, dtype=torch.float32).clone().requires_grad_(True)
-            ctx.gates.set(gate)
-            loss = model(**batch).loss
-            (grad,) = torch.autograd.grad(loss, gate)
-            importance += grad.detach().abs().double()
-            n += 1
-        ctx.gates.set(None)
-        model.train(was_training)
-        importance = importance.cpu() / max(n, 1)
+        importance = super().score(ctx)
         if self.cfg.get("normalize_layers", True):
             importance = torch.cat([s / s.norm().clamp_min(1e-20) for s in self.space.split(importance)])
         return importance
