@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prune_cli import report
 from prune_cli.gates import Gates
-from prune_cli.methods import ScoreContext, get_pruner, select_units, top_k_mask
+from prune_cli.methods import ScoreContext, get_pruner, select_units
 from prune_cli.schedules import rounds
 from prune_cli.surgery import count_params, load_pruned, remove_units, save_pruned
 from prune_cli.tracking import RunLogger
@@ -77,6 +77,7 @@ class Pipeline:
             state, done = self._start()
             self.splits = self.task.splits(state.tokenizer)
             self.pruner = get_pruner(cfg.method, state.space, cfg.seed)
+            self.pruner.run_dir, self.pruner.task = self.run_dir, self.task
             for i, name in enumerate(plan.stages):
                 if i < done:
                     continue
@@ -199,6 +200,20 @@ class Pipeline:
         del teacher
         return {**result, "path": "teacher", "metrics": metrics}
 
+    def _stage_meta_train(self, state: State, index: int) -> dict:
+        """SMP: train the pruner network on the meta tasks' text, the model frozen -> <run>/pruner.pt."""
+        from prune_cli.meta_train import load_tasks, meta_train
+
+        tcfg = self.cfg.trainer
+        result = meta_train(
+            model=state.model, tokenizer=state.tokenizer, tasks=load_tasks(self.cfg, state.tokenizer), cfg=self.cfg,
+            out=self.run_dir / "pruner.pt", seed=self.cfg.seed + index, device=self.accelerator.device,
+            logger=self.logger, checkpoint=self.ckpt_dir / f"train-{index}.pt", save_every=int(tcfg.save_every),
+            log_every=int(tcfg.log_every), progress_bar=bool(tcfg.progress_bar),
+            model_name=str(self.cfg.model.get("path") or self.cfg.model.name))
+        self.logger.file(self.run_dir / "pruner.pt")
+        return result
+
     def _stage_train(self, state: State, index: int) -> dict:
         return self._train(state, index, "train")
 
@@ -227,7 +242,7 @@ class Pipeline:
             for kept in rounds(self.cfg.schedule, in_scope, self.plan.keep):
                 ctx = ScoreContext(state.model, gates, batches, mask, self.accelerator, space=state.space)
                 scores = self.pruner.score(ctx)
-                mask = (top_k_mask(scores, kept, eligible & mask) | ~eligible) & state.mask
+                mask = (self.pruner.select(scores, kept, eligible & mask) | ~eligible) & state.mask
                 self.logger.log({"prune/heads_kept": int(mask.sum()), "prune/heads_kept_in_scope": kept})
         state.scores = scores
         return self._apply(state, state.space.with_masks({"head": mask}))

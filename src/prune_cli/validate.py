@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from prune_cli import schedules, tracking
 from prune_cli.errors import ConfigError
 
-STAGES = ("teacher", "train", "finetune", "prune", "prune_joint", "learn_gates", "evaluate", "export", "bench")
+STAGES = ("teacher", "meta_train", "train", "finetune", "prune", "prune_joint", "learn_gates", "evaluate", "export",
+          "bench")
 PRUNING_STAGES = ("prune", "prune_joint", "learn_gates")
 SCOPES = ("all", "encoder", "decoder", "cross")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -181,7 +182,14 @@ def validate(cfg: DictConfig) -> Plan:
     if method.kind == "none" and wants_pruning:
         raise ConfigError("method", method.name, "a pruning method (e.g. method=michel) when heads=, sparsity= or "
                           "density= is given")
-    if method.kind != "none" and not wants_pruning:
+    if "meta_train" in stages and method.name != "smp":
+        raise ConfigError("pipeline", stages, f"a meta_train stage only with method=smp (it trains SMP's pruner), "
+                          f"not method={method.name}")
+    meta_only = "meta_train" in stages and not pruning
+    if meta_only and wants_pruning:
+        raise ConfigError("pipeline", stages, "a prune stage after meta_train when heads=/sparsity= is given "
+                          "(e.g. pipeline=[meta_train,prune,finetune,evaluate,export])")
+    if method.kind != "none" and not wants_pruning and not meta_only:
         raise ConfigError("heads", None, f"method={method.name} needs heads=K (heads kept), sparsity=FRACTION or "
                           "density=FRACTION (attention + FFN weights kept)")
     ranks = tuple(method.get("unit_kinds") or ("head",))
@@ -215,7 +223,7 @@ def validate(cfg: DictConfig) -> Plan:
     total, in_scope = space.total, int(space.scope_mask(scope).sum())
     from prune_cli.methods import get_pruner
 
-    get_pruner(method, space, cfg.seed)  # the method checks its own keys (method.lr, tau_start...)
+    pruner = get_pruner(method, space, cfg.seed)  # the method checks its own keys (method.lr, tau_start...)
     if pruning and model_type in NO_SURGERY_MODELS:
         raise ConfigError("model", cfg.model.name, f"a model whose heads surgery can remove ({model_type}'s local "
                           "attention is not supported yet; gates and scoring work without a pruning stage)")
@@ -234,6 +242,8 @@ def validate(cfg: DictConfig) -> Plan:
         warn(f"{'heads' if heads is not None else 'sparsity'}={heads if heads is not None else sparsity} keeps "
              f"all {in_scope} heads of {cfg.model.name}: nothing is pruned (heads=K counts heads KEPT)")
     task.validate()
+    pruner.task = task
+    pruner.check_run(cfg, stages, keep, in_scope)
     return Plan(total, in_scope, keep, stages, task, density=None if density is None else float(density), units=units)
 
 

@@ -19,6 +19,7 @@ METHODS = {
     "ste": "prune_cli.methods.ste:STE",
     "voita": "prune_cli.methods.voita:Voita",
     "grain": "prune_cli.methods.grain:GRAIN",
+    "smp": "prune_cli.methods.smp:SMP",
 }
 
 

@@ -48,6 +48,10 @@ class Pruner:
     kind: str = "scorer"  # "none" | "scorer" | "learner"
     #: pipeline used when the user does not give `pipeline=`
     default_pipeline: tuple[str, ...] = ("finetune", "prune", "finetune", "evaluate", "export")
+    #: set by the pipeline: the run folder and the validated task (SMP reads its pruner.pt and
+    #: whether the task's inputs are sentence pairs from them)
+    run_dir = None
+    task = None
 
     def __init__(self, cfg: DictConfig, space, seed: int = 0):
         self.cfg = cfg
@@ -62,9 +66,18 @@ class Pruner:
         self.eligible = eligible
         self.schedule = schedule
 
+    def check_run(self, cfg: DictConfig, stages: list[str], keep: int | None, in_scope: int) -> None:
+        """Validation's last word on this method: raise ConfigError for what only the method
+        knows is wrong (files it reads, budgets it cannot meet). Must not load a model."""
+
     # ---- scorers -------------------------------------------------------
     def score(self, ctx: ScoreContext) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} is not a scorer")
+
+    def select(self, scores: torch.Tensor, k: int, eligible: torch.Tensor) -> torch.Tensor:
+        """bool [H]: the `k` heads of `eligible` to keep given `scores` (default: the global
+        top-K; SMP keeps the same number in every layer)."""
+        return top_k_mask(scores, k, eligible)
 
     # ---- learners ------------------------------------------------------
     def parameters(self) -> list[torch.nn.Parameter]:

@@ -48,6 +48,9 @@ class Task:
     name: str = "task"
     primary_metric: str = "accuracy"
     greater_is_better: bool = True
+    #: inputs are sentence pairs (True), single texts (False) or neither (None); SMP's pruner
+    #: has one output for each of the first two
+    sentence_pair: bool | None = None
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg

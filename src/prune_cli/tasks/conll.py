@@ -88,6 +88,7 @@ def entity_metrics(
 
 class ConllTask(Task):
     primary_metric = "f1"
+    sentence_pair = False
     greater_is_better = True
 
     def __init__(self, cfg: DictConfig):

@@ -104,6 +104,10 @@ class GlueTask(Task):
         self.primary_metric = cfg.primary_metric
 
     @property
+    def sentence_pair(self) -> bool:
+        return len(self.cfg.hub_text_columns) == 2
+
+    @property
     def is_regression(self) -> bool:
         return not self.cfg.get("labels")
 

@@ -214,6 +214,7 @@ def split_by_article(rows: list[dict], fraction: float, seed: int) -> tuple[list
 
 class SquadTask(Task):
     primary_metric = "f1"
+    sentence_pair = True  # question + passage
     greater_is_better = True
 
     def __init__(self, cfg: DictConfig):
