@@ -252,3 +252,41 @@ def test_bad_smp_input_is_one_line_and_exit_2(tmp_path, args, expected):
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0], res.stderr[-2000:]
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing loaded, nothing started
+
+
+def test_meta_training_lowers_its_loss_on_real_rows(tokenizer):
+    """MiniLM (6 x 12) on real SST-2 and MRPC rows: 24 SGD steps over four fixed, seeded
+    micro-batches (the same Gumbel draws, layers and feature dropout each time, so the objective
+    itself is measured, not its noise) bring the loss to at most 0.85 of where it started
+    (measured: 0.399 -> 0.297, mean of the last 5 steps)."""
+    from test_cli import DATA
+    from transformers import AutoModel, DataCollatorWithPadding
+
+    from prune_cli.meta_train import TaskStream, load_tasks
+
+    torch.manual_seed(0)
+    cfg = OmegaConf.create({"data_root": str(DATA), "method": {**SMALL, "meta_tasks": ["sst2", "mrpc"],
+                                                                "meta_max_train_samples": 200}})
+    model = AutoModel.from_pretrained(minilm_path(), attn_implementation="sdpa").eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tasks = load_tasks(cfg, tokenizer)
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    streams = [TaskStream(t, i, 8, 0, collate) for i, t in enumerate(tasks)]
+    batches = [(k % 2, streams[k % 2].next()) for k in range(4)]
+    net = MapScorer(32, 8)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    curve = []
+    with Gates(model, UnitSpace.from_model(model)) as gates:
+        for _ in range(24):
+            total = 0.0
+            for k, (t, batch) in enumerate(batches):
+                loss = micro_loss(model, gates, net, batch, tasks[t].pair, cfg.method,
+                                  torch.Generator().manual_seed(1000 + k)) / len(batches)
+                loss.backward()
+                total += float(loss.detach())
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            curve.append(total)
+    assert sum(curve[-5:]) / 5 <= 0.85 * curve[0], curve

@@ -24,8 +24,6 @@ batch and noise the killed run would have drawn next.
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -253,7 +251,6 @@ def meta_train(*, model, tokenizer, tasks: list[MetaTask], cfg: DictConfig, out:
                     "global_step": logger.step if logger is not None else step}, tmp)
         tmp.replace(checkpoint)
 
-    t0 = time.time()
     bar = tqdm(total=steps, initial=step, desc="meta_train", disable=not progress_bar, dynamic_ncols=True)
     clip = float(method.get("meta_max_grad_norm", 1.0))
     net.train()
@@ -300,8 +297,7 @@ def meta_train(*, model, tokenizer, tasks: list[MetaTask], cfg: DictConfig, out:
             "max_length": int(method.get("meta_max_length") or 128)}
     save_pruner(out, net.cpu(), geometry(space), info)
     head = max(1, min(20, len(losses) // 5))
-    return {"steps": step, "loss_first": _mean(losses[:head]), "loss_last": _mean(losses[-head:]),
-            "seconds": round(time.time() - t0, 2), "path": out.name,
+    return {"steps": step, "loss_first": _mean(losses[:head]), "loss_last": _mean(losses[-head:]), "path": out.name,
             "loss_per_task": {k: _mean(v) for k, v in per_task.items()}}
 
 
@@ -312,5 +308,5 @@ def _safe(test, value) -> bool:
         return False
 
 
-def _mean(values) -> float:
-    return float(sum(values) / len(values)) if values else math.nan
+def _mean(values) -> float | None:
+    return float(sum(values) / len(values)) if values else None
