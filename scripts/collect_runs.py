@@ -52,11 +52,13 @@ def find_runs(roots: list[Path]) -> list[dict]:
 
 
 def table(runs: list[dict]) -> str:
-    """Markdown: per task, methods as rows, heads kept as columns (mean over seeds, n if > 1)."""
+    """Markdown: per task, methods as rows, heads kept as columns (mean +- sample std over seeds,
+    and n, when a cell has several runs). Runs without a final metric (a meta_train run) are left out."""
     out = []
     by_task = defaultdict(list)
     for r in runs:
-        by_task[r["task"]].append(r)
+        if r["value"] is not None:
+            by_task[r["task"]].append(r)
     for task, rows in sorted(by_task.items()):
         metric = rows[0]["metric"]
         heads = sorted({r["heads_kept"] for r in rows}, reverse=True)
@@ -71,10 +73,21 @@ def table(runs: list[dict]) -> str:
             vals = []
             for h in heads:
                 v = cells.get((method, h))
-                vals.append("" if not v else f"{sum(v) / len(v):.1f}" + (f" (n={len(v)})" if len(v) > 1 else ""))
+                vals.append(cell(v))
             out.append(f"| {method} | " + " | ".join(vals) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def cell(values: list[float]) -> str:
+    """'75.5 +- 0.8 (n=3)': mean, sample standard deviation, count; one value alone as it is."""
+    if not values:
+        return ""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.1f} ± {std:.1f} (n={len(values)})"
 
 
 def plot(runs: list[dict], path: Path) -> None:

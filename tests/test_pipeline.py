@@ -147,6 +147,24 @@ def test_collect_runs_shows_fractions_and_percentages_on_one_scale(tmp_path):
     assert "| michel | 62.5 |" in text and "| michel | 39.1 |" in text
 
 
+def test_collect_runs_gives_mean_std_and_n_over_seeds(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from collect_runs import find_runs, table
+
+    for seed, value in ((1, 0.70), (2, 0.74), (3, 0.72)):
+        run = tmp_path / f"s{seed}"
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({
+            "task": "rte", "method": "smp", "primary_metric": "accuracy", "primary": value, "seed": seed,
+            "heads_kept": 36, "heads_total": 72}))
+    (tmp_path / "meta").mkdir()  # a meta_train run: no final metric, no row
+    (tmp_path / "meta" / "metrics.json").write_text(json.dumps({
+        "task": "rte", "method": "smp", "primary_metric": "accuracy", "primary": None, "heads_kept": 72,
+        "heads_total": 72}))
+    text = table(find_runs([tmp_path]))
+    assert "| smp | 72.0 ± 2.0 (n=3) |" in text and "| 72 |" not in text
+
+
 @pytest.mark.slow
 def test_resuming_with_other_settings_is_refused_and_leaves_the_run_as_it_was(tmp_path, monkeypatch):
     run = tmp_path / "run"

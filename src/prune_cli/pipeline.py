@@ -188,9 +188,13 @@ class Pipeline:
             return {"path": state.teacher}
         teacher = copy.deepcopy(state.model)
         collate = self.task.collate_fn(state.tokenizer)
-        result = train(model=teacher, dataset=self.splits.train, collate_fn=collate, tcfg=self.cfg.trainer,
-                       accelerator=self.accelerator, seed=self.cfg.seed + index, logger=self.logger,
-                       checkpoint=self.ckpt_dir / f"train-{index}.pt", desc="teacher")
+
+        def fit(model):
+            return train(model=model, dataset=self.splits.train, collate_fn=collate, tcfg=self.cfg.trainer,
+                         accelerator=self.accelerator, seed=self.cfg.seed + index, logger=self.logger,
+                         checkpoint=self.ckpt_dir / f"train-{index}.pt", desc="teacher")
+
+        teacher, result = self._cached_finetune(teacher, state.tokenizer, index, None, fit)
         bs = int(self.cfg.task.get("eval_batch_size") or self.cfg.trainer.eval_batch_size)
         metrics = self.task.evaluate(teacher, state.tokenizer, self.splits, self.accelerator, bs)
         self.logger.log({f"teacher/{k}": v for k, v in metrics.items()})
@@ -220,7 +224,76 @@ class Pipeline:
     def _stage_finetune(self, state: State, index: int) -> dict:
         recovering = any(s["stage"] in ("prune", "prune_joint", "learn_gates") for s in state.stages)
         epochs = self.cfg.trainer.get("recovery_epochs") if recovering else None
-        return self._train(state, index, "finetune", epochs=epochs)
+        if any(s["stage"] in _MODEL_CHANGING for s in state.stages) or self.cfg.distill.name != "none":
+            return self._train(state, index, "finetune", epochs=epochs)
+        # the dense fine-tune a run starts with: the same for every point of a K x method sweep
+
+        def fit(model):
+            return self._train(state, index, "finetune", epochs=epochs)
+
+        state.model, result = self._cached_finetune(state.model, state.tokenizer, index, epochs, fit)
+        return result
+
+    # ------------------------------------------------------------------ the cache (cache.dir)
+    def _cache(self):
+        from prune_cli.cache import Cache
+
+        root = self.cfg.get("cache", {}).get("dir")
+        return Cache(root) if root else None
+
+    def _finetune_key(self, model, index: int, epochs) -> str | None:
+        from prune_cli.cache import WATCH_KEYS, code_version, dataset_digest, key, tensor_digest
+
+        data = dataset_digest(self.splits.train)
+        if data is None:
+            return None
+        trainer = {k: v for k, v in OmegaConf.to_container(self.cfg.trainer, resolve=True).items() if k not in WATCH_KEYS}
+        return key({"kind": "finetune", "weights": tensor_digest(model.state_dict()), "data": data,
+                    "class": type(model).__name__, "trainer": trainer, "seed": self.cfg.seed + index,
+                    "epochs": epochs, "code": code_version()})
+
+    def _cached_finetune(self, model, tokenizer, index: int, epochs, fit):
+        """`fit(model)` trains `model` in place -> (model, result); with `cache.dir`, a fine-tune
+        already in the cache is loaded instead, and a new one is stored (one job trains a key at
+        a time: the others wait on its lock and load it)."""
+        cache = self._cache()
+        name = self._finetune_key(model, index, epochs) if cache is not None else None
+        if name is None:
+            return model, fit(model)
+        with cache.locked("finetune", name):
+            entry = cache.model_entry(name)
+            if entry is None:
+                result = fit(model)
+                cache.put_model(name, lambda folder: save_pruned(model, folder, tokenizer), result)
+                return model, {**result, "cache": f"stored {name}"}
+        loaded = load_pruned(entry / "model", auto_class=type(model))
+        self.logger.log({"cache/hit": 1})
+        return loaded, {**json.loads((entry / "result.json").read_text()), "cache": f"hit {name}"}
+
+    def _cached_scores(self, state: State, compute):
+        """One-shot scores: the cache's, or `compute()` stored in it (`cache.dir`)."""
+        cache = self._cache()
+        if cache is None:
+            return compute()
+        from prune_cli.cache import code_version, dataset_digest, key, tensor_digest
+
+        data = dataset_digest(self.splits.train)
+        if data is None:
+            return compute()
+        method = OmegaConf.to_container(self.cfg.method, resolve=True)
+        files = {k: _file_digest(v) for k, v in method.items() if isinstance(v, str) and Path(v).is_file()}
+        name = key({"kind": "scores", "weights": tensor_digest(state.model.state_dict()), "data": data,
+                    "method": method, "files": files, "seed": self.cfg.seed, "units": self.plan.units,
+                    "scope": self.cfg.heads_scope, "masks": {k: v.tolist() for k, v in state.space.masks().items()},
+                    "batch_size": int(self.cfg.trainer.batch_size), "code": code_version()})
+        with cache.locked("scores", name):
+            scores = cache.get_scores(name)
+            if scores is None:
+                scores = compute()
+                cache.put_scores(name, scores)
+            else:
+                self.logger.log({"cache/hit": 1})
+        return scores
 
     def _stage_prune(self, state: State, index: int) -> dict:
         """Score, keep the best (in rounds if the schedule says so), then remove what is not kept."""
@@ -238,10 +311,12 @@ class Pipeline:
         eligible = state.space.scope_mask(self.cfg.heads_scope) & state.mask  # removed heads stay removed
         in_scope = int(eligible.sum())
         mask = state.mask.clone()
+        steps = rounds(self.cfg.schedule, in_scope, self.plan.keep)
         with Gates(state.model, state.space) as gates:
-            for kept in rounds(self.cfg.schedule, in_scope, self.plan.keep):
+            for kept in steps:
                 ctx = ScoreContext(state.model, gates, batches, mask, self.accelerator, space=state.space)
-                scores = self.pruner.score(ctx)
+                scores = (self._cached_scores(state, lambda c=ctx: self.pruner.score(c)) if len(steps) == 1
+                          else self.pruner.score(ctx))
                 mask = (self.pruner.select(scores, kept, eligible & mask) | ~eligible) & state.mask
                 self.logger.log({"prune/heads_kept": int(mask.sum()), "prune/heads_kept_in_scope": kept})
         state.scores = scores
@@ -253,12 +328,14 @@ class Pipeline:
         kept_now, dense = state.space.weights(scope)
         target = -(-round(self.plan.density * dense * 1e6) // 1_000_000)  # ceil, immune to float noise
         current = state.space
+        steps = rounds(self.cfg.schedule, kept_now, target)
         with Gates(state.model, state.space) as gates:
-            for budget in rounds(self.cfg.schedule, kept_now, target):
+            for budget in steps:
                 masks = current.masks()
                 ctx = ScoreContext(state.model, gates, batches, masks["head"], self.accelerator, units=kinds,
                                    space=state.space, masks={k: masks[k] for k in kinds})
-                scores = self.pruner.score(ctx)
+                scores = (self._cached_scores(state, lambda c=ctx: self.pruner.score(c)) if len(steps) == 1
+                          else self.pruner.score(ctx))
                 if not isinstance(scores, dict):
                     scores = {"head": scores}
                 candidates = {k: masks[k] & current.scope(k, scope) for k in kinds}
@@ -383,7 +460,7 @@ class Pipeline:
 
 
 #: keys a resumed run may change: how it is watched, not what it computes
-RESUME_FREE = ("logger", "trainer.progress_bar")
+RESUME_FREE = ("logger", "trainer.progress_bar", "cache")
 
 
 def _flat(cfg) -> dict:
@@ -415,6 +492,16 @@ def resume_conflict(run_dir: Path, cfg: DictConfig) -> str | None:
         return None
     more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
     return "; ".join(diff[:3]) + more
+
+
+def _file_digest(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def unit_metrics(model: torch.nn.Module, space: UnitSpace, scope: str = "all") -> dict:
