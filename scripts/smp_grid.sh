@@ -24,13 +24,19 @@ run() {  # run <folder> <overrides...>
   prune-run "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1 || echo "FAILED $dir (see $dir.log)" >&2
 }
 
-run meta method=smp "pipeline=[meta_train]" "method.meta_tasks=[cola,sst2,mrpc,stsb]" data_root="$DATA" \
-  method.meta_steps=300 method.meta_batch_size=16 method.meta_grad_accum=4 method.meta_lr=0.1 \
-  method.meta_max_length=64 method.map_size=64 seed=1 logger.mode=offline trainer.progress_bar=false \
-  trainer.log_every=10 trainer.save_every=25
+meta() {
+  run meta method=smp "pipeline=[meta_train]" "method.meta_tasks=[cola,sst2,mrpc,stsb]" data_root="$DATA" \
+    method.meta_steps=300 method.meta_batch_size=16 method.meta_grad_accum=4 method.meta_lr=0.1 \
+    method.meta_max_length=64 method.map_size=64 seed=1 logger.mode=offline trainer.progress_bar=false \
+    trainer.log_every=10 trainer.save_every=25
+}
+# the baselines need no pruner; SMP's cells come last, after the pruner is meta-trained
 for s in $SEEDS; do for task in $TASKS; do
   run "$task/dense_s$s" $common task=$task method=none seed=$s
-  run "$task/smp_s$s" $common task=$task method=smp method.pruner="$OUT/meta/pruner.pt" heads=36 seed=$s
   run "$task/random_s$s" $common task=$task method=random heads=36 $after seed=$s
   run "$task/michel_s$s" $common task=$task method=michel heads=36 $after model.path="$OUT/$task/dense_s$s/model" seed=$s
+done; done
+meta
+for s in $SEEDS; do for task in $TASKS; do
+  run "$task/smp_s$s" $common task=$task method=smp method.pruner="$OUT/meta/pruner.pt" heads=36 seed=$s
 done; done
