@@ -47,6 +47,7 @@ def find_runs(roots: list[Path]) -> list[dict]:
                 "params": metrics.get("params"),
                 "seed": metrics.get("seed"),
                 "wall_time_s": metrics.get("wall_time_s"),
+                "compute": metrics.get("compute"),
             })
     return runs
 
@@ -77,6 +78,24 @@ def table(runs: list[dict]) -> str:
             out.append(f"| {method} | " + " | ".join(vals) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def compute_table(runs: list[dict]) -> str:
+    """Markdown: what each method cost per run (metrics.json `compute`), mean over its runs."""
+    keys = ("optimizer_steps", "epochs", "examples", "forward_passes", "backward_passes", "wall_time_s")
+    by_method = defaultdict(list)
+    for r in runs:
+        if r.get("compute"):
+            by_method[(r["task"], r["method"])].append(r["compute"])
+    if not by_method:
+        return ""
+    out = ["### compute per run (mean)\n", "| task | method | runs | " + " | ".join(keys) + " |",
+           "|---|---|---:|" + "---:|" * len(keys)]
+    for (task, method), rows in sorted(by_method.items()):
+        means = [sum(r.get(k, 0) for r in rows) / len(rows) for k in keys]
+        out.append(f"| {task} | {method} | {len(rows)} | " + " | ".join(
+            f"{m:.2f}" if k in ("epochs", "wall_time_s") else f"{m:.0f}" for k, m in zip(keys, means)) + " |")
+    return "\n".join(out) + "\n"
 
 
 def cell(values: list[float]) -> str:
@@ -125,7 +144,7 @@ def main(argv=None) -> None:
     if not runs:
         raise SystemExit(f"no metrics.json under {', '.join(map(str, args.roots))}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    md = table(runs)
+    md = table(runs) + "\n" + compute_table(runs)
     args.out.with_suffix(".md").write_text(md)
     args.out.with_suffix(".json").write_text(json.dumps(runs, indent=1))
     plot(runs, args.out.with_suffix(".png"))

@@ -260,3 +260,21 @@ def test_an_export_reused_for_other_labels_gets_a_new_head(tmp_path, capfd, prun
     model, _ = same.load_model(make_cfg("method=none", f"model.path={tmp_path / 'rte' / 'model'}").model)
     assert "warning" not in capfd.readouterr().err
     assert torch.equal(model.state_dict()["classifier.weight"], saved["classifier.weight"])
+
+
+def test_compute_accounting_per_stage_and_in_total(tmp_path):
+    """metrics.json says what every stage computed: optimizer steps, epochs, examples, forward and
+    backward passes (Michel's scoring pass included), and their sum."""
+    metrics = Pipeline(make_cfg("method=michel", "heads=36", "export_model=false"), tmp_path).run()
+    by = {s["stage"]: s["compute"] for s in metrics["stages"] if s["stage"] != "finetune"}
+    first, second = [s["compute"] for s in metrics["stages"] if s["stage"] == "finetune"]
+    assert second == first  # the recovery fine-tune: the same budget
+    # 16 rows, batch 8: an epoch is 2 steps; max_steps=2
+    assert first["optimizer_steps"] == 2 and first["epochs"] == 1.0 and first["examples"] == 16
+    assert first["backward_passes"] == 2 and first["forward_passes"] == 2
+    assert by["prune"]["forward_passes"] == 2 and by["prune"]["backward_passes"] == 2  # one pass, 2 batches
+    assert by["prune"]["optimizer_steps"] == 0 and by["prune"]["forward_examples"] == 16
+    assert by["evaluate"]["forward_passes"] >= 1 and by["evaluate"]["backward_passes"] == 0
+    total = metrics["compute"]
+    assert total["optimizer_steps"] == 4 and total["backward_passes"] == 6
+    assert total["device"] == "cpu" and total["wall_time_s"] > 0

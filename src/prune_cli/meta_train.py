@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from prune_cli.accounting import METER
 from prune_cli.errors import ConfigError
 from prune_cli.methods.smp import MapScorer, attention_maps, geometry, model_inputs, save_pruner
 
@@ -265,6 +266,7 @@ def meta_train(*, model, tokenizer, tasks: list[MetaTask], cfg: DictConfig, out:
                     if not torch.isfinite(loss):
                         continue  # as the reference: a NaN micro-batch is skipped
                     (loss / accum).backward()
+                    METER.backward(batch["input_ids"].shape[0])
                     value = float(loss.detach())
                     window += value / accum
                     per_task[tasks[i].name].append(value)
@@ -273,6 +275,7 @@ def meta_train(*, model, tokenizer, tasks: list[MetaTask], cfg: DictConfig, out:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                METER.add(optimizer_steps=1, examples=accum * streams[0].batch_size)
                 losses.append(window)
                 bar.update(1)
                 if logger is not None:

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prune_cli import report
+from prune_cli import accounting, report
+from prune_cli.accounting import METER
 from prune_cli.gates import Gates
 from prune_cli.methods import ScoreContext, get_pruner, select_units
 from prune_cli.schedules import rounds
@@ -83,8 +84,14 @@ class Pipeline:
                     continue
                 t = time.time()
                 seed_everything(cfg.seed + i)
-                result = getattr(self, f"_stage_{name}")(state, i) or {}
-                state.stages.append({"stage": name, "index": i, "seconds": round(time.time() - t, 2), **result})
+                METER.reset()
+                METER.watch(state.model)
+                try:
+                    result = getattr(self, f"_stage_{name}")(state, i) or {}
+                finally:
+                    METER.unwatch()
+                state.stages.append({"stage": name, "index": i, "seconds": round(time.time() - t, 2), **result,
+                                     "compute": METER.snapshot()})
                 self._checkpoint(state, i, changed_model=name in _MODEL_CHANGING)
             metrics = self._finish(state, time.time() - t0)
         except BaseException:
@@ -176,6 +183,7 @@ class Pipeline:
 
         path = state.teacher or self.cfg.distill.get("teacher")
         teacher, _ = self.task.load_model(OmegaConf.merge(self.cfg.model, {"path": str(path)}))
+        METER.watch(teacher)  # its forward passes are this stage's compute too
         return Distiller(self.cfg.distill, teacher, state.model)
 
     def _stage_teacher(self, state: State, index: int) -> dict:
@@ -186,7 +194,9 @@ class Pipeline:
         if self.cfg.distill.get("teacher"):
             state.teacher = str(self.cfg.distill.teacher)
             return {"path": state.teacher}
+        METER.unwatch()  # a deep copy would take the hook along, counting into a copy of the meter
         teacher = copy.deepcopy(state.model)
+        METER.watch(teacher)
         collate = self.task.collate_fn(state.tokenizer)
 
         def fit(model):
@@ -434,6 +444,8 @@ class Pipeline:
             "stages": state.stages,
             "wall_time_s": round(seconds, 2),
             "device": str(self.accelerator.device),
+            "compute": {**accounting.total(state.stages), "wall_time_s": round(seconds, 2),
+                        "device": str(self.accelerator.device)},
             "versions": report.versions(),
             **getattr(self.task, "metric_info", {}),
         }

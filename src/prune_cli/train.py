@@ -24,6 +24,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from prune_cli.accounting import METER
+
 
 @dataclass
 class Budget:
@@ -308,6 +310,7 @@ def train(
                 if epoch == start_epoch and window < skip_windows:
                     continue  # already trained on before the restart
                 units = [loss_units(b) for b in micro]
+                sizes = [_batch_examples(b) for b in micro]
                 total_units = sum(units)  # a window whose labels are all ignored: weights 0, not NaN
                 total_units = total_units.clamp_min(1) if torch.is_tensor(total_units) else max(1, total_units)
                 window_loss = 0.0
@@ -337,6 +340,7 @@ def train(
                                 pruner.observe_gradients()
                         objective = loss if distiller is None else first + second
                     window_loss = window_loss + weight * objective.detach()
+                    METER.backward(sizes[j])
                 if float(tcfg.max_grad_norm) > 0:
                     accelerator.clip_grad_norm_(
                         [p for g in optimizer.param_groups if not g.get("method") for p in g["params"]],
@@ -352,6 +356,7 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
 
                 step += 1
+                METER.add(optimizer_steps=1, epochs=1 / plan.steps_per_epoch, examples=sum(sizes))
                 if pruner is not None and hasattr(pruner, "after_step"):
                     pruner.after_step(step, plan.steps)  # GRAIN: running importance, masks that shrink
                 losses.append(float(window_loss))  # one host sync a step, as before accumulation
@@ -390,6 +395,11 @@ def train(
         for p in model.parameters():
             p.requires_grad_(True)
     return {"steps": step, "train_loss": float(np.mean(losses)) if losses else float("nan")}
+
+
+def _batch_examples(batch: dict) -> int:
+    first = next((v for v in batch.values() if torch.is_tensor(v)), None)
+    return int(first.shape[0]) if first is not None else 0
 
 
 def _set_gates(gates, values) -> None:

@@ -232,9 +232,7 @@ class SMP(Pruner):
         finally:
             ctx.gates.set(None)
             model.train(was_training)
-        scores = total / max(count, 1)
-        scores[~self.space.kept(current)] = float("-inf")
-        return scores
+        return total / max(count, 1)  # heads removed before (model.path) stay 0 and are never eligible
 
     def select(self, scores: torch.Tensor, k: int, eligible: torch.Tensor) -> torch.Tensor:
         """The paper's rule: the same number of heads in every layer that `eligible` touches."""
@@ -278,8 +276,9 @@ class SMP(Pruner):
                                       f"({record.get('model_name', '?')})")
         if keep is None or self.budget != "per_layer":
             return
-        layers = len({b.name for b in self.space.blocks if b.kind == cfg.get("heads_scope", "all")
-                      or cfg.get("heads_scope", "all") == "all"})
+        layers = len(self.space.blocks)  # encoder blocks only (checked above)
+        if cfg.get("heads_scope", "all") not in ("all", "encoder"):
+            raise ConfigError("heads_scope", cfg.heads_scope, "all or encoder with method=smp (an encoder-only model)")
         from prune_cli.schedules import rounds
 
         for kept in rounds(cfg.schedule, in_scope, keep):

@@ -1,0 +1,75 @@
+"""Compute accounting: what each stage of a run costs, so methods are compared at equal budgets.
+
+Counted per stage (metrics.json `stages[i].compute`, totals in `compute`): optimizer steps and
+epochs of training, training examples seen, and forward / backward passes with the examples
+they carried -- scoring passes (Michel, Taylor, SMP's maps), evaluation and the distillation
+teacher's passes included. Forward passes are counted by a hook on each watched model's base
+model (every head class and SMP's encoder-only passes go through it); backward passes by the
+code that runs them (the trainer, the Taylor scorers, SMP's meta-training), since autograd
+offers no hook that sees `torch.autograd.grad` and `.backward()` alike.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+FIELDS = ("optimizer_steps", "epochs", "examples", "forward_passes", "forward_examples", "backward_passes",
+          "backward_examples")
+
+
+class Meter:
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self._handles: list = []
+
+    def reset(self) -> None:
+        self.counts = Counter()
+
+    def watch(self, model: torch.nn.Module) -> None:
+        """Count the forward passes of `model` (until `unwatch`)."""
+        base = getattr(model, "base_model", model)
+        self._handles.append(base.register_forward_pre_hook(self._forward, with_kwargs=True))
+
+    def unwatch(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _forward(self, module, args, kwargs) -> None:
+        self.counts["forward_passes"] += 1
+        self.counts["forward_examples"] += _examples(args, kwargs)
+
+    def backward(self, examples: int) -> None:
+        self.counts["backward_passes"] += 1
+        self.counts["backward_examples"] += int(examples)
+
+    def add(self, **values) -> None:
+        self.counts.update(values)
+
+    def snapshot(self) -> dict:
+        out = {k: self.counts.get(k, 0) for k in FIELDS}
+        out["epochs"] = round(float(out["epochs"]), 4)
+        return out
+
+
+def _examples(args, kwargs) -> int:
+    for value in (*args, *kwargs.values()):
+        if torch.is_tensor(value) and value.dim() >= 1:
+            return int(value.shape[0])
+    return 0
+
+
+def total(stages: list[dict]) -> dict:
+    """The run's sum over its stages (a cached stage counts what this run computed: nothing)."""
+    out = dict.fromkeys(FIELDS, 0)
+    for stage in stages:
+        for k, v in (stage.get("compute") or {}).items():
+            out[k] = out.get(k, 0) + v
+    out["epochs"] = round(float(out["epochs"]), 4)
+    return out
+
+
+#: the process's meter (the pipeline resets it at every stage)
+METER = Meter()
