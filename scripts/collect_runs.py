@@ -98,6 +98,80 @@ def compute_table(runs: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _predictions(run: dict):
+    path = Path(run["run"]) / "predictions.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    split = next(iter(record["splits"]))  # the first evaluation split (MNLI: matched)
+    return record["splits"][split]
+
+
+def _metric(run: dict):
+    """The run's primary metric as a function of (predictions, labels), from its own task config."""
+    from prune_cli.tasks import get_task
+
+    cfg = OmegaConf.load(Path(run["run"]) / ".hydra" / "config.yaml")
+    task = get_task(cfg.task)
+    return lambda p, y: task.metric_on(p, y)[run["metric"]]
+
+
+def paired_bootstrap(pairs: list[tuple[dict, dict]], metric, resamples: int = 1000, seed: int = 0) -> dict:
+    """Paired bootstrap over evaluation examples: `pairs` = [(predictions of A, of B)] per seed,
+    on the same examples. Each resample draws one set of example indices used for every seed and
+    both methods; delta = mean over seeds of metric(A) - metric(B). Returns the observed delta,
+    its 95 % interval and the two-sided p-value of delta = 0."""
+    import numpy as np
+
+    labels = np.asarray(pairs[0][0]["label"])
+    for a, b in pairs:
+        if not (np.array_equal(np.asarray(a["label"]), labels) and np.array_equal(np.asarray(b["label"]), labels)):
+            raise ValueError("paired bootstrap needs runs evaluated on the same examples")
+    preds = [(np.asarray(a["prediction"]), np.asarray(b["prediction"])) for a, b in pairs]
+
+    def delta(idx):
+        return float(np.mean([metric(pa[idx], labels[idx]) - metric(pb[idx], labels[idx]) for pa, pb in preds]))
+
+    observed = delta(np.arange(len(labels)))
+    rng = np.random.default_rng(seed)
+    draws = np.array([delta(rng.integers(0, len(labels), len(labels))) for _ in range(resamples)])
+    p = min(1.0, 2 * min((draws <= 0).mean(), (draws >= 0).mean()))
+    return {"delta": observed, "low": float(np.percentile(draws, 2.5)), "high": float(np.percentile(draws, 97.5)),
+            "p": float(p), "seeds": len(pairs), "examples": len(labels)}
+
+
+def comparison_table(runs: list[dict], baseline: str, resamples: int = 1000) -> tuple[str, list[dict]]:
+    """Every method against `baseline` at the same task and heads kept, paired by seed."""
+    rows = []
+    cells = defaultdict(dict)
+    for r in runs:
+        if r["value"] is not None and _predictions(r) is not None:
+            cells[(r["task"], r["method"], r["heads_kept"])][r["seed"]] = r
+    for (task, method, heads), by_seed in sorted(cells.items()):
+        base = cells.get((task, baseline, heads)) or {}
+        if method == baseline:
+            continue
+        if not base:  # the baseline at another budget (a dense run): compare with it
+            found = [v for (t, m, _), v in cells.items() if t == task and m == baseline]
+            base = found[0] if len(found) == 1 else {}
+        seeds = sorted(set(by_seed) & set(base))
+        if not seeds:
+            continue
+        pairs = [(_predictions(by_seed[s]), _predictions(base[s])) for s in seeds]
+        result = paired_bootstrap(pairs, _metric(by_seed[seeds[0]]), resamples)
+        rows.append({"task": task, "method": method, "heads_kept": heads, "baseline": baseline, **result,
+                     "scale": by_seed[seeds[0]]["scale"]})
+    if not rows:
+        return "", rows
+    out = [f"### paired bootstrap vs {baseline} ({resamples} resamples of the evaluation examples, seeds paired)\n",
+           "| task | method | heads kept | delta | 95 % interval | p | seeds |", "|---|---|---:|---:|---|---:|---:|"]
+    for r in rows:
+        k = r["scale"]
+        out.append(f"| {r['task']} | {r['method']} | {r['heads_kept']} | {k * r['delta']:+.1f} | "
+                   f"[{k * r['low']:+.1f}, {k * r['high']:+.1f}] | {r['p']:.3f} | {r['seeds']} |")
+    return "\n".join(out) + "\n", rows
+
+
 def cell(values: list[float]) -> str:
     """'75.5 +- 0.8 (n=3)': mean, sample standard deviation, count; one value alone as it is."""
     if not values:
@@ -139,12 +213,19 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path, help="sweep or run folders")
     parser.add_argument("--out", type=Path, default=Path("results/runs"), help="output path stem")
+    parser.add_argument("--baseline", help="method to compare every other with (paired bootstrap over the "
+                        "evaluation examples, from each run's predictions.json)")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     args = parser.parse_args(argv)
     runs = find_runs(args.roots)
     if not runs:
         raise SystemExit(f"no metrics.json under {', '.join(map(str, args.roots))}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     md = table(runs) + "\n" + compute_table(runs)
+    if args.baseline:
+        text, rows = comparison_table(runs, args.baseline, args.resamples)
+        md += "\n" + text
+        args.out.with_name(args.out.name + "_bootstrap.json").write_text(json.dumps(rows, indent=1))
     args.out.with_suffix(".md").write_text(md)
     args.out.with_suffix(".json").write_text(json.dumps(runs, indent=1))
     plot(runs, args.out.with_suffix(".png"))

@@ -410,7 +410,12 @@ class Pipeline:
         return metrics
 
     def _stage_evaluate(self, state: State, index: int) -> dict:
-        return {"metrics": self._evaluate(state, "evaluate")}
+        metrics = self._evaluate(state, "evaluate")
+        if self.task.predictions:  # per example, for a paired bootstrap between runs (collect_runs.py)
+            report.write_json(self.run_dir / "predictions.json", {
+                "task": self.cfg.task.name, "family": self.cfg.task.family,
+                "primary_metric": self.task.primary_metric, "splits": self.task.predictions})
+        return {"metrics": metrics}
 
     def _stage_export(self, state: State, index: int) -> dict:
         if not self.cfg.get("export_model", True):

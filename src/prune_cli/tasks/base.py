@@ -51,6 +51,14 @@ class Task:
     #: inputs are sentence pairs (True), single texts (False) or neither (None); SMP's pruner
     #: has one output for each of the first two
     sentence_pair: bool | None = None
+    #: per-example predictions of the last `evaluate` ({split: {"prediction": [...], "label": [...]}}),
+    #: for tasks whose metric can be recomputed from them (`metric_on`); the pipeline saves them in
+    #: predictions.json so that the collector can bootstrap a paired comparison of two runs
+    predictions: dict | None = None
+
+    def metric_on(self, predictions, labels) -> dict[str, float]:
+        """The task's metrics on these examples alone (a bootstrap resample)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no per-example predictions")
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg

@@ -308,6 +308,7 @@ class GlueTask(Task):
         """Task metrics, eval loss and example count per eval split; keys of extra splits get the
         split's suffix (MNLI: `accuracy` matched, `accuracy_mm` mismatched)."""
         results: dict[str, float] = {}
+        self.predictions = {}
         for split, spec in self.cfg.eval_splits.items():
             logits, labels = self.predict(model, tokenizer, splits.eval[split], accelerator, batch_size)
             if self.is_regression:
@@ -321,4 +322,10 @@ class GlueTask(Task):
                 results[name + suffix] = METRICS[name](preds.numpy(), labels.numpy())
             results["loss" + suffix] = float(loss)
             results["samples" + suffix] = len(labels)
+            self.predictions[split] = {"prediction": preds.tolist(), "label": labels.tolist()}
         return results
+
+    def metric_on(self, predictions, labels) -> dict[str, float]:
+        import numpy as np
+
+        return {name: METRICS[name](np.asarray(predictions), np.asarray(labels)) for name in self.cfg.metrics}
