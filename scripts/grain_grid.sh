@@ -14,8 +14,11 @@ extra_conll="task.max_eval_samples=1000"
 run() {  # run <folder> <overrides...>
   local dir=$OUT/$1; shift
   [ -f "$dir/metrics.json" ] && return 0
+  mkdir -p "$(dirname "$dir")"
+  mkdir "$dir.lock" 2>/dev/null || return 0  # another worker has it: several workers may share one grid
   echo "== $dir" >&2
   prune-run $common "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1 || echo "FAILED $dir (see $dir.log)" >&2
+  rmdir "$dir.lock"
 }
 
 task_args() { [ "$1" = conll2003 ] && echo "task=$1 $extra_conll" || echo "task=$1"; }

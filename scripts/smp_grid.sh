@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The SMP comparison of docs/results/smp.md on MiniLM; a cell whose metrics.json exists is skipped,
 # so running it again continues where it stopped.
-#   bash scripts/smp_grid.sh [OUT=outputs/smp] [DATA=../shared/data] [SEEDS="1 2 3"] [TASKS="rte mrpc sst2 stsb"]
+#   bash scripts/smp_grid.sh [OUT=outputs/smp] [DATA=../shared/data] [SEEDS="1 2 3"] [TASKS="sst2 stsb mrpc rte"]
+# Several workers may run it at once (each cell is claimed with a lock folder): start it twice for 2 cores.
 # 1. meta-train the pruner once on CoLA, SST-2, MRPC and STS-B text (labels unused; RTE held out).
 # 2. per task and seed, at 36 of 72 heads (6 per layer for SMP), the same 3-epoch fine-tune of the
 #    first 1,000 training rows (length 64, batch 32, AdamW lr 1e-4) after pruning:
@@ -11,7 +12,7 @@ set -uo pipefail
 OUT=${1:-outputs/smp}
 DATA=${2:-../shared/data}
 SEEDS=${3:-1 2 3}
-TASKS=${4:-rte mrpc sst2 stsb}
+TASKS=${4:-sst2 stsb mrpc rte}
 common="model=minilm data_root=$DATA task.max_train_samples=1000 task.max_length=64 trainer.epochs=3 \
 trainer.batch_size=32 trainer.lr=1e-4 trainer.progress_bar=false logger.mode=disabled"
 after="pipeline=[prune,finetune,evaluate,export]"
@@ -19,9 +20,12 @@ after="pipeline=[prune,finetune,evaluate,export]"
 run() {  # run <folder> <overrides...>
   local dir=$OUT/$1; shift
   [ -f "$dir/metrics.json" ] && return 0
+  mkdir -p "$(dirname "$dir")"
+  mkdir "$dir.lock" 2>/dev/null || return 0  # another worker has it: several workers may share one grid
   echo "== $dir" >&2
   mkdir -p "$(dirname "$dir")"
   prune-run "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1 || echo "FAILED $dir (see $dir.log)" >&2
+  rmdir "$dir.lock"
 }
 
 meta() {

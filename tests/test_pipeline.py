@@ -310,3 +310,20 @@ def test_paired_bootstrap_between_methods_on_the_same_examples(tmp_path):
     assert 0.15 < a["delta"] < 0.25 and a["low"] > 0 and a["p"] < 0.01 and a["seeds"] == 3
     assert same["delta"] == 0 and same["p"] == 1.0
     assert "| rte | a | 36 | +" in text
+
+
+def test_prune_curve_scores_once_and_evaluates_every_step_without_retraining(tmp_path):
+    """Michel et al.'s figure from one run: 0, 25, 50, 75, 100 % of the heads gated off, each
+    evaluated as it stands; the point at K equals the physically pruned model's evaluation."""
+    metrics = Pipeline(make_cfg("method=michel", "heads=36", "curve_step=0.25", "export_model=false",
+                                "pipeline=[finetune,prune_curve,evaluate]"), tmp_path).run()
+    curve = metrics["curve"]
+    assert [p["heads_kept"] for p in curve] == [72, 54, 36, 18, 0]
+    assert [p["fraction_pruned"] for p in curve] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    at_k = curve[2]["metrics"]
+    assert at_k["accuracy"] == metrics["eval"]["accuracy"] and abs(at_k["loss"] - metrics["eval"]["loss"]) < 1e-5
+    assert metrics["heads_kept"] == 36 and (tmp_path / "curve.png").stat().st_size > 1000
+    prune = next(s for s in metrics["stages"] if s["stage"] == "prune_curve")
+    assert prune["compute"]["backward_passes"] == 2  # scored once: one pass over the 2 training batches
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert sum("curve/accuracy" in row for row in log) == 5

@@ -60,6 +60,8 @@ BAD = [
     (["method=none", "density=0.5"], "method"),
     (["method=taylor", "density=0.5", "model.attn_implementation=flash_attention_2"], "model.attn_implementation"),
     (["method=grain", "heads=36"], "heads=36: density=FRACTION instead"),  # GRAIN prunes to a density
+    (["method=dsp", "heads=36", "pipeline=[prune_curve,evaluate]"], "pipeline"),
+    (["method=michel", "heads=36", "pipeline=[finetune,prune_curve,evaluate]", "curve_step=0"], "curve_step"),
     (["method=grain"], "heads"),
     (["method=grain", "density=0.1", "distill.temperature=0"], "distill.temperature"),
     (["method=grain", "density=0.1", "distill.hard_weight=-1"], "distill.hard_weight"),

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from prune_cli import accounting, report
 from prune_cli.accounting import METER
 from prune_cli.gates import Gates
-from prune_cli.methods import ScoreContext, get_pruner, select_units
+from prune_cli.methods import ScoreContext, get_pruner, select_units, top_k_mask
 from prune_cli.schedules import rounds
 from prune_cli.surgery import count_params, load_pruned, remove_units, save_pruned
 from prune_cli.tracking import RunLogger
@@ -44,6 +44,7 @@ class State:
     stages: list = field(default_factory=list)
     params_dense: int = 0
     teacher: str | None = None  # folder of the fine-tuned dense teacher (distill=...)
+    curve: list = field(default_factory=list)  # prune_curve: the metrics after each share of heads gated off
 
     def to_json(self) -> dict:
         return {
@@ -55,6 +56,7 @@ class State:
             "stages": self.stages,
             "params_dense": self.params_dense,
             "teacher": self.teacher,
+            "curve": self.curve,
         }
 
 
@@ -139,6 +141,7 @@ class Pipeline:
                 state.scores = None if scores is None else torch.tensor(scores, dtype=torch.float64)
             state.evals, state.stages, state.params_dense = saved["evals"], saved["stages"], saved["params_dense"]
             state.teacher = saved.get("teacher")
+            state.curve = saved.get("curve", [])
             self.logger.step = saved.get("global_step", 0)
             return state, saved["done"] + 1
         model, tokenizer = self.task.load_model(self.cfg.model)
@@ -332,6 +335,47 @@ class Pipeline:
         state.scores = scores
         return self._apply(state, state.space.with_masks({"head": mask}))
 
+    def _stage_prune_curve(self, state: State, index: int) -> dict:
+        """Michel et al.'s main figure in one run: score ONCE, then gate off the lowest-scored
+        heads cumulatively, `curve_step` (5 %) of the heads in scope at a time, evaluating each
+        point WITHOUT retraining (metrics.json `curve`, log.jsonl `curve/*`, curve.png); finally
+        remove physically all but the K heads that `heads=` / `sparsity=` keeps."""
+        collate = self.task.collate_fn(state.tokenizer)
+        device = self.accelerator.device
+        state.model.to(device)
+
+        def batches():
+            loader = train_loader(self.splits.train, collate, int(self.cfg.trainer.batch_size), self.cfg.seed, shuffle=False)
+            for batch in loader:
+                yield {k: v.to(device) for k, v in batch.items()}
+
+        eligible = state.space.scope_mask(self.cfg.heads_scope) & state.mask
+        in_scope = int(eligible.sum())
+        step = float(self.cfg.get("curve_step", 0.05))
+        primary = self.task.primary_metric
+        with Gates(state.model, state.space) as gates:
+            ctx = ScoreContext(state.model, gates, batches, state.mask.clone(), self.accelerator, space=state.space)
+            scores = self._cached_scores(state, lambda: self.pruner.score(ctx))
+            done = {point["removed"] for point in state.curve}
+            for i in range(int(1 / step + 1e-9) + 1):
+                removed = min(in_scope, round(i * step * in_scope))
+                if removed in done:
+                    continue
+                mask = (top_k_mask(scores, in_scope - removed, eligible) | ~eligible) & state.mask
+                gates.set(mask.float())
+                metrics = self._evaluate(state, "prune_curve")
+                state.evals[-1]["heads_kept"] = int(mask.sum())
+                state.curve.append({"removed": removed, "fraction_pruned": round(removed / in_scope, 4),
+                                    "heads_kept": int(mask.sum()), "metrics": metrics})
+                done.add(removed)
+                self.logger.log({"curve/heads_kept": int(mask.sum()), "curve/fraction_pruned": removed / in_scope,
+                                 f"curve/{primary}": metrics.get(primary)})
+        state.scores = scores
+        mask = (top_k_mask(scores, self.plan.keep, eligible) | ~eligible) & state.mask
+        report.plot_curve(self.run_dir / "curve.png", state.curve, primary,
+                          title=f"{self.cfg.model.name} {self.cfg.task.name} {self.cfg.method.name}: no retraining")
+        return {"points": len(state.curve), **self._apply(state, state.space.with_masks({"head": mask}))}
+
     def _prune_units(self, state: State, batches) -> dict:
         """A `density` budget: every kind in `units` ranked together, kept weights counted exactly."""
         scope, kinds = self.cfg.heads_scope, self.plan.units
@@ -430,7 +474,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ outputs
     def _finish(self, state: State, seconds: float) -> dict:
-        final_eval = next((e["metrics"] for e in reversed(state.evals)), {})
+        final_eval = next((e["metrics"] for e in reversed(state.evals) if e["stage"] != "prune_curve"), {})
         primary = self.task.primary_metric
         metrics = {
             "task": self.cfg.task.name,
@@ -453,6 +497,7 @@ class Pipeline:
                         "device": str(self.accelerator.device)},
             "versions": report.versions(),
             **getattr(self.task, "metric_info", {}),
+            **({"curve": state.curve} if state.curve else {}),
         }
         report.write_json(self.run_dir / "metrics.json", metrics)
         scores = state.scores
@@ -551,7 +596,7 @@ def dense_params(model: torch.nn.Module) -> int:
         return count_params(build_model(_dense_config(model.config), type(model)))
 
 
-_MODEL_CHANGING = {"train", "finetune", "prune", "prune_joint", "learn_gates"}  # (teacher: its own folder)
+_MODEL_CHANGING = {"train", "finetune", "prune", "prune_curve", "prune_joint", "learn_gates"}  # (teacher: its own folder)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:

@@ -110,6 +110,26 @@ def _default(o):
     return str(o)
 
 
+def plot_curve(path: Path, curve: list[dict], metric: str, title: str = "") -> Path:
+    """The metric against the share of heads pruned (prune_curve: no retraining in between)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = sorted(curve, key=lambda p: p["fraction_pruned"])
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot([100 * p["fraction_pruned"] for p in points], [p["metrics"].get(metric) for p in points], marker="o")
+    ax.set_xlabel("heads pruned (%)")
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_heads(path: Path, space, mask: torch.Tensor, scores: torch.Tensor | None, title: str = "") -> Path:
     """Layer x head map, one panel per attention kind: colour = score, crossed cell = pruned head."""
     import matplotlib

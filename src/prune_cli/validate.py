@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from prune_cli import schedules, tracking
 from prune_cli.errors import ConfigError
 
-STAGES = ("teacher", "meta_train", "train", "finetune", "prune", "prune_joint", "learn_gates", "evaluate", "export",
-          "bench")
-PRUNING_STAGES = ("prune", "prune_joint", "learn_gates")
+STAGES = ("teacher", "meta_train", "train", "finetune", "prune", "prune_curve", "prune_joint", "learn_gates",
+          "evaluate", "export", "bench")
+PRUNING_STAGES = ("prune", "prune_curve", "prune_joint", "learn_gates")
 SCOPES = ("all", "encoder", "decoder", "cross")
 PRECISIONS = ("no", "fp16", "bf16")
 LOGGER_MODES = ("offline", "online", "disabled")
@@ -210,7 +210,14 @@ def validate(cfg: DictConfig) -> Plan:
     if distill != "none" and not cfg.distill.get("teacher") and "teacher" not in stages:
         raise ConfigError("distill.teacher", None, "a folder holding the fine-tuned dense teacher, or a teacher stage "
                           "first in pipeline= (it fine-tunes one)")
-    if pruning and pruning[0] != "prune" and method.kind != "learner":
+    if "prune_curve" in pruning and (method.kind != "scorer" or density is not None):
+        raise ConfigError("pipeline", stages, "prune_curve with a scorer of whole heads (michel, random, taylor, "
+                          f"magnitude, smp) and heads=/sparsity=, not method={method.name}"
+                          + (" with density=" if density is not None else ""))
+    if "prune_curve" in pruning and not (_is_num(cfg.get("curve_step")) and 0 < cfg.curve_step <= 0.5):
+        raise ConfigError("curve_step", cfg.get("curve_step"), "a share of the heads in (0, 0.5] per curve point "
+                          "(Michel et al.: 0.05)")
+    if pruning and pruning[0] not in ("prune", "prune_curve") and method.kind != "learner":
         raise ConfigError("pipeline", stages, f"stage {pruning[0]} needs a learner method (dsp, ste, voita)")
     if "prune" in pruning and method.kind != "scorer":
         raise ConfigError("pipeline", stages, f"stage prune needs a scorer method (random, michel), not {method.name}")
