@@ -157,7 +157,7 @@ def test_every_experiment_composes_and_validates_here(name):
     """Each experiment file composes, and passes every up-front check with the local model and
     data (the README's "here" overrides; SMP's meta tasks: the GLUE sets that are local)."""
     data = Path(__file__).resolve().parents[2] / "shared" / "data"
-    here = {"smp": ["task=rte", "method.meta_tasks=[cola,sst2,mrpc,stsb]"]}.get(name, [])
+    here = {"smp": ["task=rte", "method.meta_tasks=[cola,sst2,mrpc,stsb]"], "michel_curve": ["task=sst2"]}.get(name, [])
     with initialize_config_module("prune_cli.conf", version_base="1.3"):
         c = compose("config", overrides=[f"experiment={name}", "model=minilm", f"data_root={data}", *here])
     plan = validate(c)
