@@ -34,13 +34,13 @@ meta() {
     method.meta_max_length=64 method.map_size=64 seed=1 logger.mode=offline trainer.progress_bar=false \
     trainer.log_every=10 trainer.save_every=25
 }
-# the baselines need no pruner; SMP's cells come last, after the pruner is meta-trained
+# per seed and task: the baselines, then SMP once its pruner is meta-trained (another worker may be at it)
 for s in $SEEDS; do for task in $TASKS; do
   run "$task/dense_s$s" $common task=$task method=none seed=$s
   run "$task/random_s$s" $common task=$task method=random heads=36 $after seed=$s
+  while [ ! -f "$OUT/$task/dense_s$s/metrics.json" ]; do sleep 20; done  # Michel scores that model
   run "$task/michel_s$s" $common task=$task method=michel heads=36 $after model.path="$OUT/$task/dense_s$s/model" seed=$s
-done; done
-meta
-for s in $SEEDS; do for task in $TASKS; do
+  meta
+  while [ ! -f "$OUT/meta/metrics.json" ]; do sleep 20; done
   run "$task/smp_s$s" $common task=$task method=smp method.pruner="$OUT/meta/pruner.pt" heads=36 seed=$s
 done; done

@@ -4,7 +4,8 @@ scorer starts from (and GRAIN's teacher), and a one-shot scorer's head scores.
 A K x method sweep otherwise fine-tunes the same base model once per point. Entries are keyed by
 a SHA-256 of everything that determines them -- the starting weights (their bytes), the
 tokenised training rows (their bytes), the trainer config, the seed, the stage's epochs, the
-method config for scores, and the code (prune-cli version and commit, torch, transformers) --
+method config for scores, and the code (the bytes of prune-cli's modules, torch and
+transformers versions) --
 so a hit is the result the run would have computed. Concurrent jobs share it safely: one job
 computes an entry while holding its lock file (`fcntl.flock`, which works on local disks and on
 NFS), the others wait for it and read the result; entries appear by an atomic rename, so a job
@@ -55,10 +56,23 @@ def dataset_digest(dataset) -> str | None:
 
 
 def code_version() -> dict:
-    from prune_cli.report import versions
+    """prune-cli's own source (the bytes of its modules, not a commit id: a commit that only
+    touches docs or tests keeps the cache valid), torch and transformers."""
+    from importlib.metadata import PackageNotFoundError, version
+    from importlib.resources import files
 
-    v = versions()
-    return {k: v.get(k) for k in ("prune-cli", "git_commit", "torch", "transformers")}
+    h = hashlib.sha256()
+    root = Path(str(files("prune_cli")))
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    out = {"prune-cli": h.hexdigest()}
+    for dist in ("torch", "transformers"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
 
 
 def key(parts: dict) -> str:
