@@ -120,7 +120,10 @@ def test_uneven_model_decodes_like_gated_with_cache(arch, beams):
         assert torch.equal(ids, want_ids), f"{arch}/cache={use_cache}: other tokens"
         # [steps, rows, vocab]; beams of equal score may sit in either row: match rows per step
         diff = (logits[:, :, None] - want[:, None]).abs().amax(-1).amin(-1).max().item()
-        assert diff < 1e-5, f"{arch}/beams={beams}/cache={use_cache}: logits differ by {diff}"
+        # relative to the logits' size: a few float32 ulps (tiny mT5's logits reach ~30, where one
+        # ulp is 2e-6 and AMD EPYC kernels differ from the gated matmuls by 1.1e-5)
+        scale = max(1.0, want.abs().max().item())
+        assert diff < 1e-6 * scale, f"{arch}/beams={beams}/cache={use_cache}: logits differ by {diff} (scale {scale})"
 
 
 def test_minilm_uneven_surgery_and_attention_scale():
