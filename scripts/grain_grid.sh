@@ -11,19 +11,11 @@ common="model=minilm data_root=$DATA task.max_train_samples=1000 task.max_length
 trainer.batch_size=32 trainer.lr=1e-4 trainer.progress_bar=false logger.mode=disabled"
 extra_conll="task.max_eval_samples=1000"
 
-run() {  # run <folder> <overrides...>
-  local dir=$OUT/$1; shift
-  [ -f "$dir/metrics.json" ] && return 0
-  mkdir -p "$(dirname "$dir")"
-  mkdir "$dir.lock" 2>/dev/null || return 0  # another worker has it: several workers may share one grid
-  echo "== $dir" >&2
-  prune-run $common "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1 || echo "FAILED $dir (see $dir.log)" >&2
-  rmdir "$dir.lock"
-}
+source "$(dirname "$0")/grid_common.sh"
 
 task_args() { [ "$1" = conll2003 ] && echo "task=$1 $extra_conll" || echo "task=$1"; }
 
-teacher() { run "$1/teacher" $(task_args "$1") method=none seed=1; }
+teacher() { run "$1/teacher" $common $(task_args "$1") method=none seed=1; }
 
 cell() {  # cell <task> <density> <variant> <seed>
   local task=$1 d=$2 variant=$3 s=$4 args
@@ -35,7 +27,7 @@ cell() {  # cell <task> <density> <variant> <seed>
   esac
   local bench=""
   [ "$task" = sst2 ] && bench="pipeline=[teacher,prune_joint,evaluate,export,bench] bench.batches=[32] bench.repeats=5 bench.threads=1"
-  run "$task/${variant}_d${d}_s$s" $(task_args "$task") $args density=$d seed=$s \
+  run "$task/${variant}_d${d}_s$s" $common $(task_args "$task") $args density=$d seed=$s \
     distill.teacher="$OUT/$task/teacher/model" $bench
 }
 

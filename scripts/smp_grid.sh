@@ -17,16 +17,7 @@ common="model=minilm data_root=$DATA task.max_train_samples=1000 task.max_length
 trainer.batch_size=32 trainer.lr=1e-4 trainer.progress_bar=false logger.mode=disabled"
 after="pipeline=[prune,finetune,evaluate,export]"
 
-run() {  # run <folder> <overrides...>
-  local dir=$OUT/$1; shift
-  [ -f "$dir/metrics.json" ] && return 0
-  mkdir -p "$(dirname "$dir")"
-  mkdir "$dir.lock" 2>/dev/null || return 0  # another worker has it: several workers may share one grid
-  echo "== $dir" >&2
-  mkdir -p "$(dirname "$dir")"
-  prune-run "$@" hydra.run.dir="$dir" > "$dir.log" 2>&1 || echo "FAILED $dir (see $dir.log)" >&2
-  rmdir "$dir.lock"
-}
+source "$(dirname "$0")/grid_common.sh"
 
 meta() {
   run meta method=smp "pipeline=[meta_train]" "method.meta_tasks=[cola,sst2,mrpc,stsb]" data_root="$DATA" \

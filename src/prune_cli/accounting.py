@@ -39,7 +39,7 @@ class Meter:
 
     def _forward(self, module, args, kwargs) -> None:
         self.counts["forward_passes"] += 1
-        self.counts["forward_examples"] += _examples(args, kwargs)
+        self.counts["forward_examples"] += batch_examples((*args, *kwargs.values()))
 
     def backward(self, examples: int) -> None:
         self.counts["backward_passes"] += 1
@@ -54,8 +54,9 @@ class Meter:
         return out
 
 
-def _examples(args, kwargs) -> int:
-    for value in (*args, *kwargs.values()):
+def batch_examples(values) -> int:
+    """Rows of the first tensor among `values` (a batch's values, a call's arguments), else 0."""
+    for value in values:
         if torch.is_tensor(value) and value.dim() >= 1:
             return int(value.shape[0])
     return 0

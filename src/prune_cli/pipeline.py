@@ -254,10 +254,18 @@ class Pipeline:
         root = self.cfg.get("cache", {}).get("dir")
         return Cache(root) if root else None
 
-    def _finetune_key(self, model, index: int, epochs) -> str | None:
-        from prune_cli.cache import WATCH_KEYS, code_version, dataset_digest, key, tensor_digest
+    def _data_digest(self) -> str | None:
+        """The training rows' digest, hashed once per run (every cache key of the run uses it)."""
+        from prune_cli.cache import dataset_digest
 
-        data = dataset_digest(self.splits.train)
+        if not hasattr(self, "_train_digest"):
+            self._train_digest = dataset_digest(self.splits.train)
+        return self._train_digest
+
+    def _finetune_key(self, model, index: int, epochs) -> str | None:
+        from prune_cli.cache import WATCH_KEYS, code_version, key, tensor_digest
+
+        data = self._data_digest()
         if data is None:
             return None
         trainer = {k: v for k, v in OmegaConf.to_container(self.cfg.trainer, resolve=True).items() if k not in WATCH_KEYS}
@@ -288,9 +296,9 @@ class Pipeline:
         cache = self._cache()
         if cache is None:
             return compute()
-        from prune_cli.cache import code_version, dataset_digest, key, tensor_digest
+        from prune_cli.cache import code_version, key, tensor_digest
 
-        data = dataset_digest(self.splits.train)
+        data = self._data_digest()
         if data is None:
             return compute()
         method = OmegaConf.to_container(self.cfg.method, resolve=True)
@@ -308,8 +316,8 @@ class Pipeline:
                 self.logger.log({"cache/hit": 1})
         return scores
 
-    def _stage_prune(self, state: State, index: int) -> dict:
-        """Score, keep the best (in rounds if the schedule says so), then remove what is not kept."""
+    def _score_batches(self, state: State):
+        """A fresh pass over the TRAINING batches, in order, on the model's device (what scorers read)."""
         collate = self.task.collate_fn(state.tokenizer)
         device = self.accelerator.device
         state.model.to(device)
@@ -319,6 +327,11 @@ class Pipeline:
             for batch in loader:
                 yield {k: v.to(device) for k, v in batch.items()}
 
+        return batches
+
+    def _stage_prune(self, state: State, index: int) -> dict:
+        """Score, keep the best (in rounds if the schedule says so), then remove what is not kept."""
+        batches = self._score_batches(state)
         if self.plan.density is not None:
             return self._prune_units(state, batches)
         eligible = state.space.scope_mask(self.cfg.heads_scope) & state.mask  # removed heads stay removed
@@ -339,16 +352,9 @@ class Pipeline:
         """Michel et al.'s main figure in one run: score ONCE, then gate off the lowest-scored
         heads cumulatively, `curve_step` (5 %) of the heads in scope at a time, evaluating each
         point WITHOUT retraining (metrics.json `curve`, log.jsonl `curve/*`, curve.png); finally
-        remove physically all but the K heads that `heads=` / `sparsity=` keeps."""
-        collate = self.task.collate_fn(state.tokenizer)
-        device = self.accelerator.device
-        state.model.to(device)
-
-        def batches():
-            loader = train_loader(self.splits.train, collate, int(self.cfg.trainer.batch_size), self.cfg.seed, shuffle=False)
-            for batch in loader:
-                yield {k: v.to(device) for k, v in batch.items()}
-
+        remove physically all but the K heads that `heads=` / `sparsity=` keeps (by the method's
+        `select`: SMP's per-layer rule; the curve's points are global top-Ks)."""
+        batches = self._score_batches(state)
         eligible = state.space.scope_mask(self.cfg.heads_scope) & state.mask
         in_scope = int(eligible.sum())
         step = float(self.cfg.get("curve_step", 0.05))
@@ -371,7 +377,7 @@ class Pipeline:
                 self.logger.log({"curve/heads_kept": int(mask.sum()), "curve/fraction_pruned": removed / in_scope,
                                  f"curve/{primary}": metrics.get(primary)})
         state.scores = scores
-        mask = (top_k_mask(scores, self.plan.keep, eligible) | ~eligible) & state.mask
+        mask = (self.pruner.select(scores, self.plan.keep, eligible) | ~eligible) & state.mask
         report.plot_curve(self.run_dir / "curve.png", state.curve, primary,
                           title=f"{self.cfg.model.name} {self.cfg.task.name} {self.cfg.method.name}: no retraining")
         return {"points": len(state.curve), **self._apply(state, state.space.with_masks({"head": mask}))}

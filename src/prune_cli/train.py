@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from prune_cli.accounting import METER
+from prune_cli.accounting import METER, batch_examples
 
 
 @dataclass
@@ -310,7 +310,7 @@ def train(
                 if epoch == start_epoch and window < skip_windows:
                     continue  # already trained on before the restart
                 units = [loss_units(b) for b in micro]
-                sizes = [_batch_examples(b) for b in micro]
+                sizes = [batch_examples(b.values()) for b in micro]
                 total_units = sum(units)  # a window whose labels are all ignored: weights 0, not NaN
                 total_units = total_units.clamp_min(1) if torch.is_tensor(total_units) else max(1, total_units)
                 window_loss = 0.0
@@ -395,11 +395,6 @@ def train(
         for p in model.parameters():
             p.requires_grad_(True)
     return {"steps": step, "train_loss": float(np.mean(losses)) if losses else float("nan")}
-
-
-def _batch_examples(batch: dict) -> int:
-    first = next((v for v in batch.values() if torch.is_tensor(v)), None)
-    return int(first.shape[0]) if first is not None else 0
 
 
 def _set_gates(gates, values) -> None:

@@ -213,26 +213,28 @@ class SMP(Pruner):
         was_training = model.training
         model.eval()
         ctx.gates.set(ctx.mask.float())  # heads an earlier round removed stay off
-        total = torch.zeros(self.space.total, dtype=torch.float64)
+        total = torch.zeros(where.numel(), dtype=torch.float64, device=device)  # summed on the device
         count = 0
         batches = ctx.batches()
         if self.cfg.get("score_batches"):
             batches = itertools.islice(batches, int(self.cfg.score_batches))
         try:
-            for batch in batches:
-                maps, _ = attention_maps(model, batch)
-                layers, b, heads, n, _ = maps.shape
-                with torch.no_grad():
-                    out = torch.cat([net(chunk) for chunk in maps.reshape(-1, n, n).split(4096)])
-                per_head = out[:, channel].reshape(layers, b, heads).sum(1).flatten()
-                if per_head.numel() != where.numel():
-                    raise RuntimeError(f"{per_head.numel()} attention maps per example for {where.numel()} heads")
-                total[where] += per_head.double().cpu()
-                count += b
+            with eager_attention(model):  # one switch for the whole pass (attention_maps' own is then a no-op)
+                for batch in batches:
+                    maps, _ = attention_maps(model, batch)
+                    layers, b, heads, n, _ = maps.shape
+                    if layers * heads != where.numel():
+                        raise RuntimeError(f"{layers * heads} attention maps per example for {where.numel()} heads")
+                    with torch.no_grad():
+                        out = torch.cat([net(chunk) for chunk in maps.reshape(-1, n, n).split(4096)])
+                    total += out[:, channel].reshape(layers, b, heads).sum(1).flatten().double()
+                    count += b
         finally:
             ctx.gates.set(None)
             model.train(was_training)
-        return total / max(count, 1)  # heads removed before (model.path) stay 0 and are never eligible
+        scores = torch.zeros(self.space.total, dtype=torch.float64)
+        scores[where] = total.cpu() / max(count, 1)
+        return scores  # heads removed before (model.path) stay 0 and are never eligible
 
     def select(self, scores: torch.Tensor, k: int, eligible: torch.Tensor) -> torch.Tensor:
         """The paper's rule: the same number of heads in every layer that `eligible` touches."""

@@ -13,7 +13,7 @@ import itertools
 
 import torch
 
-from prune_cli.accounting import METER
+from prune_cli.accounting import METER, batch_examples
 from prune_cli.methods.base import Pruner, ScoreContext
 
 
@@ -37,7 +37,7 @@ class Taylor(Pruner):
             ctx.gates.set_units(gates)
             loss = model(**batch).loss
             grads = torch.autograd.grad(loss, list(gates.values()), allow_unused=True)
-            METER.backward(next(v for v in batch.values() if torch.is_tensor(v)).shape[0])
+            METER.backward(batch_examples(batch.values()))
             for k, g in zip(gates, grads):
                 if g is not None:
                     sums[k] += g.detach().abs().double()
