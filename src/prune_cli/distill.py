@@ -10,6 +10,8 @@ The losses, each with its own weight key:
 * ``hidden``: MSE between student and teacher hidden states on layers {0, 2, 4, ..., L} (0 = the
   embedding output), each student state mapped by a trainable linear map initialised to the
   identity, padding positions masked out;
+* ``peer`` (`distill=peer`, APD): each attention block that lost heads, run on the teacher's
+  input with only its kept heads, matches the teacher block's output (`prune_cli.peer`);
 * ``hard``: the task loss on the labels (GRAIN: weight 0).
 
 `losses()` returns the terms in two parts, so that a learner can read its importance from the
@@ -18,23 +20,27 @@ first part's gradient before the second part's is added (GRAIN's gradient separa
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("none", "logits", "logits_hidden")
+MODES = ("none", "logits", "logits_hidden", "peer")
 
 
 class Distiller(nn.Module):
     """Teacher (frozen, eval mode) + the trainable hidden-state maps + the loss terms."""
 
-    def __init__(self, cfg, teacher: nn.Module, student: nn.Module):
+    def __init__(self, cfg, teacher: nn.Module, student: nn.Module, space=None):
+        """`space`: the student's UnitSpace (which heads it still has), needed by `distill=peer`."""
         super().__init__()
         self.cfg = cfg
         self.mode = str(cfg.name)
         self.tau = float(cfg.get("temperature", 8.0))
         self.weights = {"logits": float(cfg.get("logit_weight", 1.0)), "hard": float(cfg.get("hard_weight", 0.0)),
-                        "hidden": float(cfg.get("hidden_weight", 1.0)) if self.mode == "logits_hidden" else 0.0}
+                        "hidden": float(cfg.get("hidden_weight", 1.0)) if self.mode == "logits_hidden" else 0.0,
+                        "peer": float(cfg.get("peer_weight", 1.0)) if self.mode == "peer" else 0.0}
         self.teacher_ref = [teacher.eval().requires_grad_(False)]  # not a submodule: never saved or trained
         self.hidden = self.weights["hidden"] > 0
         self.layers = list(cfg.get("hidden_layers") or range(0, student.config.num_hidden_layers + 1, 2)) \
@@ -43,6 +49,12 @@ class Distiller(nn.Module):
             self.layers.append(student.config.num_hidden_layers)  # odd depth: the last layer too
         d_s, d_t = _width(student.config), _width(teacher.config)
         self.maps = nn.ModuleList([_identity(d_s, d_t) for _ in self.layers])
+        self.peer = None
+        if self.weights["peer"] > 0:
+            from prune_cli.peer import PeerLoss
+            from prune_cli.units import UnitSpace
+
+            self.peer = PeerLoss(teacher, student, space if space is not None else UnitSpace.from_model(student))
 
     @property
     def teacher(self) -> nn.Module:
@@ -55,21 +67,33 @@ class Distiller(nn.Module):
     def forward_kwargs(self) -> dict:
         return {"output_hidden_states": True} if self.hidden else {}
 
-    def losses(self, outputs, batch: dict, task_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(first, second, parts): first = hard + logit terms, second = the hidden-state term."""
-        with torch.no_grad():
+    def losses(self, outputs, batch: dict, task_loss: torch.Tensor, student: nn.Module | None = None, gates=None,
+               hard: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(first, second, parts): first = hard + logit terms, second = the hidden-state and peer terms.
+
+        The peer term needs the `student` (unwrapped), its `gates` and `hard`, the 0/1 head gates
+        of a learner that is fading heads out (None: only physically removed heads count)."""
+        taps = self.peer.teacher_taps(self.teacher) if self.peer is not None else contextlib.nullcontext({})
+        with torch.no_grad(), taps as recorded:
             teacher_out = self.teacher(**batch, **self.forward_kwargs())
         mask = batch.get("attention_mask")
-        logit = logit_loss(outputs, teacher_out, self.tau, mask)
-        first = self.weights["logits"] * logit
+        first = task_loss.new_zeros(())
+        parts = {}
+        if self.weights["logits"]:
+            logit = logit_loss(outputs, teacher_out, self.tau, mask)
+            first = first + self.weights["logits"] * logit
+            parts["kd_logits"] = logit.detach()
         if self.weights["hard"]:
             first = first + self.weights["hard"] * task_loss
-        parts = {"kd_logits": logit.detach()}
-        second = torch.zeros((), device=logit.device)
+        second = torch.zeros((), device=first.device)
         if self.hidden:
             hidden = hidden_loss(outputs.hidden_states, teacher_out.hidden_states, self.layers, self.maps, mask)
-            second = self.weights["hidden"] * hidden
+            second = second + self.weights["hidden"] * hidden
             parts["kd_hidden"] = hidden.detach()
+        if self.peer is not None:
+            peer = self.peer(student, batch, recorded, gates=gates, hard=hard)
+            second = second + self.weights["peer"] * peer
+            parts["kd_peer"] = peer.detach()
         return first, second, parts
 
 

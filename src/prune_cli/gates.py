@@ -113,6 +113,10 @@ class Gates:
         """The current head gate values [H] (ones when none are set)."""
         return self._values.get("head", torch.ones(self.space.total))
 
+    def current(self) -> dict[str, torch.Tensor] | None:
+        """The gate values set now ({kind: tensor}; None when every gate is open)."""
+        return dict(self._values) or None
+
     def set(self, values: torch.Tensor | None) -> None:
         """Head gate values [H] for the following forward passes; None opens every gate (no cost)."""
         self.set_units(None if values is None else {"head": values})

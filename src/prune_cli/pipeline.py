@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prune_cli import accounting, report
 from prune_cli.accounting import METER
+from prune_cli.errors import ConfigError
 from prune_cli.gates import Gates
 from prune_cli.methods import ScoreContext, get_pruner, select_units, top_k_mask
 from prune_cli.schedules import rounds
@@ -79,6 +80,9 @@ class Pipeline:
         try:
             state, done = self._start()
             self.splits = self.task.splits(state.tokenizer)
+            self.holdout = None
+            if cfg.method.get("tolerance") is not None:  # lossless mode: set rows aside BEFORE anything trains
+                self.splits.train, self.holdout = carve(self.splits.train, cfg.method.get("holdout", 0.1), cfg.seed)
             self.pruner = get_pruner(cfg.method, state.space, cfg.seed)
             self.pruner.run_dir, self.pruner.task = self.run_dir, self.task
             for i, name in enumerate(plan.stages):
@@ -107,7 +111,6 @@ class Pipeline:
         """First start: keep the config (and Hydra's record of it) in checkpoints/. A restart with
         other settings is refused, and Hydra's .hydra/ files, which it has already rewritten,
         are put back to what the run was started with."""
-        from prune_cli.errors import ConfigError
 
         saved, hydra_dir = self.ckpt_dir / "config.yaml", self.run_dir / ".hydra"
         conflict = resume_conflict(self.run_dir, self.cfg)
@@ -170,9 +173,9 @@ class Pipeline:
             shutil.rmtree(previous, ignore_errors=True)
 
     # ------------------------------------------------------------------ stages
-    def _train(self, state: State, index: int, name: str, epochs=None, **kw) -> dict:
+    def _train(self, state: State, index: int, name: str, epochs=None, distill: bool = True, **kw) -> dict:
         collate = self.task.collate_fn(state.tokenizer)
-        distiller = self._distiller(state) if self.cfg.distill.name != "none" else None
+        distiller = self._distiller(state) if distill and self.cfg.distill.name != "none" else None
         return train(
             model=state.model, dataset=self.splits.train, collate_fn=collate, tcfg=self.cfg.trainer,
             accelerator=self.accelerator, seed=self.cfg.seed + index, logger=self.logger, epochs=epochs,
@@ -187,7 +190,7 @@ class Pipeline:
         path = state.teacher or self.cfg.distill.get("teacher")
         teacher, _ = self.task.load_model(OmegaConf.merge(self.cfg.model, {"path": str(path)}))
         METER.watch(teacher)  # its forward passes are this stage's compute too
-        return Distiller(self.cfg.distill, teacher, state.model)
+        return Distiller(self.cfg.distill, teacher, state.model, space=state.space)
 
     def _stage_teacher(self, state: State, index: int) -> dict:
         """Fine-tune the dense teacher of `distill=` from the model the run starts with (the student
@@ -237,14 +240,20 @@ class Pipeline:
     def _stage_finetune(self, state: State, index: int) -> dict:
         recovering = any(s["stage"] in ("prune", "prune_joint", "learn_gates") for s in state.stages)
         epochs = self.cfg.trainer.get("recovery_epochs") if recovering else None
-        if any(s["stage"] in _MODEL_CHANGING for s in state.stages) or self.cfg.distill.name != "none":
+        dense = not any(s["stage"] in _MODEL_CHANGING for s in state.stages)
+        peer_teacher = dense and self.cfg.distill.name == "peer" and not state.teacher \
+            and not self.cfg.distill.get("teacher")
+        if not dense or (self.cfg.distill.name != "none" and not peer_teacher):
             return self._train(state, index, "finetune", epochs=epochs)
         # the dense fine-tune a run starts with: the same for every point of a K x method sweep
 
         def fit(model):
-            return self._train(state, index, "finetune", epochs=epochs)
+            return self._train(state, index, "finetune", epochs=epochs, distill=False)
 
         state.model, result = self._cached_finetune(state.model, state.tokenizer, index, epochs, fit)
+        if peer_teacher:  # distill=peer: the peers learn from this dense fine-tuned model
+            save_pruned(state.model, self.run_dir / "teacher", state.tokenizer)
+            state.teacher = str(self.run_dir / "teacher")
         return result
 
     # ------------------------------------------------------------------ the cache (cache.dir)
@@ -411,19 +420,39 @@ class Pipeline:
         eligible = state.space.scope_mask(self.cfg.heads_scope) & state.mask
         self.pruner.setup(keep=self.plan.keep, eligible=eligible, schedule=self.cfg.schedule)
         name = "learn_gates" if freeze_model else "prune_joint"
+        keep = self.plan.keep
         with Gates(state.model, state.space) as gates:
+            if hasattr(self.pruner, "prepare"):  # APD: measures the model, chooses K's allocation (or K)
+                ctx = ScoreContext(state.model, gates, self._score_batches(state), state.mask, self.accelerator,
+                                   space=state.space)
+                keep = self.pruner.prepare(ctx, validate=self._holdout_metric(state) if self.holdout else None)
             epochs = self.cfg.method.get("gate_epochs") if freeze_model else None
             result = self._train(state, index, name, epochs=epochs, pruner=self.pruner, gates=gates,
                                  freeze_model=freeze_model)
-        mask = (self.pruner.final_mask(self.plan.keep) | ~eligible) & state.mask
+        mask = (self.pruner.final_mask(keep) | ~eligible) & state.mask
         state.scores = self.pruner.scores()
         target = state.space.with_masks({"head": mask})
         result.update({k: v for k, v in self.pruner.log_stats().items() if k == "k_reached"})
+        if hasattr(self.pruner, "report"):
+            result.update(self.pruner.report())
         if hasattr(self.pruner, "history"):
             trajectory = self.run_dir / "mask_trajectory.json"
             report.write_json(trajectory, {"space": state.space.describe(), **self.pruner.history()})
             self.logger.file(trajectory)
-        return {**result, **self._apply(state, target)}
+        applied = self._apply(state, target)
+        if self.holdout is not None:  # lossless mode: the trained model on the carved holdout
+            result.setdefault("lossless", {})["holdout_trained"] = self._holdout_metric(state)()
+        return {**result, **applied}
+
+    def _holdout_metric(self, state: State):
+        """The primary metric on the validation split carved from the training rows (lossless mode)."""
+        bs = int(self.cfg.task.get("eval_batch_size") or self.cfg.trainer.eval_batch_size)
+
+        def metric() -> float:
+            out = self.task.evaluate_on(state.model, state.tokenizer, self.holdout, self.accelerator, bs)
+            return float(out[self.task.primary_metric])
+
+        return metric
 
     def _prune_units_joint(self, state: State, index: int) -> dict:
         rank = self.cfg.method.get("embed_rank")
@@ -570,6 +599,17 @@ def _file_digest(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def carve(train, holdout, seed: int):
+    """(rows to train on, rows held out): a seeded split of the training rows, `holdout` a
+    fraction in (0, 1) or a row count. The held-out rows never train anything."""
+    n = len(train)
+    size = int(holdout) if holdout >= 1 else max(1, round(float(holdout) * n))
+    if not 0 < size < n:
+        raise ConfigError("method.holdout", holdout, f"between 1 and {n - 1} of the {n} training rows")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    return train.select(sorted(order[size:])), train.select(sorted(order[:size]))
 
 
 def unit_metrics(model: torch.nn.Module, space: UnitSpace, scope: str = "all") -> dict:

@@ -325,7 +325,9 @@ def train(
                             loss = task_loss(outputs, batch, label_smoothing)
                             extra = pruner.extra_loss() if pruner is not None else 0.0
                             if distiller is not None:
-                                first, second, parts = distiller.losses(outputs, batch, loss)
+                                first, second, parts = distiller.losses(
+                                    outputs, batch, loss, student=accelerator.unwrap_model(model), gates=gates,
+                                    hard=pruner.hard_gates() if hasattr(pruner, "hard_gates") else None)
                                 first = first + extra
                             else:
                                 first, second, parts = loss + extra, None, {}

@@ -79,6 +79,10 @@ RULES: tuple[tuple[str, bool, object, str], ...] = (
     ("task.eval_batch_size", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null"),
     ("method.gate_epochs", True, lambda v: _is_num(v) and v > 0, "a number of epochs > 0, or null"),
     ("method.score_batches", True, lambda v: _is_int(v) and v >= 1, "a whole number of batches >= 1, or null"),
+    ("method.tolerance", True, lambda v: _is_num(v) and 0 <= v < 1, ("a relative metric drop in [0, 1) (e.g. 0.01), "
+     "or null")),
+    ("method.holdout", False, lambda v: _is_num(v) and (0 < v < 1 or (v >= 1 and float(v).is_integer())),
+     "a fraction of the training rows in (0, 1) or a whole row count"),
     ("model.attn_implementation", True, lambda v: v in ATTN_IMPLEMENTATIONS, f"one of {', '.join(ATTN_IMPLEMENTATIONS)}"),
     ("bench.device", False, lambda v: isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda")),
      "auto, cpu, cuda or cuda:N"),
@@ -178,7 +182,13 @@ def validate(cfg: DictConfig) -> Plan:
     pruning = [s for s in stages if s in PRUNING_STAGES]
     if len(pruning) > 1:
         raise ConfigError("pipeline", stages, f"at most one pruning stage ({', '.join(PRUNING_STAGES)})")
-    wants_pruning = heads is not None or sparsity is not None or density is not None
+    lossless = method.get("tolerance") is not None  # APD picks K itself
+    if lossless and (heads is not None or sparsity is not None or density is not None):
+        key, value = next((k, v) for k, v in (("heads", heads), ("sparsity", sparsity), ("density", density))
+                          if v is not None)
+        raise ConfigError(key, value, f"no budget with method.tolerance={method.tolerance} (the lossless mode "
+                          "chooses K), or method.tolerance=null")
+    wants_pruning = heads is not None or sparsity is not None or density is not None or lossless
     if method.kind == "none" and wants_pruning:
         raise ConfigError("method", method.name, "a pruning method (e.g. method=michel) when heads=, sparsity= or "
                           "density= is given")
@@ -206,10 +216,12 @@ def validate(cfg: DictConfig) -> Plan:
         raise ConfigError(key, value, f"density=FRACTION instead: method={method.name} prunes to a fraction of the "
                           "attention + FFN weights kept (e.g. density=0.1), not to a head count")
     if "teacher" in stages and distill == "none":
-        raise ConfigError("pipeline", stages, "a teacher stage only with distill=logits or distill=logits_hidden")
-    if distill != "none" and not cfg.distill.get("teacher") and "teacher" not in stages:
+        raise ConfigError("pipeline", stages, "a teacher stage only with distill=logits, logits_hidden or peer")
+    if distill != "none" and not cfg.distill.get("teacher") and "teacher" not in stages \
+            and not (distill == "peer" and dense_finetune(stages)):
         raise ConfigError("distill.teacher", None, "a folder holding the fine-tuned dense teacher, or a teacher stage "
-                          "first in pipeline= (it fine-tunes one)")
+                          "first in pipeline= (it fine-tunes one)"
+                          + (", or a finetune before pruning (it becomes the teacher)" if distill == "peer" else ""))
     if "prune_curve" in pruning and (method.kind != "scorer" or density is not None):
         raise ConfigError("pipeline", stages, "prune_curve with a scorer of whole heads (michel, random, taylor, "
                           f"magnitude, smp) and heads=/sparsity=, not method={method.name}"
@@ -318,6 +330,7 @@ def _check_distill(cfg: DictConfig) -> str:
     if mode == "none":
         return mode
     for key, test, allowed in (("temperature", lambda v: _is_num(v) and v > 0, "a temperature > 0 (GRAIN: 8)"),
+                               ("peer_weight", lambda v: _is_num(v) and v >= 0, "a weight >= 0"),
                                ("logit_weight", lambda v: _is_num(v) and v >= 0, "a weight >= 0"),
                                ("hard_weight", lambda v: _is_num(v) and v >= 0, "a weight >= 0 (GRAIN: 0)"),
                                ("hidden_weight", lambda v: _is_num(v) and v >= 0, "a weight >= 0")):
@@ -353,9 +366,22 @@ def _default_pipeline(method: DictConfig, model: DictConfig, distill: str = "non
         stages = ["train", *stages[1:]] if stages and stages[0] == "finetune" else ["train", *stages]
     if distill == "none":
         stages = [s for s in stages if s != "teacher"]
+    elif distill == "peer" and dense_finetune(stages):
+        stages = [s for s in stages if s != "teacher"]  # the dense fine-tune is the peers' teacher
     elif "teacher" not in stages:
         stages = ["teacher", *stages]
     return stages
+
+
+def dense_finetune(stages: list[str]) -> bool:
+    """A `finetune` comes before any stage that prunes or trains: the dense fine-tuned model, which
+    `distill=peer` takes as its teacher when none is given."""
+    for s in stages:
+        if s == "finetune":
+            return True
+        if s in ("train", "prune", "prune_curve", "prune_joint", "learn_gates"):
+            return False
+    return False
 
 
 def _model_space(cfg: DictConfig, task):

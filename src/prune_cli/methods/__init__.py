@@ -20,6 +20,7 @@ METHODS = {
     "voita": "prune_cli.methods.voita:Voita",
     "grain": "prune_cli.methods.grain:GRAIN",
     "smp": "prune_cli.methods.smp:SMP",
+    "apd": "prune_cli.methods.apd:APD",
 }
 
 

@@ -310,20 +310,28 @@ class GlueTask(Task):
         results: dict[str, float] = {}
         self.predictions = {}
         for split, spec in self.cfg.eval_splits.items():
-            logits, labels = self.predict(model, tokenizer, splits.eval[split], accelerator, batch_size)
-            if self.is_regression:
-                preds = logits[:, 0]
-                loss = torch.nn.functional.mse_loss(preds, labels.float())
-            else:
-                preds = logits.argmax(-1)
-                loss = torch.nn.functional.cross_entropy(logits, labels.long())
             suffix = spec.get("suffix") or ""
-            for name in self.cfg.metrics:
-                results[name + suffix] = METRICS[name](preds.numpy(), labels.numpy())
-            results["loss" + suffix] = float(loss)
-            results["samples" + suffix] = len(labels)
+            metrics, preds, labels = self._score(model, tokenizer, splits.eval[split], accelerator, batch_size)
+            results.update({k + suffix: v for k, v in metrics.items()})
             self.predictions[split] = {"prediction": preds.tolist(), "label": labels.tolist()}
         return results
+
+    def evaluate_on(self, model, tokenizer, dataset, accelerator, batch_size: int) -> dict[str, float]:
+        """The metrics on any tokenised labelled rows (e.g. a validation split carved from the
+        training data); `predictions` are left alone."""
+        return self._score(model, tokenizer, dataset, accelerator, batch_size)[0]
+
+    def _score(self, model, tokenizer, dataset, accelerator, batch_size: int):
+        logits, labels = self.predict(model, tokenizer, dataset, accelerator, batch_size)
+        if self.is_regression:
+            preds = logits[:, 0]
+            loss = torch.nn.functional.mse_loss(preds, labels.float())
+        else:
+            preds = logits.argmax(-1)
+            loss = torch.nn.functional.cross_entropy(logits, labels.long())
+        metrics = {name: METRICS[name](preds.numpy(), labels.numpy()) for name in self.cfg.metrics}
+        metrics.update({"loss": float(loss), "samples": len(labels)})
+        return metrics, preds, labels
 
     def metric_on(self, predictions, labels) -> dict[str, float]:
         import numpy as np
