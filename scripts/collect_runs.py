@@ -22,8 +22,10 @@ from omegaconf import OmegaConf
 PERCENT_FAMILIES = {"squad", "translation"}
 
 
-def find_runs(roots: list[Path]) -> list[dict]:
-    """One record per finished run (a folder holding metrics.json) under `roots`."""
+def find_runs(roots: list[Path], label_keys: tuple[str, ...] = ()) -> list[dict]:
+    """One record per finished run (a folder holding metrics.json) under `roots`; `label_keys`
+    (config keys, e.g. distill.name) are added to the method's label, so ablations of one method
+    (apd with distill=none) get rows of their own."""
     runs = []
     for root in roots:
         for metrics_file in sorted(root.rglob("metrics.json")):
@@ -35,6 +37,11 @@ def find_runs(roots: list[Path]) -> list[dict]:
             regime = OmegaConf.select(cfg, "method.regime", default=None)
             if regime and OmegaConf.select(cfg, "method.pipelines", default=None) is not None and not cfg.get("pipeline"):
                 method = f"{method}/{regime}"
+            for key in label_keys:
+                value = OmegaConf.select(cfg, key, default=None)
+                if value is not None:
+                    group, _, name = key.rpartition(".")
+                    method += f" {group if name == 'name' else name}={value}"
             runs.append({
                 "run": str(run_dir),
                 "task": metrics.get("task"),
@@ -216,8 +223,10 @@ def main(argv=None) -> None:
     parser.add_argument("--baseline", help="method to compare every other with (paired bootstrap over the "
                         "evaluation examples, from each run's predictions.json)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--label", default="", help="comma-separated config keys added to each method's label "
+                        "(e.g. distill.name,method.tolerance: ablations of one method get their own rows)")
     args = parser.parse_args(argv)
-    runs = find_runs(args.roots)
+    runs = find_runs(args.roots, tuple(k for k in args.label.split(",") if k))
     if not runs:
         raise SystemExit(f"no metrics.json under {', '.join(map(str, args.roots))}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,7 @@ def test_gated_and_physically_removed_heads_give_the_same_peer_term():
     remove_heads(pruned, keep)
     pruned_space = UnitSpace.from_model(pruned)
     b, _ = _peer(pruned, teacher, batch, space=pruned_space)
-    assert float(a) > 0
+    assert float(a.detach()) > 0
     torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
@@ -106,3 +106,16 @@ def test_every_attention_block_is_called_with_its_input_states_where_the_taps_fi
         torch.testing.assert_close(seen["outputs"][name], seen_other["outputs"][name])
     peer = PeerLoss(other, model, UnitSpace.from_model(model))
     assert set(peer.blocks) == set(blocks)
+
+
+@pytest.mark.parametrize("name", ["dsp", "voita", "ste"])
+def test_learners_tell_the_peer_term_which_heads_they_keep_now(name):
+    """With distill=peer a learner's layers distil into the heads of its current hard top-K_t."""
+    from test_learners import learner
+
+    space = UnitSpace.from_model(tiny_model("bert"))
+    pruner = learner(name, space, keep=5)
+    pruner.schedule = OmegaConf.create({"name": "linear", "warmup": 0.0, "anneal": 1.0})
+    start, end = pruner.hard_gates(0, 11), pruner.hard_gates(10, 11)
+    assert int(end.sum()) == 5 and set(end.tolist()) <= {0.0, 1.0}
+    assert int(start.sum()) >= 5

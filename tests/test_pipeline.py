@@ -165,6 +165,21 @@ def test_collect_runs_gives_mean_std_and_n_over_seeds(tmp_path):
     assert "| smp | 72.0 ± 2.0 (n=3) |" in text and "| 72 |" not in text
 
 
+def test_collect_runs_labels_ablations_by_config_keys(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from collect_runs import find_runs, table
+
+    for name, distill, value in (("a", "peer", 0.70), ("b", "none", 0.60)):
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(f"method:\n  name: apd\ndistill:\n  name: {distill}\n")
+        (run / "metrics.json").write_text(json.dumps({
+            "task": "rte", "method": "apd", "primary_metric": "accuracy", "primary": value, "seed": 1,
+            "heads_kept": 36, "heads_total": 72}))
+    text = table(find_runs([tmp_path], ("distill.name", "method.tolerance")))
+    assert "| apd distill=peer | 70.0 |" in text and "| apd distill=none | 60.0 |" in text
+
+
 @pytest.mark.slow
 def test_resuming_with_other_settings_is_refused_and_leaves_the_run_as_it_was(tmp_path, monkeypatch):
     run = tmp_path / "run"

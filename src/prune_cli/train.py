@@ -327,7 +327,8 @@ def train(
                             if distiller is not None:
                                 first, second, parts = distiller.losses(
                                     outputs, batch, loss, student=accelerator.unwrap_model(model), gates=gates,
-                                    hard=pruner.hard_gates() if hasattr(pruner, "hard_gates") else None)
+                                    hard=pruner.hard_gates(step, plan.steps)
+                                    if pruner is not None and distiller.peer is not None else None)
                                 first = first + extra
                             else:
                                 first, second, parts = loss + extra, None, {}

@@ -286,7 +286,7 @@ class APD(Pruner):
         share = (k_t - self.keep) / (in_scope - self.keep)  # 1 -> 0 as the budget falls to K
         return torch.where(self.keep_mask, keep, torch.full_like(keep, share))
 
-    def hard_gates(self) -> torch.Tensor:
+    def hard_gates(self, step: int = 0, total_steps: int = 1) -> torch.Tensor:
         """The 0/1 gates the peer term trains against: the removed heads already gone."""
         return self.keep_mask.float()
 

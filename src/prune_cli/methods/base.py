@@ -92,6 +92,12 @@ class Pruner:
         """Gate values [H] for the next forward pass (None = all open). Called every step."""
         return None
 
+    def hard_gates(self, step: int, total_steps: int) -> torch.Tensor | None:
+        """0/1 head gates [H] of the heads this learner keeps now (None = all): the heads that
+        `distill=peer` trains to do without. Default: the hard mask evaluations see."""
+        values = self.gate_values(step, total_steps, training=False)
+        return None if values is None or isinstance(values, dict) else (values > 0.5).float()
+
     def extra_loss(self) -> torch.Tensor | float:
         """A term added to the task loss (e.g. an L0 penalty); 0.0 if none."""
         return 0.0

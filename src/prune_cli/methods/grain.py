@@ -98,6 +98,10 @@ class GRAIN(Pruner):
         self._leaves = masks
         return masks
 
+    def hard_gates(self, step: int, total_steps: int) -> torch.Tensor:
+        """The heads still present (gate_values would replace this step's gradient leaves)."""
+        return self.current.kept("head").float()
+
     def observe_gradients(self) -> None:
         """Add this micro-batch's gate gradient to the step's sum (|.| is taken per step)."""
         for k, leaf in self._leaves.items():
