@@ -55,6 +55,10 @@ def find_runs(roots: list[Path], label_keys: tuple[str, ...] = ()) -> list[dict]
                 "seed": metrics.get("seed"),
                 "wall_time_s": metrics.get("wall_time_s"),
                 "compute": metrics.get("compute"),
+                "model": metrics.get("model"),
+                "density": metrics.get("density"),
+                "eval": metrics.get("eval") or {},
+                "tolerance": OmegaConf.select(cfg, "method.tolerance", default=None),
             })
     return runs
 
@@ -179,6 +183,74 @@ def comparison_table(runs: list[dict], baseline: str, resamples: int = 1000) -> 
     return "\n".join(out) + "\n", rows
 
 
+def load_published(folder: Path) -> list[dict]:
+    """Every entry of the YAML files in `folder` (published/), each with its file's provenance."""
+    rows = []
+    for path in sorted(folder.glob("*.yaml")):
+        doc = OmegaConf.to_container(OmegaConf.load(path))
+        for entry in doc.get("entries", []):
+            rows.append({"paper": doc["paper"], "table": doc.get("table"), "model": doc.get("model"),
+                         "read": doc.get("read"), "file": path.name, **entry})
+    return rows
+
+
+def _matches(run: dict, budget: dict) -> bool:
+    """Does `run` have the budget of a published entry? (density within 0.005, heads kept within 1 %
+    of the heads, the lossless mode)."""
+    if "density" in budget:
+        dense = budget["density"] >= 1.0
+        if dense:
+            return run["density"] in (None, 1.0) and run["heads_kept"] == run["heads_total"]
+        return run["density"] is not None and abs(run["density"] - budget["density"]) <= 0.005
+    if "heads_kept_fraction" in budget:
+        return bool(run["heads_total"]) and abs(run["heads_kept"] / run["heads_total"]
+                                                 - budget["heads_kept_fraction"]) <= 0.01
+    if budget.get("lossless"):
+        return run.get("tolerance") is not None
+    return False
+
+
+def _ours(run: dict, metric: str):
+    if metric == "heads_removed_pct":
+        return 100.0 * (1 - run["heads_kept"] / run["heads_total"]) if run["heads_total"] else None
+    value = run["eval"].get(metric, run["value"] if metric == run["metric"] else None)
+    return None if value is None else run["scale"] * value
+
+
+def paper_table(runs: list[dict], published: list[dict]) -> tuple[str, list[dict]]:
+    """Markdown + rows: each published number beside ours at the same task, method and budget (mean
+    over seeds; task "*" = mean over our tasks), the delta, and whether the setting matches."""
+    rows = []
+    for pub in published:
+        mine = [r for r in runs if r["method"].split()[0].split("/")[0] == pub["method"]
+                and (pub["task"] == "*" or r["task"] == pub["task"]) and _matches(r, pub.get("budget") or {})]
+        values = [v for v in (_ours(r, pub["metric"]) for r in mine) if v is not None]
+        if pub["task"] == "*" and values:  # mean over tasks of the per-task means
+            per_task = defaultdict(list)
+            for r in mine:
+                v = _ours(r, pub["metric"])
+                if v is not None:
+                    per_task[r["task"]].append(v)
+            values = [sum(v) / len(v) for v in per_task.values()]
+        models = sorted({str(r["model"]) for r in mine})
+        ours = sum(values) / len(values) if values else None
+        rows.append({**pub, "ours": ours, "n": len(values), "delta": None if ours is None else ours - pub["value"],
+                     "our_models": models, "setting_matches": bool(models) and models == [pub["model"]]})
+    out = ["### ours vs published\n",
+           "| paper | table | task | method | budget | metric | published | ours | delta | n | same setting |",
+           "|---|---|---|---|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        budget = ", ".join(f"{k} {v}" for k, v in (r.get("budget") or {}).items())
+        bound = " (lower bound)" if r.get("bound") == "lower" else ""
+        same = "yes" if r["setting_matches"] else (f"no: ours {'/'.join(r['our_models'])}, paper {r['model']}"
+                                                   if r["our_models"] else "-")
+        ours = "-" if r["ours"] is None else f"{r['ours']:.1f}"
+        delta = "-" if r["delta"] is None else f"{r['delta']:+.1f}"
+        out.append(f"| {r['paper']} | {r['table']} | {r['task']} | {r['method']} | {budget} | {r['metric']} | "
+                   f"{r['value']:.1f}{bound} | {ours} | {delta} | {r['n']} | {same} |")
+    return "\n".join(out) + "\n", rows
+
+
 def cell(values: list[float]) -> str:
     """'75.5 +- 0.8 (n=3)': mean, sample standard deviation, count; one value alone as it is."""
     if not values:
@@ -225,6 +297,8 @@ def main(argv=None) -> None:
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--label", default="", help="comma-separated config keys added to each method's label "
                         "(e.g. distill.name,method.tolerance: ablations of one method get their own rows)")
+    parser.add_argument("--published", type=Path, help="folder of published numbers (published/): adds the "
+                        "paper-vs-ours table")
     args = parser.parse_args(argv)
     runs = find_runs(args.roots, tuple(k for k in args.label.split(",") if k))
     if not runs:
@@ -235,6 +309,10 @@ def main(argv=None) -> None:
         text, rows = comparison_table(runs, args.baseline, args.resamples)
         md += "\n" + text
         args.out.with_name(args.out.name + "_bootstrap.json").write_text(json.dumps(rows, indent=1))
+    if args.published:
+        text, rows = paper_table(runs, load_published(args.published))
+        md += "\n" + text
+        args.out.with_name(args.out.name + "_published.json").write_text(json.dumps(rows, indent=1))
     args.out.with_suffix(".md").write_text(md)
     args.out.with_suffix(".json").write_text(json.dumps(runs, indent=1))
     plot(runs, args.out.with_suffix(".png"))

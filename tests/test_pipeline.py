@@ -180,6 +180,34 @@ def test_collect_runs_labels_ablations_by_config_keys(tmp_path):
     assert "| apd distill=peer | 70.0 |" in text and "| apd distill=none | 60.0 |" in text
 
 
+def test_collect_runs_sets_published_numbers_beside_ours(tmp_path):
+    """published/ parses (every entry says paper, task, method, metric, budget, value), and the
+    paper-vs-ours table matches runs by task, method and budget, says the model differs, and
+    averages a lossless run's heads removed over tasks for the APD abstract's number."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from collect_runs import find_runs, load_published, paper_table
+
+    published = load_published(ROOT / "published")
+    assert published and all({"paper", "task", "method", "metric", "budget", "value", "model"} <= set(p)
+                              for p in published)
+    runs = {"g1": ("grain", "sst2", 0.05, 72, None, 0.80), "g2": ("grain", "sst2", 0.0502, 70, None, 0.82),
+            "far": ("grain", "sst2", 0.2, 72, None, 0.9), "l1": ("apd", "rte", 0.6, 30, 0.01, 0.6),
+            "l2": ("apd", "mrpc", 0.5, 24, 0.01, 0.8)}
+    for name, (method, task, density, kept, tol, value) in runs.items():
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(f"method:\n  name: {method}\n  tolerance: {tol or 'null'}\n")
+        (run / "metrics.json").write_text(json.dumps({
+            "task": task, "model": "minilm", "method": method, "primary_metric": "accuracy", "primary": value,
+            "eval": {"accuracy": value}, "seed": 1, "heads_kept": kept, "heads_total": 72, "density": density}))
+    text, rows = paper_table(find_runs([tmp_path]), published)
+    sst2 = next(r for r in rows if r["task"] == "sst2" and r["method"] == "grain" and r["budget"] == {"density": 0.05})
+    assert sst2["n"] == 2 and sst2["ours"] == pytest.approx(81.0) and sst2["delta"] == pytest.approx(81.0 - 91.4)
+    assert not sst2["setting_matches"] and "no: ours minilm, paper bert-base-uncased" in text
+    apd = next(r for r in rows if r["method"] == "apd")
+    assert apd["ours"] == pytest.approx((100 * 42 / 72 + 100 * 48 / 72) / 2) and "(lower bound)" in text
+
+
 @pytest.mark.slow
 def test_resuming_with_other_settings_is_refused_and_leaves_the_run_as_it_was(tmp_path, monkeypatch):
     run = tmp_path / "run"
