@@ -395,3 +395,33 @@ def test_soft_top_k_hand_written_backward_matches_autograd(temperature):
     saved = torch.from_numpy(np.stack([rounds, inv, rounds / temperature]))
     as_torch = relaxed._device_backward(saved, weights)
     assert torch.allclose(as_torch, torch.from_numpy(as_numpy), rtol=1e-12, atol=1e-14)
+
+
+def test_ste_official_tie_rule_keeps_fewer_than_k_at_a_tie_and_exact_keeps_k():
+    from prune_cli.methods.relaxed import straight_through_top_k
+
+    keys = torch.tensor([3.0, 1.0, 1.0, 0.5, 2.0], requires_grad=True)
+    exact = straight_through_top_k(keys, 3)
+    official = straight_through_top_k(keys, 3, strict=True)
+    assert exact.detach().tolist() == [1, 1, 0, 0, 1] and official.detach().tolist() == [1, 0, 0, 0, 1]
+    assert straight_through_top_k(keys, 2, strict=True).detach().tolist() == [1, 0, 0, 0, 1]  # no tie: K
+    official.sum().backward()
+    assert keys.grad.tolist() == [1.0] * 5  # the identity straight-through gradient either way
+    space = HeadSpace.from_model(tiny_bert())
+    pruner = learner("ste", space, keep=5, ties="official")
+    pruner.logits.data.fill_(0.0)  # all tied: the official rule opens none, ours opens K
+    assert float(pruner.gate_values(0, 10).sum()) == 0
+    assert float(learner("ste", space, keep=5).gate_values(0, 10).detach().sum()) == 5
+
+
+def test_voita_layer_mean_penalty_is_the_per_layer_sum_averaged_over_gated_layers():
+    space = HeadSpace.from_model(tiny_bert())
+    eligible = torch.ones(12, dtype=torch.bool)
+    eligible[:4] = False  # layer 0 not gated: it neither adds to the sum nor counts as a layer
+    summed = learner("voita", space, keep=4, eligible=eligible, controller="fixed", l0_penalty=0.1)
+    mean = learner("voita", space, keep=4, eligible=eligible, controller="fixed", l0_penalty=0.1,
+                   penalty="layer_mean")
+    mean.logits.data.copy_(summed.logits.data)
+    p = mean.gate.prob_open(mean.logits.detach())
+    torch.testing.assert_close(summed.extra_loss().detach(), 0.1 * p[4:].sum())
+    torch.testing.assert_close(mean.extra_loss().detach(), 0.1 * (p[4:8].sum() + p[8:].sum()) / 2)

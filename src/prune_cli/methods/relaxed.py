@@ -206,14 +206,20 @@ class _SoftTopK(torch.autograd.Function):
         return _device_backward(ctx.saved, g_total), None, None, None
 
 
-def straight_through_top_k(keys: torch.Tensor, k: int, surrogate: torch.Tensor | None = None) -> torch.Tensor:
+def straight_through_top_k(keys: torch.Tensor, k: int, surrogate: torch.Tensor | None = None,
+                           strict: bool = False) -> torch.Tensor:
     """Exactly-K 0/1 mask of `keys` forward; backward, the gradient of `surrogate` (default: the
     keys themselves, i.e. the identity straight-through estimator of the official DSP code's STE).
 
     `hard + s - s.detach()` is hard exactly in the forward pass (s - s is 0.0 in IEEE arithmetic)
-    while d/ds of it is the identity.
+    while d/ds of it is the identity. `strict`: the official code's forward rule (keys strictly
+    above the (K+1)-th largest; with ties at the boundary fewer than K are open).
     """
-    hard = top_k_mask(keys, k).to(device=keys.device, dtype=keys.dtype)
+    if strict and k < keys.numel():  # the official rule: above the (K+1)-th largest; ties keep fewer
+        threshold = torch.topk(keys.detach().flatten(), k + 1).values[-1]
+        hard = (keys.detach() > threshold).to(keys.dtype)
+    else:
+        hard = top_k_mask(keys, k).to(device=keys.device, dtype=keys.dtype)
     soft = keys if surrogate is None else surrogate
     return hard + (soft - soft.detach())
 

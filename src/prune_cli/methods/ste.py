@@ -11,6 +11,11 @@ choice has no gradient, so a surrogate lends its own:
   relaxation) at temperature tau, annealed like DSP's. Sharper credit assignment among heads near
   the K-th place; tau must not be tiny or the surrogate's gradient vanishes.
 
+`ties: official` is the official code's forward rule: open the heads whose key is strictly above the
+(K+1)-th largest, so heads tied at the boundary all stay closed and fewer than K may be open while
+training; `exact` (default) breaks ties by the lower index and always opens K. The final mask is
+exactly K either way.
+
 Unlike DSP the training forward pass never differs from the pruned model, so there is no
 train/test mismatch at the end; the price is a biased gradient.
 """
@@ -32,11 +37,13 @@ from prune_cli.methods.relaxed import (
 
 class STE(GateLearner):
     BACKWARDS = ("identity", "softmax")
+    TIES = ("exact", "official")
 
     def __init__(self, cfg, space, seed: int = 0):
         super().__init__(cfg, space, seed)
         self.backward = choice(cfg, "backward", "identity", self.BACKWARDS)
         self.noise = bool(cfg.get("noise", False))
+        self.ties = choice(cfg, "ties", "exact", self.TIES)
         self.tau = Annealed(cfg)
 
     def _train_gates(self, step: int, total_steps: int, budget: int) -> torch.Tensor:
@@ -48,7 +55,8 @@ class STE(GateLearner):
         # the soft top-K of the keys: the surrogate's gradient, and the "how decided" statistic
         with torch.set_grad_enabled(self.backward == "softmax" and torch.is_grad_enabled()):
             soft = soft_top_k(keys, budget, temperature)
-        values = straight_through_top_k(keys, budget, soft if self.backward == "softmax" else None)
+        values = straight_through_top_k(keys, budget, soft if self.backward == "softmax" else None,
+                                        strict=self.ties == "official")
         self._stats = {
             "temperature": temperature,
             "budget": float(budget),

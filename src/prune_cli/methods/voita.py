@@ -63,6 +63,7 @@ def solve_shift(log_alpha: torch.Tensor, offset: float, target: float, iters: in
 
 class Voita(GateLearner):
     CONTROLLERS = ("projection", "fixed")
+    PENALTIES = ("sum", "layer_mean")
 
     def __init__(self, cfg, space, seed: int = 0):
         super().__init__(cfg, space, seed)
@@ -75,6 +76,7 @@ class Voita(GateLearner):
         self.gate = HardConcrete(beta=beta, gamma=gamma, zeta=zeta)
         self.controller = choice(cfg, "controller", "projection", self.CONTROLLERS)
         self.l0_penalty = number(cfg, "l0_penalty", 0.0015, low=0.0)
+        self.penalty = choice(cfg, "penalty", "sum", self.PENALTIES)
         self.shift = 0.0  # the projection's s at the last step (0 with controller=fixed)
         self.k_reached: int | None = None
 
@@ -129,7 +131,13 @@ class Voita(GateLearner):
 
     def extra_loss(self) -> torch.Tensor | float:
         if self.controller == "fixed":
-            return self.l0_penalty * self.gate.prob_open(self.inside(self.logits)).sum()
+            if self.penalty == "sum":  # the DSP repository's PyTorch copy
+                return self.l0_penalty * self.gate.prob_open(self.inside(self.logits)).sum()
+            # Voita et al.'s own code: each gated layer's sum of P(open), averaged over those layers
+            p = self.gate.prob_open(self.logits) * self.eligible.to(self.logits.device, self.logits.dtype)
+            per_block = [(x.sum(), bool(e.any())) for x, e in zip(self.space.split(p), self.space.split(self.eligible))]
+            gated = [x for x, any_gated in per_block if any_gated]
+            return self.l0_penalty * torch.stack(gated).mean()
         return 0.0  # the projection enforces E[L0] = K_t itself
 
     # ---- the end -----------------------------------------------------------------------------
