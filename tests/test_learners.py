@@ -425,3 +425,24 @@ def test_voita_layer_mean_penalty_is_the_per_layer_sum_averaged_over_gated_layer
     p = mean.gate.prob_open(mean.logits.detach())
     torch.testing.assert_close(summed.extra_loss().detach(), 0.1 * p[4:].sum())
     torch.testing.assert_close(mean.extra_loss().detach(), 0.1 * (p[4:8].sum() + p[8:].sum()) / 2)
+
+
+def test_michel_per_token_importance_sums_to_the_gate_gradient_and_bounds_it():
+    """Per token, |sum_d grad * ctx| summed over tokens; its signed sum over the tokens is the gate's
+    gradient, so the per-token score (x the token count) bounds |dL/dgate| from above."""
+    from prune_cli.gates import Gates
+    from prune_cli.methods.base import ScoreContext
+    from prune_cli.methods.michel import per_token_importance
+
+    model = tiny_bert()
+    space = HeadSpace.from_model(model)
+    b = batch(seed=3)
+    pruner = get_pruner(method_cfg("michel", per_token=True, normalize_layers=False), space, 0)
+    with Gates(model, space) as gates:
+        ctx = ScoreContext(model, gates, lambda: iter([b]), torch.ones(12, dtype=torch.bool), space=space)
+        per_token = per_token_importance(pruner, ctx) * int(b["attention_mask"].sum())
+        g = torch.ones(12, requires_grad=True)
+        gates.set(g)
+        (grad,) = torch.autograd.grad(model(**b).loss, [g])
+    assert (per_token >= grad.abs().double() - 1e-6).all() and (per_token > grad.abs().double() + 1e-6).any()
+    assert torch.equal(pruner.score(ctx) > 0, torch.ones(12, dtype=torch.bool))
