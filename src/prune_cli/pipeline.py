@@ -425,7 +425,7 @@ class Pipeline:
             if hasattr(self.pruner, "prepare"):  # APD: measures the model, chooses K's allocation (or K)
                 ctx = ScoreContext(state.model, gates, self._score_batches(state), state.mask, self.accelerator,
                                    space=state.space)
-                keep = self.pruner.prepare(ctx, validate=self._holdout_metric(state) if self.holdout else None)
+                keep = self.pruner.prepare(ctx, validate=self._holdout_metric(state) if self.holdout is not None else None)
             epochs = self.cfg.method.get("gate_epochs") if freeze_model else None
             result = self._train(state, index, name, epochs=epochs, pruner=self.pruner, gates=gates,
                                  freeze_model=freeze_model)
