@@ -97,11 +97,14 @@ class PeerLoss:
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, space):
-        self.teacher_blocks = {b.name: b.num_heads for b in HeadSpace.from_model(teacher).blocks}
+        teacher_space = HeadSpace.from_model(teacher)
+        self.teacher_blocks = {b.name: b.num_heads for b in teacher_space.blocks}
         self.space = space
         self.dense = {b.name: (b.offset, b.num_heads) for b in space.blocks}
         self.blocks = {n: v for n, v in block_widths(student, space.current_heads()).items()
                        if n in self.teacher_blocks}
+        self.teacher_names = {n: v for n, v in block_widths(teacher, teacher_space).items()
+                              if n in self.blocks}
 
     def active(self, hard: torch.Tensor | None) -> dict[str, int]:
         """{block: heads removed from it} for the blocks that lost any (physically or by `hard`,
@@ -118,13 +121,7 @@ class PeerLoss:
 
     def teacher_taps(self, teacher: nn.Module):
         """The context to run the teacher's forward pass in: records what the peer term needs."""
-        return tap(teacher, {n: (o, w) for n, (o, w) in self._teacher_names(teacher).items()})
-
-    def _teacher_names(self, teacher: nn.Module) -> dict[str, tuple[str, int]]:
-        if not hasattr(self, "_t_names"):
-            self._t_names = {n: v for n, v in block_widths(teacher, HeadSpace.from_model(teacher)).items()
-                             if n in self.blocks}
-        return self._t_names
+        return tap(teacher, self.teacher_names)
 
     def __call__(self, student: nn.Module, batch: dict, recorded: dict, gates=None,
                  hard: torch.Tensor | None = None) -> torch.Tensor:

@@ -26,7 +26,6 @@ never read until the pipeline's `evaluate` stage.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import torch
@@ -50,24 +49,24 @@ class LayerStats:
         self.fisher = torch.zeros(d_out, **kw)
         self.tokens = 0
 
+    def _solve(self, features: torch.Tensor) -> torch.Tensor:
+        """The least-squares map [len(features), d_out] from those context features to Y (a tiny
+        ridge keeps collinear contexts solvable)."""
+        g = self.gram[features][:, features]
+        ridge = 1e-9 * float(g.diagonal().mean().clamp_min(1e-30))
+        return torch.linalg.solve(g + ridge * torch.eye(len(features), dtype=g.dtype, device=g.device),
+                                  self.cross[features])
+
     def cost(self, features: torch.Tensor) -> float:
         """Fisher-weighted residual of Y after the best refit from the context `features` kept."""
-        explained = torch.zeros_like(self.energy)
-        if features.numel():
-            g = self.gram[features][:, features]
-            ridge = 1e-9 * float(g.diagonal().mean().clamp_min(1e-30))
-            b = self.cross[features]
-            sol = torch.linalg.solve(g + ridge * torch.eye(len(features), dtype=g.dtype, device=g.device), b)
-            explained = (b * sol).sum(0)
+        explained = (self.cross[features] * self._solve(features)).sum(0) if features.numel() \
+            else torch.zeros_like(self.energy)
         residual = (self.energy - explained).clamp_min(0)
         return float((self.fisher * residual).sum() / max(self.tokens, 1))
 
     def refit(self, features: torch.Tensor) -> torch.Tensor:
         """Output-projection columns [d_out, len(features)] that best give Y from those features."""
-        g = self.gram[features][:, features]
-        ridge = 1e-9 * float(g.diagonal().mean().clamp_min(1e-30))
-        return torch.linalg.solve(g + ridge * torch.eye(len(features), dtype=g.dtype, device=g.device),
-                                  self.cross[features]).T
+        return self._solve(features).T
 
 
 def elimination(stats: LayerStats, n_heads: int, head_dim: int, removable: list[int]) -> tuple[list[int], list[float]]:
@@ -166,18 +165,16 @@ class APD(Pruner):
         blocks = [b for b in current.blocks if b.num_heads]
         handles = [modules[b.o].register_forward_hook(hook(b.name)) for b in blocks]
         ctx.gates.set(None)
-        batches = ctx.batches()
-        limit = self.cfg.get("score_batches")
-        if limit:
-            batches = itertools.islice(batches, int(limit))
         try:
-            for batch in batches:
+            for batch in self.score_pass(ctx):
                 mask = batch.get("attention_mask")
                 token_mask[0] = mask.bool() if mask is not None else None
                 outputs.clear()
                 loss = model(**batch).loss
                 names = [n for n in outputs if outputs[n].requires_grad]
-                grads = torch.autograd.grad(loss * _examples(batch), [outputs[n] for n in names], allow_unused=True)
+                # the loss is a batch mean: B x its gradient is the per-example gradient
+                grads = torch.autograd.grad(loss * batch_examples(batch.values()), [outputs[n] for n in names],
+                                            allow_unused=True)
                 if names and all(g is None for g in grads):
                     raise RuntimeError("APD: no loss gradient reached an attention output projection")
                 METER.backward(batch_examples(batch.values()))
@@ -317,9 +314,4 @@ class APD(Pruner):
     def load_state_dict(self, state: dict) -> None:
         if state:
             self.keep_mask, self.keep = state["keep_mask"], state["keep"]
-
-
-def _examples(batch: dict) -> int:
-    """The batch's example count: the loss is a batch mean, a per-example gradient is B times its gradient."""
-    return int(batch_examples(batch.values()))
 

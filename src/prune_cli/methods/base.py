@@ -14,6 +14,7 @@ decoder self and cross-attention heads together), so one global top-K covers eve
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,12 @@ class Pruner:
         """bool [H]: the `k` heads of `eligible` to keep given `scores` (default: the global
         top-K; SMP keeps the same number in every layer)."""
         return top_k_mask(scores, k, eligible)
+
+    def score_pass(self, ctx: ScoreContext):
+        """One pass over the training batches, at most `method.score_batches` of them."""
+        limit = self.cfg.get("score_batches")
+        batches = ctx.batches()
+        return itertools.islice(batches, int(limit)) if limit else batches
 
     # ---- learners ------------------------------------------------------
     def parameters(self) -> list[torch.nn.Parameter]:

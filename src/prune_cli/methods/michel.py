@@ -14,8 +14,6 @@ gradient| per batch, as Hugging Face's run_bertology and the DSP repository's ba
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
 from prune_cli.accounting import METER, batch_examples
@@ -60,12 +58,8 @@ def per_token_importance(method, ctx: ScoreContext) -> torch.Tensor:
     total = torch.zeros(space.total, dtype=torch.float64)
     tokens = 0
     ctx.gates.set(ctx.mask.float())
-    batches = ctx.batches()
-    limit = method.cfg.get("score_batches")
-    if limit:
-        batches = itertools.islice(batches, int(limit))
     try:
-        for batch in batches:
+        for batch in method.score_pass(ctx):
             inputs.clear()
             loss = model(**batch).loss
             order = [i for i, _ in blocks if i in inputs and inputs[i].requires_grad]

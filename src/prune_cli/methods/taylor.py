@@ -9,8 +9,6 @@ average; for whole heads it is Michel et al.'s importance without their per-laye
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
 from prune_cli.accounting import METER, batch_examples
@@ -27,12 +25,8 @@ class Taylor(Pruner):
         device = next(model.parameters()).device
         base = ctx.gate_masks()
         sums = {k: torch.zeros(v.numel(), dtype=torch.float64, device=device) for k, v in base.items()}
-        limit = self.cfg.get("score_batches")
-        batches = ctx.batches()
-        if limit:
-            batches = itertools.islice(batches, int(limit))
         n = 0
-        for batch in batches:
+        for batch in self.score_pass(ctx):
             gates = {k: v.to(device=device, dtype=torch.float32).clone().requires_grad_(True) for k, v in base.items()}
             ctx.gates.set_units(gates)
             loss = model(**batch).loss
