@@ -31,6 +31,8 @@ def find_runs(roots: list[Path], label_keys: tuple[str, ...] = ()) -> list[dict]
         for metrics_file in sorted(root.rglob("metrics.json")):
             run_dir = metrics_file.parent
             metrics = json.loads(metrics_file.read_text())
+            if metrics.get("primary") is None and not metrics.get("curve"):
+                continue  # evaluated nothing (SMP's meta-training run): no cell of any table
             cfg_file = run_dir / ".hydra" / "config.yaml"
             cfg = OmegaConf.load(cfg_file) if cfg_file.is_file() else OmegaConf.create({})
             method = metrics.get("method") or OmegaConf.select(cfg, "method.name", default="?")

@@ -62,6 +62,17 @@ def batch_examples(values) -> int:
     return 0
 
 
+def across_processes(snapshot: dict) -> dict:
+    """A stage's counts over all processes of a multi-process run: examples and passes add up;
+    optimizer steps and epochs are the same on every process (one global step each)."""
+    from prune_cli import distributed
+
+    if distributed.world_size() <= 1:
+        return snapshot
+    parts = distributed.gather(snapshot)
+    return {k: (v if k in ("optimizer_steps", "epochs") else sum(p[k] for p in parts)) for k, v in snapshot.items()}
+
+
 def total(stages: list[dict]) -> dict:
     """The run's sum over its stages (a cached stage counts what this run computed: nothing)."""
     out = dict.fromkeys(FIELDS, 0)

@@ -139,6 +139,56 @@ def sweep_points(args: list[str]) -> list[list[str]]:
     return [fixed + list(point) for point in itertools.product(*dims.values())] if dims else [fixed]
 
 
+def shared_run_dir(args: list[str]) -> list[str]:
+    """Overrides that make the processes of a multi-process launch (torchrun, accelerate launch,
+    srun -n N) one run: rank 0's run folder (or sweep folder) for all -- each would otherwise
+    stamp its own `${now:}` -- and Hydra's own files (.hydra/, the job log) from rank 0 only."""
+    from prune_cli import distributed
+
+    distributed.adopt_slurm_tasks()
+    if distributed.world_size() <= 1:
+        return []
+    distributed.init()
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    extra = []
+    if not any(a.startswith(f"{key}=") for a in args):
+        value = _resolved_hydra_key(args, key) if distributed.is_main() else None
+        value = distributed.broadcast(value)
+        if value is None:
+            _die(f"{key}: give it on the command line when several processes run one job "
+                 "(it could not be resolved before Hydra starts)")
+        extra.append(f"{key}='" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'")
+    if not distributed.is_main():
+        extra.append("hydra.output_subdir=null")
+        if not any(a.startswith("hydra/job_logging=") for a in args):
+            extra.append("hydra/job_logging=disabled")
+    return extra
+
+
+def _resolved_hydra_key(args: list[str], key: str) -> str | None:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    extra, taken = user_config_dirs(args)
+    words = [a for i, a in enumerate(args) if i not in taken and not a.startswith("-")]
+    try:  # a sweep's points do not matter: the folder is the sweep's
+        fixed = [o.input_line for o in OverridesParser.create().parse_overrides(words) if not o.is_sweep_override()]
+    except Exception:  # noqa: BLE001 - bad syntax: validate_sweep / precompose have said so already
+        return None
+    search = ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]"] if extra else []
+    try:
+        with initialize_config_module(CONF_MODULE, version_base="1.3"):
+            cfg = compose("config", overrides=fixed + search, return_hydra_config=True)
+            return str(OmegaConf.select(cfg, key))
+    except Exception:  # noqa: BLE001 - e.g. a folder pattern that reads ${hydra:...}: only Hydra's run knows it
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def validate_sweep(args: list[str]) -> None:
     """Check every point of a `-m` sweep before anything launches (a bad one is one line, exit 2,
     and no job is submitted), as a single run is checked before it loads a model."""
@@ -205,9 +255,12 @@ def _run(cfg: DictConfig, run_dir: Path):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from prune_cli import distributed
     from prune_cli.pipeline import Pipeline
     from prune_cli.validate import validate
 
+    distributed.adopt_slurm_tasks()  # a submitit job with tasks_per_node > 1 (main() did not run there)
+    distributed.init()
     single = HydraConfig.get().mode != RunMode.MULTIRUN
     try:
         plan = validate(cfg)
@@ -218,9 +271,10 @@ def _run(cfg: DictConfig, run_dir: Path):
         err.prune_cli_message = str(err)
         raise
     primary = metrics.get("primary")
-    print(f"prune-run: {cfg.task.name} {metrics['primary_metric']}={primary} "
+    if distributed.is_main():
+        print(f"prune-run: {cfg.task.name} {metrics['primary_metric']}={primary} "
           f"heads={metrics['heads_kept']}/{metrics['heads_total']}"
-          + (f" density={metrics['density']:.4f}" if plan.density is not None else "") + f" -> {run_dir}")
+              + (f" density={metrics['density']:.4f}" if plan.density is not None else "") + f" -> {run_dir}")
     return primary if single else metrics  # a single run: what optuna-style sweepers optimise
 
 
@@ -233,6 +287,7 @@ def main() -> None:
             validate_sweep(args)
         else:
             precompose(args)
+    sys.argv += shared_run_dir(args)
     _hydra_main()
     from prune_cli import sweep
 

@@ -12,6 +12,7 @@ trains and evaluates the physically smaller model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prune_cli import accounting, report
+from prune_cli import accounting, distributed, report
 from prune_cli.accounting import METER
 from prune_cli.errors import ConfigError
 from prune_cli.gates import Gates
@@ -72,14 +73,16 @@ class Pipeline:
     # ------------------------------------------------------------------ driver
     def run(self) -> dict:
         cfg, plan = self.cfg, self.plan
+        self.accelerator = make_accelerator(cfg.trainer, cfg.seed)
+        self.main = self.accelerator.is_main_process  # several processes: rank 0 alone writes (distributed.py)
         self._guard_resume()
         t0 = time.time()
         seed_everything(cfg.seed)
-        self.logger = RunLogger(cfg, self.run_dir)
-        self.accelerator = make_accelerator(cfg.trainer, cfg.seed)
+        self.logger = RunLogger(cfg, self.run_dir, main=self.main)
         try:
             state, done = self._start()
-            self.splits = self.task.splits(state.tokenizer)
+            with self.accelerator.main_process_first():  # tokenised caches: written once, then read
+                self.splits = self.task.splits(state.tokenizer)
             self.holdout = None
             if cfg.method.get("tolerance") is not None:  # lossless mode: set rows aside BEFORE anything trains
                 self.splits.train, self.holdout = carve(self.splits.train, cfg.method.get("holdout", 0.1), cfg.seed)
@@ -97,14 +100,16 @@ class Pipeline:
                 finally:
                     METER.unwatch()
                 state.stages.append({"stage": name, "index": i, "seconds": round(time.time() - t, 2), **result,
-                                     "compute": METER.snapshot()})
+                                     "compute": accounting.across_processes(METER.snapshot())})
                 self._checkpoint(state, i, changed_model=name in _MODEL_CHANGING)
             metrics = self._finish(state, time.time() - t0)
         except BaseException:
             self.logger.finish(exit_code=1)
             raise
         self.logger.finish()
-        shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        with distributed.main_writes() as write:
+            if write:
+                shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         return metrics
 
     def _guard_resume(self) -> None:
@@ -119,13 +124,14 @@ class Pipeline:
                 shutil.copy2(f, hydra_dir / f.name)
             raise ConfigError("hydra.run.dir", str(self.run_dir), "a new folder, or the settings this unfinished run "
                               f"was started with ({conflict})")
-        if not saved.is_file():
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            if hydra_dir.is_dir():
-                shutil.copytree(hydra_dir, self.ckpt_dir / "hydra", dirs_exist_ok=True)
-            tmp = saved.with_suffix(".tmp")
-            tmp.write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
-            tmp.replace(saved)
+        with distributed.main_writes() as write:
+            if write and not saved.is_file():
+                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+                if hydra_dir.is_dir():
+                    shutil.copytree(hydra_dir, self.ckpt_dir / "hydra", dirs_exist_ok=True)
+                tmp = saved.with_suffix(".tmp")
+                tmp.write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+                tmp.replace(saved)
 
     def _start(self) -> tuple[State, int]:
         progress = self.ckpt_dir / "progress.json"
@@ -156,6 +162,11 @@ class Pipeline:
         return state, 0
 
     def _checkpoint(self, state: State, index: int, changed_model: bool) -> None:
+        with distributed.main_writes() as write:
+            if write:
+                self._write_checkpoint(state, index, changed_model)
+
+    def _write_checkpoint(self, state: State, index: int, changed_model: bool) -> None:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         progress = self.ckpt_dir / "progress.json"
         previous = json.loads(progress.read_text())["model_dir"] if progress.is_file() else None
@@ -215,7 +226,9 @@ class Pipeline:
         metrics = self.task.evaluate(teacher, state.tokenizer, self.splits, self.accelerator, bs)
         self.logger.log({f"teacher/{k}": v for k, v in metrics.items()})
         path = self.run_dir / "teacher"
-        save_pruned(teacher, path, state.tokenizer)
+        with distributed.main_writes() as write:
+            if write:
+                save_pruned(teacher, path, state.tokenizer)
         state.teacher = str(path)
         del teacher
         return {**result, "path": "teacher", "metrics": metrics}
@@ -252,7 +265,9 @@ class Pipeline:
 
         state.model, result = self._cached_finetune(state.model, state.tokenizer, index, epochs, fit)
         if peer_teacher:  # distill=peer: the peers learn from this dense fine-tuned model
-            save_pruned(state.model, self.run_dir / "teacher", state.tokenizer)
+            with distributed.main_writes() as write:
+                if write:
+                    save_pruned(state.model, self.run_dir / "teacher", state.tokenizer)
             state.teacher = str(self.run_dir / "teacher")
         return result
 
@@ -290,11 +305,13 @@ class Pipeline:
         name = self._finetune_key(model, index, epochs) if cache is not None else None
         if name is None:
             return model, fit(model)
-        with cache.locked("finetune", name):
-            entry = cache.model_entry(name)
+        with cache.locked("finetune", name) if self.main else contextlib.nullcontext():  # rank 0 decides
+            entry = distributed.broadcast(cache.model_entry(name) if self.main else None)
             if entry is None:
                 result = fit(model)
-                cache.put_model(name, lambda folder: save_pruned(model, folder, tokenizer), result)
+                with distributed.main_writes() as write:
+                    if write:
+                        cache.put_model(name, lambda folder: save_pruned(model, folder, tokenizer), result)
                 return model, {**result, "cache": f"stored {name}"}
         loaded = load_pruned(entry / "model", auto_class=type(model))
         self.logger.log({"cache/hit": 1})
@@ -304,26 +321,33 @@ class Pipeline:
         """One-shot scores: the cache's, or `compute()` stored in it (`cache.dir`)."""
         cache = self._cache()
         if cache is None:
-            return compute()
+            return self._agreed(compute)
         from prune_cli.cache import code_version, key, tensor_digest
 
         data = self._data_digest()
         if data is None:
-            return compute()
+            return self._agreed(compute)
         method = OmegaConf.to_container(self.cfg.method, resolve=True)
         files = {k: _file_digest(v) for k, v in method.items() if isinstance(v, str) and Path(v).is_file()}
         name = key({"kind": "scores", "weights": tensor_digest(state.model.state_dict()), "data": data,
                     "method": method, "files": files, "seed": self.cfg.seed, "units": self.plan.units,
                     "scope": self.cfg.heads_scope, "masks": {k: v.tolist() for k, v in state.space.masks().items()},
                     "batch_size": int(self.cfg.trainer.batch_size), "code": code_version()})
-        with cache.locked("scores", name):
-            scores = cache.get_scores(name)
+        with cache.locked("scores", name) if self.main else contextlib.nullcontext():
+            scores = distributed.broadcast(cache.get_scores(name) if self.main else None)
             if scores is None:
-                scores = compute()
-                cache.put_scores(name, scores)
+                scores = self._agreed(compute)
+                if self.main:
+                    cache.put_scores(name, scores)
             else:
                 self.logger.log({"cache/hit": 1})
         return scores
+
+    @staticmethod
+    def _agreed(compute):
+        """`compute()` on every process, rank 0's result for all: a scoring pass on a GPU is not
+        bitwise reproducible, and processes that kept different heads could not train together."""
+        return distributed.broadcast(compute())
 
     def _score_batches(self, state: State):
         """A fresh pass over the TRAINING batches, in order, on the model's device (what scorers read)."""
@@ -351,8 +375,9 @@ class Pipeline:
             for kept in steps:
                 ctx = ScoreContext(state.model, gates, batches, mask, self.accelerator, space=state.space)
                 scores = (self._cached_scores(state, lambda c=ctx: self.pruner.score(c)) if len(steps) == 1
-                          else self.pruner.score(ctx))
+                          else self._agreed(lambda c=ctx: self.pruner.score(c)))
                 mask = (self.pruner.select(scores, kept, eligible & mask) | ~eligible) & state.mask
+                mask = distributed.broadcast(mask)  # `random` draws, ties: one choice for every process
                 self.logger.log({"prune/heads_kept": int(mask.sum()), "prune/heads_kept_in_scope": kept})
         state.scores = scores
         return self._apply(state, state.space.with_masks({"head": mask}))
@@ -387,8 +412,10 @@ class Pipeline:
                                  f"curve/{primary}": metrics.get(primary)})
         state.scores = scores
         mask = (self.pruner.select(scores, self.plan.keep, eligible) | ~eligible) & state.mask
-        report.plot_curve(self.run_dir / "curve.png", state.curve, primary,
-                          title=f"{self.cfg.model.name} {self.cfg.task.name} {self.cfg.method.name}: no retraining")
+        mask = distributed.broadcast(mask)  # `random` draws, SMP's ties: one choice for every process
+        if self.main:
+            report.plot_curve(self.run_dir / "curve.png", state.curve, primary,
+                              title=f"{self.cfg.model.name} {self.cfg.task.name} {self.cfg.method.name}: no retraining")
         return {"points": len(state.curve), **self._apply(state, state.space.with_masks({"head": mask}))}
 
     def _prune_units(self, state: State, batches) -> dict:
@@ -404,11 +431,11 @@ class Pipeline:
                 ctx = ScoreContext(state.model, gates, batches, masks["head"], self.accelerator, units=kinds,
                                    space=state.space, masks={k: masks[k] for k in kinds})
                 scores = (self._cached_scores(state, lambda c=ctx: self.pruner.score(c)) if len(steps) == 1
-                          else self.pruner.score(ctx))
+                          else self._agreed(lambda c=ctx: self.pruner.score(c)))
                 if not isinstance(scores, dict):
                     scores = {"head": scores}
                 candidates = {k: masks[k] & current.scope(k, scope) for k in kinds}
-                current = select_units(current, scores, candidates, budget, scope)
+                current = distributed.broadcast(select_units(current, scores, candidates, budget, scope))
                 self.logger.log({"prune/density": current.density(scope), "prune/heads_kept": int(current.kept("head").sum())})
         state.scores = scores
         return self._apply(state, current)
@@ -426,16 +453,18 @@ class Pipeline:
                 ctx = ScoreContext(state.model, gates, self._score_batches(state), state.mask, self.accelerator,
                                    space=state.space)
                 keep = self.pruner.prepare(ctx, validate=self._holdout_metric(state) if self.holdout is not None else None)
+                keep = distributed.broadcast(keep)
+                self.pruner.load_state_dict(distributed.broadcast(self.pruner.state_dict()))  # rank 0's choice
             epochs = self.cfg.method.get("gate_epochs") if freeze_model else None
             result = self._train(state, index, name, epochs=epochs, pruner=self.pruner, gates=gates,
                                  freeze_model=freeze_model)
-        mask = (self.pruner.final_mask(keep) | ~eligible) & state.mask
+        mask = distributed.broadcast((self.pruner.final_mask(keep) | ~eligible) & state.mask)
         state.scores = self.pruner.scores()
         target = state.space.with_masks({"head": mask})
         result.update({k: v for k, v in self.pruner.log_stats().items() if k == "k_reached"})
         if hasattr(self.pruner, "report"):
             result.update(self.pruner.report())
-        if hasattr(self.pruner, "history"):
+        if hasattr(self.pruner, "history") and self.main:
             trajectory = self.run_dir / "mask_trajectory.json"
             report.write_json(trajectory, {"space": state.space.describe(), **self.pruner.history()})
             self.logger.file(trajectory)
@@ -463,7 +492,7 @@ class Pipeline:
         self.pruner.setup_units(state.space, self.plan.units, self.plan.density, self.cfg.heads_scope)
         with Gates(state.model, state.space) as gates:
             result = self._train(state, index, "prune_joint", pruner=self.pruner, gates=gates)
-        target = self.pruner.final_space()
+        target = distributed.broadcast(self.pruner.final_space())
         state.scores = self.pruner.scores()
         result["steps_pruned"] = self.pruner.steps_pruned
         return {**result, **self._apply(state, target)}
@@ -490,7 +519,7 @@ class Pipeline:
 
     def _stage_evaluate(self, state: State, index: int) -> dict:
         metrics = self._evaluate(state, "evaluate")
-        if self.task.predictions:  # per example, for a paired bootstrap between runs (collect_runs.py)
+        if self.task.predictions and self.main:  # per example, for a paired bootstrap between runs (collect_runs.py)
             report.write_json(self.run_dir / "predictions.json", {
                 "task": self.cfg.task.name, "family": self.cfg.task.family,
                 "primary_metric": self.task.primary_metric, "splits": self.task.predictions})
@@ -499,7 +528,9 @@ class Pipeline:
     def _stage_export(self, state: State, index: int) -> dict:
         if not self.cfg.get("export_model", True):
             return {}
-        save_pruned(state.model, self.run_dir / "model", state.tokenizer)
+        with distributed.main_writes() as write:
+            if write:
+                save_pruned(state.model, self.run_dir / "model", state.tokenizer)
         return {"path": "model"}
 
     def _stage_bench(self, state: State, index: int) -> dict:
@@ -534,6 +565,15 @@ class Pipeline:
             **getattr(self.task, "metric_info", {}),
             **({"curve": state.curve} if state.curve else {}),
         }
+        if distributed.world_size() > 1:
+            metrics["processes"] = distributed.world_size()
+        with distributed.main_writes() as write:
+            if write:
+                self._write_outputs(state, metrics)
+        return metrics
+
+    def _write_outputs(self, state: State, metrics: dict) -> None:
+        final_eval = metrics["eval"]
         report.write_json(self.run_dir / "metrics.json", metrics)
         scores = state.scores
         head_scores = scores.get("head") if isinstance(scores, dict) else scores
@@ -553,7 +593,6 @@ class Pipeline:
         self.logger.summary({"final/heads_kept": metrics["heads_kept"], "final/params": metrics["params"]})
         self.logger.image("heads", png)
         self.logger.file(self.run_dir / "heads.json")
-        return metrics
 
 
 #: keys a resumed run may change: how it is watched, not what it computes

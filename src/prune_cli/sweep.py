@@ -31,8 +31,11 @@ def finished(run_dir: Path) -> dict | None:
 
 
 def record(run_dir: Path, status: str, overrides: list[str], **fields) -> None:
+    from prune_cli import distributed
     from prune_cli.report import write_json
 
+    if not distributed.is_main():  # a job of several processes: rank 0 speaks for it
+        return
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(run_dir) / STATUS, {"status": status, "overrides": list(overrides), **fields})
 
@@ -58,8 +61,12 @@ class SweepSummary(Callback):
         from prune_cli.report import write_json
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        from prune_cli import distributed
+
         rows = summarize(sweep_dir)
-        if not rows:
+        failed = [r for r in rows if r["status"] != "completed"]
+        _failed[:] = [str(r["job"]) for r in failed]
+        if not rows or not distributed.is_main():  # torchrun ... -m: every rank ran the sweep, one reports
             return
         write_json(sweep_dir / "summary.json", {"jobs": rows})
         lines = ["| job | overrides | status | primary metric or error |", "|---|---|---|---|"]
@@ -69,8 +76,6 @@ class SweepSummary(Callback):
             lines.append(f"| {r['job']} | {' '.join(r.get('overrides', []))} | {r['status']} | {result} |")
         table = "\n".join(lines) + "\n"
         (sweep_dir / "summary.md").write_text(table)
-        failed = [r for r in rows if r["status"] != "completed"]
-        _failed[:] = [str(r["job"]) for r in failed]
         print(f"prune-run: sweep {sweep_dir}: {len(rows) - len(failed)}/{len(rows)} jobs completed"
               + (f", {len(failed)} failed (rerun the same command to retry them)" if failed else ""))
         print(table, end="")

@@ -30,14 +30,17 @@ def has_wandb_credentials() -> bool:
 
 
 class RunLogger:
-    def __init__(self, cfg: DictConfig, run_dir: Path):
+    """`main=False` (a process other than rank 0 of a multi-process run): counts steps like the
+    main one, writes nothing."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, main: bool = True):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "log.jsonl", "a", buffering=1)  # noqa: SIM115 - open for the whole run
+        self._jsonl = open(self.run_dir / "log.jsonl", "a", buffering=1) if main else None  # noqa: SIM115 - open for the whole run
         self.step = 0  # global optimisation step across stages (W&B needs it monotone)
         self.wandb_run = None
         mode = cfg.logger.mode
-        if mode != "disabled":
+        if mode != "disabled" and main:
             import wandb
 
             os.environ.setdefault("WANDB_SILENT", "true")
@@ -55,6 +58,8 @@ class RunLogger:
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         step = self.step if step is None else step
+        if self._jsonl is None:
+            return
         clean = {k: _plain(v) for k, v in metrics.items()}
         self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
         if self.wandb_run is not None:
@@ -77,7 +82,8 @@ class RunLogger:
             self.wandb_run.save(str(path), base_path=str(self.run_dir), policy="now")
 
     def finish(self, exit_code: int = 0) -> None:
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
         if self.wandb_run is not None:
             self.wandb_run.finish(exit_code=exit_code)
             self.wandb_run = None

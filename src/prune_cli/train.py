@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from prune_cli import distributed
 from prune_cli.accounting import METER, batch_examples
 
 
@@ -93,6 +94,9 @@ class StopSignals:
         self.previous = {}
 
     def stop(self) -> None:
+        if self.received is None:  # another process of the run got it: stop with it, no requeue here
+            self.__exit__()
+            raise Preempted(128 + signal.SIGTERM)
         signum, frame = self.received
         previous = self.previous.get(signum)
         self.__exit__()
@@ -106,12 +110,14 @@ def make_accelerator(tcfg: DictConfig, seed: int):
     """Seedable sampler: the shuffling order is a function of (seed, epoch), so a resumed run sees
     exactly the batches the interrupted one would have seen. Gradient accumulation is NOT left to
     accelerate: `train` groups micro-batches itself (see there), so accelerate's step counting and
-    loss scaling stay out of it."""
+    loss scaling stay out of it. Several processes on CPUs (torchrun) are accelerate's MULTI_CPU
+    only when asked for with `cpu=True`."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
     return Accelerator(
         mixed_precision=str(tcfg.precision),
+        cpu=distributed.world_size() > 1 and not torch.cuda.is_available(),  # else accelerate sees one process
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
     )
 
@@ -283,7 +289,9 @@ def train(
         losses = list(state.get("losses", []))
         if logger is not None and "global_step" in state:
             logger.step = state["global_step"]  # curves continue where the killed run stopped
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")  # several processes: each its own generators (dropout differs per rank)
+        set_rng_state(ranks[accelerator.process_index] if ranks and len(ranks) == accelerator.num_processes
+                      else state["rng"])
     start_epoch, skip_windows = divmod(step, plan.steps_per_epoch)
 
     label_smoothing = float(tcfg.get("label_smoothing") or 0.0)
@@ -293,11 +301,19 @@ def train(
     train_mode = not freeze_model  # no dropout while only the gates learn on a fixed network
     model.train(train_mode)
     extra, parts = 0.0, {}
+    observes = pruner is not None and getattr(pruner, "observes_gradients", False)
+    grad_sep = observes and getattr(pruner, "grad_sep", False) and distiller is not None
+    # Two backward passes in one step (gradient separation) are more than DDP's reducer allows:
+    # then every micro-batch runs without its sync and the window's gradients are averaged here.
+    manual_sync = grad_sep and accelerator.num_processes > 1
+    outside_ddp = ([p for p in pruner.parameters()] if pruner is not None else []) + (
+        list(distiller.maps.parameters()) if distiller is not None else [])
 
     def save():
         if checkpoint is not None:
             _save(checkpoint, accelerator, model, optimizer, scheduler, pruner, step, losses,
                   global_step=logger.step if logger is not None else step, distiller=distiller)
+            distributed.barrier()  # no process moves on (or exits on a signal) before rank 0 has written it
 
     with StopSignals() as signals:  # preemption / time limit: checkpoint at once, then stop
         epoch = start_epoch
@@ -312,11 +328,15 @@ def train(
                 units = [loss_units(b) for b in micro]
                 sizes = [batch_examples(b.values()) for b in micro]
                 total_units = sum(units)  # a window whose labels are all ignored: weights 0, not NaN
+                if accelerator.num_processes > 1:  # weigh by the GLOBAL window's terms: DDP averages over
+                    total_units = accelerator.reduce(  # processes, so x world size gives the global mean
+                        torch.as_tensor(total_units, dtype=torch.float32, device=accelerator.device), "sum"
+                    ) / accelerator.num_processes
                 total_units = total_units.clamp_min(1) if torch.is_tensor(total_units) else max(1, total_units)
                 window_loss = 0.0
                 for j, batch in enumerate(micro):
                     weight = units[j] / total_units
-                    sync = j == size - 1
+                    sync = j == size - 1 and not manual_sync
                     with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                         if pruner is not None:
                             _set_gates(gates, pruner.gate_values(step, plan.steps, training=True))
@@ -332,8 +352,7 @@ def train(
                                 first = first + extra
                             else:
                                 first, second, parts = loss + extra, None, {}
-                        observes = pruner is not None and getattr(pruner, "observes_gradients", False)
-                        if observes and second is not None and getattr(pruner, "grad_sep", False):
+                        if grad_sep and second is not None:
                             accelerator.backward(first * weight, retain_graph=True)
                             pruner.observe_gradients()  # importance: the first terms' gradient only
                             accelerator.backward(second * weight)
@@ -349,10 +368,13 @@ def train(
                         [p for g in optimizer.param_groups if not g.get("method") for p in g["params"]],
                         float(tcfg.max_grad_norm),
                     )
-                if pruner is not None and accelerator.num_processes > 1:  # method params live outside DDP
-                    for p in pruner.parameters():
+                if accelerator.num_processes > 1:  # what DDP does not average: the method's parameters,
+                    synced = outside_ddp + ([p for p in model.parameters() if p.requires_grad] if manual_sync else [])
+                    for p in synced:                 # distillation maps, and everything under manual_sync
                         if p.grad is not None:
                             p.grad = accelerator.reduce(p.grad, "mean")
+                    if observes and hasattr(pruner, "sync_observed"):  # GRAIN: the global batch's importance
+                        pruner.sync_observed(lambda t: accelerator.reduce(t, "mean"))
                 optimizer.step()
                 if not accelerator.optimizer_step_was_skipped:  # fp16: an overflow skips both
                     scheduler.step()
@@ -362,6 +384,8 @@ def train(
                 METER.add(optimizer_steps=1, epochs=1 / plan.steps_per_epoch, examples=sum(sizes))
                 if pruner is not None and hasattr(pruner, "after_step"):
                     pruner.after_step(step, plan.steps)  # GRAIN: running importance, masks that shrink
+                if accelerator.num_processes > 1:  # the global window's loss, not this process's share
+                    window_loss = accelerator.reduce(torch.as_tensor(window_loss, device=accelerator.device), "mean")
                 losses.append(float(window_loss))  # one host sync a step, as before accumulation
                 bar.update(1)
                 if logger is not None:
@@ -382,7 +406,7 @@ def train(
                     model.train(train_mode)
                 if save_every and (step % save_every == 0 or step == plan.steps):
                     save()  # also at the end: a kill before the pipeline commits the stage loses nothing
-                if signals.received:
+                if distributed.any_true(signals.received is not None):  # it may reach one process: all stop here
                     if not (save_every and step % save_every == 0):
                         save()  # this very step, not the last periodic one
                     signals.stop()
@@ -410,6 +434,7 @@ def _set_gates(gates, values) -> None:
 
 def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: int, losses: list[float],
           global_step: int, distiller=None) -> None:
+    ranks = distributed.gather(rng_state()) if accelerator.num_processes > 1 else None
     if not accelerator.is_main_process:
         return
     state = {
@@ -422,6 +447,7 @@ def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: in
         "global_step": global_step,
         "losses": losses,
         "rng": rng_state(),
+        "rng_ranks": ranks,
         "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from numbers import Integral, Real
 from omegaconf import DictConfig, OmegaConf
 
 from prune_cli import schedules, tracking
+from prune_cli.distributed import world_size
 from prune_cli.errors import ConfigError
 
 STAGES = ("teacher", "meta_train", "train", "finetune", "prune", "prune_curve", "prune_joint", "learn_gates",
@@ -192,6 +193,10 @@ def validate(cfg: DictConfig) -> Plan:
     if method.kind == "none" and wants_pruning:
         raise ConfigError("method", method.name, "a pruning method (e.g. method=michel) when heads=, sparsity= or "
                           "density= is given")
+    single = [s for s in stages if s in ("meta_train", "bench")]
+    if single and world_size() > 1:
+        raise ConfigError("pipeline", stages, f"{single[0]} runs in one process: launch it without torchrun / "
+                          f"accelerate launch / several SLURM tasks (this launch has {world_size()})")
     if "meta_train" in stages and method.name != "smp":
         raise ConfigError("pipeline", stages, f"a meta_train stage only with method=smp (it trains SMP's pruner), "
                           f"not method={method.name}")

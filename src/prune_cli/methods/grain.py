@@ -111,6 +111,12 @@ class GRAIN(Pruner):
                 self._acc[k] += leaf.grad.detach().double()
                 leaf.grad = None
 
+    def sync_observed(self, reduce) -> None:
+        """Several processes: the step's gate gradient of the GLOBAL batch (`reduce` averages over
+        processes, as DDP averages the weights' gradients), so every process ranks the same way."""
+        for k in self._acc:
+            self._acc[k] = reduce(self._acc[k])
+
     def after_step(self, step: int, total_steps: int) -> None:
         if self.importance == "taylor":
             for k in self.kinds:
