@@ -2,6 +2,7 @@
 # The APD comparison of docs/results/apd.md on MiniLM; a cell whose metrics.json exists is skipped,
 # so running it again continues where it stopped. Several workers may run it at once (start it twice
 # for 2 cores); the dense fine-tune each method starts from is shared through the sweep cache.
+# Each finished cell's record goes to RECORDS (default docs/results/runs/apd), so it continues on a fresh machine.
 #   bash scripts/apd_grid.sh [OUT=outputs/apd] [DATA=../shared/data] [SEEDS="1 2 3"] [TASKS="rte mrpc sst2 stsb"] [SMP_PRUNER=]
 # Every cell: the first 1,000 training rows (length 64, batch 32, AdamW lr 1e-4), 3 epochs of dense
 # fine-tuning, then 3 epochs in which the heads go (36 of 72 kept) -- the same training budget:
@@ -15,6 +16,7 @@ DATA=${2:-../shared/data}
 SEEDS=${3:-1 2 3}
 TASKS=${4:-rte mrpc sst2 stsb}
 SMP_PRUNER=${5:-}
+export RECORDS=${RECORDS:-docs/results/runs/apd}  # finished cells' records, kept in git (grid_common.sh)
 common="model=minilm data_root=$DATA task.max_train_samples=1000 task.max_length=64 trainer.epochs=3 \
 trainer.batch_size=32 trainer.lr=1e-4 trainer.progress_bar=false logger.mode=disabled export_model=false \
 cache.dir=$OUT/cache"
