@@ -74,3 +74,20 @@ def test_a_preempted_job_checkpoints_requeues_and_ends_like_an_uninterrupted_one
     assert [s for s, _ in losses[0]] == [s for s, _ in losses[1]] == list(range(1, 25))
     assert losses[0] == losses[1]
     assert "preempted" not in json.loads((folders[0] / "status.json").read_text())["status"]
+
+
+def test_a_job_of_two_tasks_is_one_run_of_two_processes(tmp_path):
+    """`hydra.launcher.tasks_per_node=2`: SLURM starts the job twice (srun), the tasks join one
+    process group (torch's variables from submitit) and train one run: global steps counted once,
+    one log row a step, metrics.json from rank 0 saying 2 processes."""
+    sweep = tmp_path / "sweep"
+    res = prune_run(["-m", *JOB, "hydra.launcher.tasks_per_node=2", "trainer.max_steps=4", "method=dsp", "heads=36",
+                     f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=900)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    (job,) = json.loads((sweep / "summary.json").read_text())["jobs"]
+    assert job["status"] == "completed"
+    metrics = json.loads((sweep / job["folder"] / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["heads_kept"] == 36
+    assert metrics["stages"][0]["steps"] == 4 and metrics["stages"][0]["compute"]["examples"] == 4 * 2 * 4
+    rows = [json.loads(line) for line in (sweep / job["folder"] / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "prune_joint/loss" in r] == [1, 2, 3, 4]
