@@ -39,6 +39,11 @@ def user_config_dirs(args: list[str]) -> tuple[list[Path], set[int]]:
     return [Path(d).expanduser().resolve() for d in dirs], taken
 
 
+def _searchpath(dirs: list[Path]) -> list[str]:
+    """The override that adds `--config-dir` folders to what compose() searches (none: nothing)."""
+    return ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in dirs) + "]"] if dirs else []
+
+
 def _group_options(group: str, extra: list[Path] = ()) -> list[str] | None:
     folders = [resources.files(CONF_MODULE), *extra]
     options, found = set(), False
@@ -86,8 +91,7 @@ def precompose(args: list[str]) -> None:
     extra, taken = user_config_dirs(args)
     overrides = [a for i, a in enumerate(args)
                  if i not in taken and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
-    if extra:
-        overrides.append("hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]")
+    overrides += _searchpath(extra)
     try:
         with initialize_config_module(CONF_MODULE, version_base="1.3"):
             cfg = compose("config", overrides=overrides)
@@ -123,7 +127,7 @@ def sweep_points(args: list[str]) -> list[list[str]]:
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     dims = {o.get_key_element(): [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
             for o in parsed if o.is_sweep_override()}
-    search = ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]"] if extra else []
+    search = _searchpath(extra)
     try:
         with initialize_config_module(CONF_MODULE, version_base="1.3"):
             base = compose("config", overrides=fixed + search, return_hydra_config=True)
@@ -178,7 +182,7 @@ def _resolved_hydra_key(args: list[str], key: str) -> str | None:
         fixed = [o.input_line for o in OverridesParser.create().parse_overrides(words) if not o.is_sweep_override()]
     except Exception:  # noqa: BLE001 - bad syntax: validate_sweep / precompose have said so already
         return None
-    search = ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]"] if extra else []
+    search = _searchpath(extra)
     try:
         with initialize_config_module(CONF_MODULE, version_base="1.3"):
             cfg = compose("config", overrides=fixed + search, return_hydra_config=True)
@@ -202,7 +206,7 @@ def validate_sweep(args: list[str]) -> None:
     except Exception as err:  # noqa: BLE001 - override syntax: Hydra's first line names it
         _die(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
     extra, _ = user_config_dirs(args)
-    search = ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]"] if extra else []
+    search = _searchpath(extra)
     for n, point in enumerate(points):
         try:
             with initialize_config_module(CONF_MODULE, version_base="1.3"):

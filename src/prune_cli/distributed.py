@@ -76,7 +76,7 @@ def broadcast(obj):
         return obj
     import torch.distributed as dist
 
-    box = [_to_cpu(obj) if is_main() else None]
+    box = [_cpu(obj) if is_main() else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
@@ -88,7 +88,7 @@ def gather(obj) -> list:
     import torch.distributed as dist
 
     out = [None] * world_size()
-    dist.all_gather_object(out, _to_cpu(obj))
+    dist.all_gather_object(out, _cpu(obj))
     return out
 
 
@@ -97,13 +97,6 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
-
-
-def any_true(flag: bool) -> bool:
-    """Whether any process's `flag` is set (a stop signal may reach only some of them)."""
-    if not active():
-        return bool(flag)
-    return any(gather(bool(flag)))
 
 
 @contextlib.contextmanager
@@ -115,11 +108,7 @@ def main_writes():
         barrier()
 
 
-def _to_cpu(obj):
-    if torch.is_tensor(obj):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
+def _cpu(obj):
+    from accelerate.utils import send_to_device
+
+    return send_to_device(obj, "cpu")

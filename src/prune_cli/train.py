@@ -406,7 +406,10 @@ def train(
                     model.train(train_mode)
                 if save_every and (step % save_every == 0 or step == plan.steps):
                     save()  # also at the end: a kill before the pipeline commits the stage loses nothing
-                if distributed.any_true(signals.received is not None):  # it may reach one process: all stop here
+                stop = signals.received is not None  # read as late as possible: a signal during this step's
+                if accelerator.num_processes > 1:    # logging or saving still stops at this step; on ANY process
+                    stop = bool(accelerator.reduce(torch.tensor(float(stop), device=accelerator.device), "sum") > 0)
+                if stop:  # every process stops at this same step
                     if not (save_every and step % save_every == 0):
                         save()  # this very step, not the last periodic one
                     signals.stop()
