@@ -111,22 +111,27 @@ def compute_table(runs: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _task(run: dict):
+    from prune_cli.tasks import get_task
+
+    return get_task(OmegaConf.load(Path(run["run"]) / ".hydra" / "config.yaml").task)
+
+
 def _predictions(run: dict):
     path = Path(run["run"]) / "predictions.json"
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    split = next(iter(record["splits"]))  # the first evaluation split (MNLI: matched)
-    return record["splits"][split]
+    split = _task(run).primary_split()[0]  # the split the primary metric is read from (MNLI: matched or mm)
+    return record["splits"][split if split in record["splits"] else next(iter(record["splits"]))]
 
 
 def _metric(run: dict):
-    """The run's primary metric as a function of (predictions, labels), from its own task config."""
-    from prune_cli.tasks import get_task
-
-    cfg = OmegaConf.load(Path(run["run"]) / ".hydra" / "config.yaml")
-    task = get_task(cfg.task)
-    return lambda p, y: task.metric_on(p, y)[run["metric"]]
+    """The run's primary metric as a function of (predictions, labels) on the split it is read
+    from (MNLI's accuracy_mm: accuracy on the mismatched predictions), from its own task config."""
+    task = _task(run)
+    name = task.primary_split()[1]
+    return lambda p, y: task.metric_on(p, y)[name]
 
 
 def paired_bootstrap(pairs: list[tuple[dict, dict]], metric, resamples: int = 1000, seed: int = 0) -> dict:

@@ -158,8 +158,27 @@ def test_every_experiment_composes_and_validates_here(name):
     """Each experiment file composes, and passes every up-front check with the local model and
     data (the README's "here" overrides; SMP's meta tasks: the GLUE sets that are local)."""
     data = Path(__file__).resolve().parents[2] / "shared" / "data"
-    here = {"smp": ["task=rte", "method.meta_tasks=[cola,sst2,mrpc,stsb]"], "michel_curve": ["task=sst2"]}.get(name, [])
+    mt = ["task=multi30k_de_en", "trainer.epochs=2", "task.max_train_samples=3000"]  # the model stays transformer_iwslt
+    here = {"smp": ["model=minilm", "task=rte", "method.meta_tasks=[cola,sst2,mrpc,stsb]"],
+            "michel_curve": ["model=minilm", "task=sst2"], "dsp_mnli": ["model=minilm", "task=sst2", "task.primary_metric=accuracy"],
+            "dsp_mnli_pipelined": ["model=minilm", "task=sst2", "task.primary_metric=accuracy"], "dsp_iwslt": [*mt, "method.cooldown_steps=null"],
+            "dsp_iwslt_pipelined": mt, "voita": mt}.get(name, ["model=minilm"])
+    sweep_keys = {"dsp_iwslt": "heads=36", "dsp_iwslt_pipelined": "heads=36", "dsp_mnli": "heads=36",
+                  "dsp_mnli_pipelined": "heads=36", "voita": "method.l0_penalty=0.1"}
     with initialize_config_module("prune_cli.conf", version_base="1.3"):
-        c = compose("config", overrides=[f"experiment={name}", "model=minilm", f"data_root={data}", *here])
+        c = compose("config", overrides=[f"experiment={name}", f"data_root={data}", *here,
+                                         *([sweep_keys[name]] if name in sweep_keys else [])])
     plan = validate(c)
     assert plan.stages
+    if name.endswith("_pipelined"):  # the official pipelined regime: no fine-tune after masking
+        assert plan.stages[-3:] == ["learn_gates", "evaluate", "export"] and c.method.gate_dropout
+    if name == "dsp_curve_equal":
+        assert c.trainer.total_epochs == 3
+
+
+@pytest.mark.parametrize("launcher", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "hydra"
+                                                              / "launcher").glob("*.yaml")))
+def test_every_launcher_config_composes(launcher):
+    with initialize_config_module("prune_cli.conf", version_base="1.3"):
+        c = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert c.hydra.launcher._target_

@@ -158,6 +158,18 @@ class Gates:
                 f["ffn"] = f["ffn"].to(device)
             self._ffn_scale[n] = None if ffn is None else ffn[f["ffn"]]
 
+    @torch.no_grad()
+    def fold(self, values: torch.Tensor) -> None:
+        """Bake head gate values [H] into the weights: each head's columns of its block's output
+        projection are multiplied by its gate, so the model computes what `set(values)` computes,
+        without hooks (Voita et al.'s fractional test-time gates in an exported model)."""
+        if values.shape != (self.space.total,):
+            raise ValueError(f"head gate values must have shape ({self.space.total},), got {tuple(values.shape)}")
+        for b in self._blocks:
+            weight = self._modules[b["o"]].weight
+            factor = values.to(weight.device, torch.float64)[b["head_feature"].to(weight.device)]
+            weight.copy_((weight.double() * factor).to(weight.dtype))
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()

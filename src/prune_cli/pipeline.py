@@ -247,12 +247,17 @@ class Pipeline:
         self.logger.file(self.run_dir / "pruner.pt")
         return result
 
+    def _epochs(self, index: int, given=None):
+        """Epochs of the training stage at `index`: its share of trainer.total_epochs when that is
+        set (validate splits it), else `given` (None = trainer.epochs)."""
+        return given if self.plan.epochs is None else self.plan.epochs[index]
+
     def _stage_train(self, state: State, index: int) -> dict:
-        return self._train(state, index, "train")
+        return self._train(state, index, "train", epochs=self._epochs(index))
 
     def _stage_finetune(self, state: State, index: int) -> dict:
         recovering = any(s["stage"] in ("prune", "prune_joint", "learn_gates") for s in state.stages)
-        epochs = self.cfg.trainer.get("recovery_epochs") if recovering else None
+        epochs = self._epochs(index, self.cfg.trainer.get("recovery_epochs") if recovering else None)
         dense = not any(s["stage"] in _MODEL_CHANGING for s in state.stages)
         peer_teacher = dense and self.cfg.distill.name == "peer" and not state.teacher \
             and not self.cfg.distill.get("teacher")
@@ -455,10 +460,14 @@ class Pipeline:
                 keep = self.pruner.prepare(ctx, validate=self._holdout_metric(state) if self.holdout is not None else None)
                 keep = distributed.broadcast(keep)
                 self.pruner.load_state_dict(distributed.broadcast(self.pruner.state_dict()))  # rank 0's choice
-            epochs = self.cfg.method.get("gate_epochs") if freeze_model else None
+            epochs = self._epochs(index, self.cfg.method.get("gate_epochs") if freeze_model else None)
             result = self._train(state, index, name, epochs=epochs, pruner=self.pruner, gates=gates,
                                  freeze_model=freeze_model)
         mask = distributed.broadcast((self.pruner.final_mask(keep) | ~eligible) & state.mask)
+        scales = self.pruner.final_scales() if hasattr(self.pruner, "final_scales") else None
+        if scales is not None:  # Voita's ending=gates: the kept heads keep their fractional gates
+            with Gates(state.model, state.space) as baked:
+                baked.fold(distributed.broadcast(scales))
         state.scores = self.pruner.scores()
         target = state.space.with_masks({"head": mask})
         result.update({k: v for k, v in self.pruner.log_stats().items() if k == "k_reached"})
@@ -479,7 +488,7 @@ class Pipeline:
 
         def metric() -> float:
             out = self.task.evaluate_on(state.model, state.tokenizer, self.holdout, self.accelerator, bs)
-            return float(out[self.task.primary_metric])
+            return float(out[self.task.primary_split()[1]])  # (MNLI's accuracy_mm: accuracy on the holdout)
 
         return metric
 
@@ -491,7 +500,8 @@ class Pipeline:
             factorize_embeddings(state.model, int(rank))  # before training, which recovers from it
         self.pruner.setup_units(state.space, self.plan.units, self.plan.density, self.cfg.heads_scope)
         with Gates(state.model, state.space) as gates:
-            result = self._train(state, index, "prune_joint", pruner=self.pruner, gates=gates)
+            result = self._train(state, index, "prune_joint", epochs=self._epochs(index), pruner=self.pruner,
+                                 gates=gates)
         target = distributed.broadcast(self.pruner.final_space())
         state.scores = self.pruner.scores()
         result["steps_pruned"] = self.pruner.steps_pruned

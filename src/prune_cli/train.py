@@ -163,7 +163,7 @@ def _param_groups(model, tcfg: DictConfig, pruner, freeze_model: bool, distiller
     return groups
 
 
-def _scheduler(optimizer, tcfg: DictConfig, total_steps: int):
+def _scheduler(optimizer, tcfg: DictConfig, total_steps: int, pruner=None):
     from transformers import (
         get_constant_schedule_with_warmup,
         get_inverse_sqrt_schedule,
@@ -180,10 +180,12 @@ def _scheduler(optimizer, tcfg: DictConfig, total_steps: int):
         schedule = get_constant_schedule_with_warmup(optimizer, warmup)
     if not any(g.get("method") for g in optimizer.param_groups):
         return schedule
-    # A learner's own parameters keep a constant rate: warm-up and decay would freeze the head
-    # logits at both ends of the run, where the budget and temperature schedules still move them.
+    # A learner's own parameters keep a constant rate by default: warm-up and decay would freeze the
+    # head logits at both ends of the run, where the budget and temperature schedules still move
+    # them. `method.lr_schedule=model` follows the model's schedule instead (the official DSP code).
     model_lambda = schedule.lr_lambdas[0]
-    lambdas = [_constant if g.get("method") else model_lambda for g in optimizer.param_groups]
+    method_lambda = model_lambda if getattr(pruner, "lr_schedule", "constant") == "model" else _constant
+    lambdas = [method_lambda if g.get("method") else model_lambda for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
@@ -243,7 +245,9 @@ def train(
     of the first terms; with `pruner.grad_sep` the hidden-state term is backpropagated after that
     (GRAIN's gradient separation), so the importance never sees its gradient but the weights do.
     `freeze_model`: train only the method's parameters (the "pipelined" regime's gate learning;
-    the model stays in eval mode, so no dropout, evaluations in between included).
+    the model stays in eval mode, so no dropout, unless `pruner.gate_dropout`). The learner's own
+    parameters follow the model's lr schedule with `pruner.lr_schedule == "model"` (else a
+    constant rate) and share the gradient-norm clip with `pruner.clip_logits`.
     `checkpoint`: file for a resumable mid-stage checkpoint (written every `save_every` steps and
     when the stage ends; the pipeline deletes it once the stage is committed).
     `evaluate`: callable(step) -> dict, run every `eval_every` steps.
@@ -265,7 +269,7 @@ def train(
         _param_groups(model, tcfg, pruner, freeze_model, distiller), lr=float(tcfg.lr),
         betas=tuple(tcfg.get("adam_betas") or (0.9, 0.999)), eps=float(tcfg.get("adam_eps") or 1e-8),
     )
-    scheduler = _scheduler(optimizer, tcfg, plan.steps)  # stepped once per optimizer step, by us
+    scheduler = _scheduler(optimizer, tcfg, plan.steps, pruner)  # stepped once per optimizer step, by us
     model, optimizer = accelerator.prepare(model, optimizer)
     if pruner is not None and hasattr(pruner, "to"):
         pruner.to(accelerator.device)
@@ -298,7 +302,9 @@ def train(
     log_every, eval_every = int(tcfg.log_every), int(tcfg.eval_every)
     save_every = int(tcfg.save_every)
     bar = tqdm(total=plan.steps, initial=step, desc=desc, disable=not tcfg.progress_bar, dynamic_ncols=True)
-    train_mode = not freeze_model  # no dropout while only the gates learn on a fixed network
+    # no dropout while only the gates learn on a fixed network, unless the method asks for it
+    # (`method.gate_dropout`: the official DSP code's pipelined gate learning keeps model.train())
+    train_mode = not freeze_model or bool(getattr(pruner, "gate_dropout", False))
     model.train(train_mode)
     extra, parts = 0.0, {}
     observes = pruner is not None and getattr(pruner, "observes_gradients", False)
@@ -306,6 +312,7 @@ def train(
     # Two backward passes in one step (gradient separation) are more than DDP's reducer allows:
     # then every micro-batch runs without its sync and the window's gradients are averaged here.
     manual_sync = grad_sep and accelerator.num_processes > 1
+    clip_method = bool(getattr(pruner, "clip_logits", False))
     outside_ddp = ([p for p in pruner.parameters()] if pruner is not None else []) + (
         list(distiller.maps.parameters()) if distiller is not None else [])
 
@@ -363,9 +370,9 @@ def train(
                         objective = loss if distiller is None else first + second
                     window_loss = window_loss + weight * objective.detach()
                     METER.backward(sizes[j])
-                if float(tcfg.max_grad_norm) > 0:
+                if float(tcfg.max_grad_norm) > 0:  # the method's parameters only with `method.clip_logits`
                     accelerator.clip_grad_norm_(
-                        [p for g in optimizer.param_groups if not g.get("method") for p in g["params"]],
+                        [p for g in optimizer.param_groups if clip_method or not g.get("method") for p in g["params"]],
                         float(tcfg.max_grad_norm),
                     )
                 if accelerator.num_processes > 1:  # what DDP does not average: the method's parameters,

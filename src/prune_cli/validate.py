@@ -36,6 +36,7 @@ class Plan:
     task: object  # the validated prune_cli.tasks.Task
     density: float | None = None  # fraction of the attention + FFN weights (in heads_scope) to keep
     units: tuple[str, ...] = ("head",)  # the unit kinds the prune ranks
+    epochs: dict[int, float] | None = None  # trainer.total_epochs: each training stage's epochs, by index
 
 
 def _is_int(v) -> bool:
@@ -73,6 +74,8 @@ RULES: tuple[tuple[str, bool, object, str], ...] = (
     ("trainer.save_every", False, lambda v: _is_int(v) and v >= 0, "a whole number of steps >= 0 (0 = stage ends)"),
     ("trainer.log_every", False, lambda v: _is_int(v) and v >= 1, "a whole number of steps >= 1"),
     ("trainer.num_workers", False, lambda v: _is_int(v) and v >= 0, "a whole number of worker processes >= 0"),
+    ("trainer.total_epochs", True, lambda v: _is_num(v) and v > 0, "a number of epochs > 0 for all training stages "
+     "together, or null"),
     ("trainer.recovery_epochs", True, lambda v: _is_num(v) and v > 0, "a number of epochs > 0, or null"),
     ("task.max_train_samples", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null (all rows)"),
     ("task.max_eval_samples", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null (all rows)"),
@@ -184,12 +187,15 @@ def validate(cfg: DictConfig) -> Plan:
     if len(pruning) > 1:
         raise ConfigError("pipeline", stages, f"at most one pruning stage ({', '.join(PRUNING_STAGES)})")
     lossless = method.get("tolerance") is not None  # APD picks K itself
-    if lossless and (heads is not None or sparsity is not None or density is not None):
+    by_lambda = method.get("ending") == "gates"  # Voita's own ending: lambda sets the sparsity
+    if (lossless or by_lambda) and (heads is not None or sparsity is not None or density is not None):
         key, value = next((k, v) for k, v in (("heads", heads), ("sparsity", sparsity), ("density", density))
                           if v is not None)
-        raise ConfigError(key, value, f"no budget with method.tolerance={method.tolerance} (the lossless mode "
-                          "chooses K), or method.tolerance=null")
-    wants_pruning = heads is not None or sparsity is not None or density is not None or lossless
+        why = (f"method.tolerance={method.tolerance} (the lossless mode chooses K), or method.tolerance=null"
+               if lossless else "method.ending=gates (the L0 penalty method.l0_penalty sets the sparsity), or "
+               "method.ending=top_k")
+        raise ConfigError(key, value, f"no budget with {why}")
+    wants_pruning = heads is not None or sparsity is not None or density is not None or lossless or by_lambda
     if method.kind == "none" and wants_pruning:
         raise ConfigError("method", method.name, "a pruning method (e.g. method=michel) when heads=, sparsity= or "
                           "density= is given")
@@ -268,7 +274,37 @@ def validate(cfg: DictConfig) -> Plan:
     task.validate()
     pruner.task = task
     pruner.check_run(cfg, stages, keep, in_scope)
-    return Plan(total, in_scope, keep, stages, task, density=None if density is None else float(density), units=units)
+    return Plan(total, in_scope, keep, stages, task, density=None if density is None else float(density), units=units,
+                epochs=split_epochs(cfg, stages))
+
+
+#: stages that train the model the run evaluates (the teacher stage trains another one)
+TRAINING_STAGES = ("train", "finetune", "prune_joint", "learn_gates")
+
+
+def split_epochs(cfg: DictConfig, stages: list[str]) -> dict[int, float] | None:
+    """`trainer.total_epochs=E`: the run's training stages together train E epochs, so methods of
+    different pipelines compare at one budget. A stage whose length is given (`method.gate_epochs`
+    for learn_gates, `trainer.recovery_epochs` for a fine-tune after pruning) keeps it; the other
+    stages share the rest evenly. None when E is not set."""
+    total = cfg.trainer.get("total_epochs")
+    if total is None:
+        return None
+    fixed, free = {}, []
+    pruned = False
+    for i, stage in enumerate(stages):
+        if stage in TRAINING_STAGES:
+            given = (cfg.method.get("gate_epochs") if stage == "learn_gates"
+                     else cfg.trainer.get("recovery_epochs") if stage == "finetune" and pruned else None)
+            (free.append(i) if given is None else fixed.update({i: float(given)}))
+        pruned = pruned or stage in PRUNING_STAGES
+    given = sum(fixed.values())
+    left = float(total) - given
+    if (free and left <= 0) or (not free and abs(left) > 1e-9):
+        need = f"more than {given:g}" if free else f"{given:g}"
+        raise ConfigError("trainer.total_epochs", total, f"{need}: method.gate_epochs / trainer.recovery_epochs "
+                          f"already give {given:g} epochs of pipeline {stages}, or null")
+    return {**fixed, **{i: left / len(free) for i in free}}
 
 
 def _check_units(cfg: DictConfig, task, units: tuple[str, ...], density, scope: str, model_type: str) -> None:

@@ -280,6 +280,14 @@ def number(cfg: DictConfig, key: str, default, *, low=None, high=None, positive=
     return int(value) if integer else float(value)
 
 
+def flag(cfg: DictConfig, key: str, default: bool) -> bool:
+    """`method.<key>` as a bool: true or false, nothing else."""
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"method.{key}", value, "true or false")
+    return value
+
+
 def choice(cfg: DictConfig, key: str, default: str, allowed: tuple[str, ...]) -> str:
     value = cfg.get(key, default)
     if value not in allowed:
@@ -305,7 +313,15 @@ class GateLearner(Pruner):
     def __init__(self, cfg: DictConfig, space, seed: int = 0):
         super().__init__(cfg, space, seed)
         self.total = int(space.total)
-        self._lr = number(cfg, "lr", 0.5, positive=True)
+        # null: the model's trainer.lr (IWSLT in the official DSP code, where fairseq's scheduler
+        # sets every parameter group's rate)
+        self._lr = None if "lr" in cfg and cfg.lr is None else number(cfg, "lr", 0.5, positive=True)
+        # The official DSP code's training setup, one switch each (defaults: ours, see METHODS.md):
+        # the logits' lr decays with the model's schedule; their gradient joins the model's clip
+        # norm; the pipelined gate learning keeps dropout on.
+        self.lr_schedule = choice(cfg, "lr_schedule", "constant", ("constant", "model"))
+        self.clip_logits = flag(cfg, "clip_logits", False)
+        self.gate_dropout = flag(cfg, "gate_dropout", False)
         init = choice(cfg, "init", "uniform", self.INITS)
         scale = number(cfg, "init_scale", 0.5, low=0.0)
         generator = torch.Generator().manual_seed(int(seed))
@@ -333,6 +349,7 @@ class GateLearner(Pruner):
         if eligible.numel() != self.total:
             raise ValueError(f"eligible mask has {eligible.numel()} entries, the model has {self.total} heads")
         n = int(eligible.sum())
+        keep = n if keep is None else keep  # no budget: the method decides (Voita's ending=gates)
         if not 0 <= int(keep) <= n:
             raise ConfigError("heads", keep, f"0..{n} (heads in scope)")
         self.keep, self.eligible = int(keep), eligible
@@ -361,7 +378,7 @@ class GateLearner(Pruner):
     def parameters(self) -> list[torch.nn.Parameter]:
         return [self.logits]
 
-    def lr(self) -> float:
+    def lr(self) -> float | None:
         return self._lr
 
     # ---- the hooks the trainer calls -----------------------------------------------------
@@ -388,6 +405,11 @@ class GateLearner(Pruner):
             return inside
         eligible = self.eligible.to(inside.device)
         return torch.ones(self.total, dtype=inside.dtype, device=inside.device).masked_scatter(eligible, inside)
+
+    def final_scales(self) -> torch.Tensor | None:
+        """Gate values [H] the kept heads keep as multipliers after training (folded into the
+        weights); None = a hard mask (every method but Voita's ending=gates)."""
+        return None
 
     def final_mask(self, k: int) -> torch.Tensor:
         """Exactly k True: the k eligible heads with the largest learned logits."""

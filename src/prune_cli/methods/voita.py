@@ -30,6 +30,12 @@ reported: `k_reached` = heads whose deterministic test-time gate (Louizos et al.
 one Voita et al. prune with) is non-zero, logged every step, in `history()` (mask_trajectory.json)
 and in `self.k_reached` after `final_mask`.
 
+`ending: gates` is the paper's own ending instead (with `controller: fixed`, no `heads=`): the
+deterministic test-time gate clip(sigmoid(log_alpha) * (zeta - gamma) + gamma, 0, 1) of every
+head is kept as a multiplier -- fractional gates stay fractional, folded into the output
+projection of the exported model -- and only heads whose gate is exactly 0 are removed: lambda,
+not K, sets the sparsity, and the K it reached is the run's `heads_kept`.
+
 Hard-concrete constants (config keys): temperature 1/3 and stretch (gamma, zeta) = (-0.1, 1.1), as
 in Voita et al.; log_alpha starts U(-init_scale, init_scale).
 """
@@ -64,6 +70,7 @@ def solve_shift(log_alpha: torch.Tensor, offset: float, target: float, iters: in
 class Voita(GateLearner):
     CONTROLLERS = ("projection", "fixed")
     PENALTIES = ("sum", "layer_mean")
+    ENDINGS = ("top_k", "gates")
 
     def __init__(self, cfg, space, seed: int = 0):
         super().__init__(cfg, space, seed)
@@ -77,6 +84,10 @@ class Voita(GateLearner):
         self.controller = choice(cfg, "controller", "projection", self.CONTROLLERS)
         self.l0_penalty = number(cfg, "l0_penalty", 0.0015, low=0.0)
         self.penalty = choice(cfg, "penalty", "sum", self.PENALTIES)
+        self.ending = choice(cfg, "ending", "top_k", self.ENDINGS)
+        if self.ending == "gates" and self.controller != "fixed":
+            raise ConfigError("method.ending", "gates", "top_k with method.controller=projection (it holds K, the "
+                              "test-time gates would not), or method.controller=fixed to prune by lambda")
         self.shift = 0.0  # the projection's s at the last step (0 with controller=fixed)
         self.k_reached: int | None = None
 
@@ -125,6 +136,17 @@ class Voita(GateLearner):
         }
         return values
 
+    def gate_values(self, step: int, total_steps: int, training: bool = True) -> torch.Tensor:
+        if training or self.ending != "gates":
+            return super().gate_values(step, total_steps, training)
+        return self.final_scales().to(self.logits.device).float()  # evaluations see the test-time gates
+
+    def final_scales(self) -> torch.Tensor | None:
+        """ending=gates: the test-time gate of every head [H] (out of scope: 1); else None."""
+        if self.ending != "gates":
+            return None
+        return self._scatter(self.gate.mean_gate(self.inside(self.logits.detach().cpu())))
+
     def _reached(self, eff: torch.Tensor) -> int:
         """Heads whose deterministic (test-time) gate is non-zero."""
         return int((self.gate.mean_gate(eff) > 0).sum())
@@ -153,6 +175,8 @@ class Voita(GateLearner):
             reached = self._reached(log_alpha)
         self.k_reached = reached
         self._stats["k_reached"] = float(reached)
+        if self.ending == "gates":  # the heads whose test-time gate is open, however many
+            return (self.final_scales() > 0) & self.eligible | ~self.eligible
         return super().final_mask(k)
 
     def history(self) -> dict:

@@ -56,6 +56,11 @@ class Task:
     #: predictions.json so that the collector can bootstrap a paired comparison of two runs
     predictions: dict | None = None
 
+    def primary_split(self) -> tuple[str | None, str]:
+        """(evaluation split, metric name within it) of `primary_metric`: the split is None when
+        the task has one; MNLI's `accuracy_mm` is (validation_mismatched, accuracy)."""
+        return None, self.primary_metric
+
     def metric_on(self, predictions, labels) -> dict[str, float]:
         """The task's metrics on these examples alone (a bootstrap resample)."""
         raise NotImplementedError(f"{type(self).__name__} keeps no per-example predictions")

@@ -117,8 +117,11 @@ class GlueTask(Task):
         unknown = [m for m in cfg.metrics if m not in METRICS]
         if unknown:
             raise ConfigError("task.metrics", list(cfg.metrics), f"names from {', '.join(METRICS)}")
-        if cfg.primary_metric not in cfg.metrics:
-            raise ConfigError("task.primary_metric", cfg.primary_metric, f"one of task.metrics ({', '.join(cfg.metrics)})")
+        suffixes = [split.get("suffix", "") for split in (cfg.get("eval_splits") or {}).values()] or [""]
+        allowed = [m + suffix for suffix in suffixes for m in cfg.metrics]  # MNLI: accuracy_mm = mismatched
+        if cfg.primary_metric not in allowed:
+            raise ConfigError("task.primary_metric", cfg.primary_metric, f"one of {', '.join(allowed)} (task.metrics "
+                              "on each evaluation split)")
         n_text = {len(cfg.hub_text_columns), len(cfg.local.text_columns)}
         if len(n_text) != 1 or n_text - {1, 2}:
             raise ConfigError("task.local.text_columns", list(cfg.local.text_columns),
@@ -315,6 +318,15 @@ class GlueTask(Task):
             results.update({k + suffix: v for k, v in metrics.items()})
             self.predictions[split] = {"prediction": preds.tolist(), "label": labels.tolist()}
         return results
+
+    def primary_split(self) -> tuple[str | None, str]:
+        splits = sorted(self.cfg.eval_splits.items(), key=lambda kv: -len(kv[1].get("suffix") or ""))
+        for split, spec in splits:  # the longest suffix first: `accuracy_mm` is not `accuracy` + "_mm" of ""
+            suffix = spec.get("suffix") or ""
+            base = self.primary_metric[: len(self.primary_metric) - len(suffix)]
+            if self.primary_metric.endswith(suffix) and base in self.cfg.metrics:
+                return split, base
+        return None, self.primary_metric
 
     def evaluate_on(self, model, tokenizer, dataset, accelerator, batch_size: int) -> dict[str, float]:
         """The metrics on any tokenised labelled rows (e.g. a validation split carved from the
