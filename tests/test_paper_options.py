@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ENC_DEC, padded_batch, tiny_model
 from omegaconf import OmegaConf
+from test_cli import TINY, prune_run
+from test_learners import batch, learner, tiny_bert
 
 from prune_cli.errors import ConfigError
 from prune_cli.gates import Gates
 from prune_cli.heads import HeadSpace
 from prune_cli.methods import get_pruner
 from prune_cli.surgery import remove_heads
-from conftest import ENC_DEC, padded_batch, tiny_model
-from test_cli import TINY, prune_run
-from test_learners import batch, learner, tiny_bert
 
 CONF = Path(str(resources.files("prune_cli.conf")))
 
@@ -205,8 +205,8 @@ def compose(*overrides):
     (["method=michel", "heads=36"], {0: 2.0, 2: 2.0}),
     (["method=random", "heads=36", "pipeline=[prune,finetune,evaluate,export]"], {1: 4.0}),
     (["method=dsp_pipelined", "heads=36"], {0: 4 / 3, 1: 4 / 3, 2: 4 / 3}),
-    (["method=dsp_pipelined", "heads=36", "method.gate_epochs=1", "method.pipelines.pipelined=[finetune,learn_gates,"
-      "evaluate,export]"], {0: 3.0, 1: 1.0}),
+    (["method=dsp_pipelined", "heads=36", "method.gate_epochs=1",
+      "method.pipelines.pipelined=[finetune,learn_gates,evaluate,export]"], {0: 3.0, 1: 1.0}),
     (["method=michel", "heads=36", "trainer.recovery_epochs=1"], {0: 3.0, 2: 1.0}),
 ])
 def test_total_epochs_is_split_over_the_training_stages(overrides, expected):

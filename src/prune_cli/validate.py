@@ -74,8 +74,8 @@ RULES: tuple[tuple[str, bool, object, str], ...] = (
     ("trainer.save_every", False, lambda v: _is_int(v) and v >= 0, "a whole number of steps >= 0 (0 = stage ends)"),
     ("trainer.log_every", False, lambda v: _is_int(v) and v >= 1, "a whole number of steps >= 1"),
     ("trainer.num_workers", False, lambda v: _is_int(v) and v >= 0, "a whole number of worker processes >= 0"),
-    ("trainer.total_epochs", True, lambda v: _is_num(v) and v > 0, "a number of epochs > 0 for all training stages "
-     "together, or null"),
+    ("trainer.total_epochs", True, lambda v: _is_num(v) and v > 0, ("a number of epochs > 0 for all training stages "
+     "together, or null")),
     ("trainer.recovery_epochs", True, lambda v: _is_num(v) and v > 0, "a number of epochs > 0, or null"),
     ("task.max_train_samples", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null (all rows)"),
     ("task.max_eval_samples", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null (all rows)"),
