@@ -4,7 +4,9 @@ table and curve: primary metric against heads kept, one row/line per method.
     python scripts/collect_runs.py multirun/2026-11-23_10-00-00 --out results/dsp_curve
 
 writes `<out>.md` (one table per task), `<out>.json` (every run's numbers) and `<out>.png`
-(one panel per task, metric vs heads kept, in the style of the DSP paper's figure 2).
+(one panel per task, metric vs % of heads kept -- or of weights, for density runs -- mean +- std
+over seeds, in the style of the DSP paper's figure 2; with `--published`, the papers' points
+of the same task and metric are drawn over it).
 A method's label includes its regime when it has one (dsp/joint, dsp/pipelined).
 """
 
@@ -269,30 +271,64 @@ def cell(values: list[float]) -> str:
     return f"{mean:.1f} ± {std:.1f} (n={len(values)})"
 
 
-def plot(runs: list[dict], path: Path) -> None:
+def _budget_x(run: dict) -> tuple[str, float | None]:
+    """Where a run sits on a curve: % of the weights kept for density runs (GRAIN), else % of the
+    model's heads kept -- shares, so models of different sizes (and the papers') share one axis."""
+    if run.get("density") is not None and run["density"] < 1.0:
+        return "density", 100.0 * run["density"]
+    total = run.get("heads_total")
+    return "heads", (100.0 * run["heads_kept"] / total if total and run.get("heads_kept") is not None else None)
+
+
+def plot(runs: list[dict], path: Path, published: list[dict] | None = None) -> dict:
+    """One panel per task: the primary metric (mean +- sample std over seeds) against the share of
+    heads (or weights) kept, one line per method; published points of the same task and metric
+    drawn over it as crosses, labelled with the paper's model. Returns what each panel shows:
+    {task: {"lines": {method: [(x, mean, std, n)]}, "published": [(x, value, label)]}}."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = sorted({r["task"] for r in runs})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 3.8), squeeze=False)
+    drawn = {}
     for ax, task in zip(axes[0], tasks):
-        rows = [r for r in runs if r["task"] == task and r["value"] is not None]
+        panel = drawn[task] = {"lines": {}, "published": []}
+        rows = [r for r in runs if r["task"] == task and r["value"] is not None and _budget_x(r)[1] is not None]
+        kinds = {_budget_x(r)[0] for r in rows}
         for method in sorted({r["method"] for r in rows}):
             pts = defaultdict(list)
             for r in rows:
                 if r["method"] == method:
-                    pts[r["heads_kept"]].append(r["scale"] * r["value"])
+                    pts[round(_budget_x(r)[1], 2)].append(r["scale"] * r["value"])
             xs = sorted(pts)
-            ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", label=method)
+            means = [sum(pts[x]) / len(pts[x]) for x in xs]
+            stds = [(sum((v - m) ** 2 for v in pts[x]) / (len(pts[x]) - 1)) ** 0.5 if len(pts[x]) > 1 else 0.0
+                    for x, m in zip(xs, means)]
+            ax.errorbar(xs, means, yerr=stds, marker="o", markersize=4, capsize=2, label=method)
+            panel["lines"][method] = [(x, m, sd, len(pts[x])) for x, m, sd in zip(xs, means, stds)]
+        metric = rows[0]["metric"] if rows else ""
+        for pub in published or []:
+            budget = pub.get("budget") or {}
+            x = (100.0 * budget["density"] if "density" in budget and "density" in kinds
+                 else 100.0 * budget["heads_kept_fraction"] if "heads_kept_fraction" in budget and "heads" in kinds
+                 else None)
+            if pub["task"] == task and pub["metric"] == metric and x is not None:
+                label = f"{pub['method']} (published, {pub['model']})"
+                ax.plot([x], [pub["value"]], marker="x", color="black", linestyle="none", markersize=7, label=label)
+                panel["published"].append((x, pub["value"], label))
         ax.set_title(task)
-        ax.set_xlabel("heads kept")
-        ax.set_ylabel(rows[0]["metric"] if rows else "")
+        ax.set_xlabel("% of weights kept (density)" if kinds == {"density"} else "% of heads kept")
+        ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))  # one legend entry per published series
+        ax.legend(unique.values(), unique.keys(), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn
 
 
 def main(argv=None) -> None:
@@ -316,13 +352,14 @@ def main(argv=None) -> None:
         text, rows = comparison_table(runs, args.baseline, args.resamples)
         md += "\n" + text
         args.out.with_name(args.out.name + "_bootstrap.json").write_text(json.dumps(rows, indent=1))
-    if args.published:
-        text, rows = paper_table(runs, load_published(args.published))
+    published = load_published(args.published) if args.published else None
+    if published:
+        text, rows = paper_table(runs, published)
         md += "\n" + text
         args.out.with_name(args.out.name + "_published.json").write_text(json.dumps(rows, indent=1))
     args.out.with_suffix(".md").write_text(md)
     args.out.with_suffix(".json").write_text(json.dumps(runs, indent=1))
-    plot(runs, args.out.with_suffix(".png"))
+    plot(runs, args.out.with_suffix(".png"), published)
     print(md)
     print(f"wrote {args.out}.md, .json, .png ({len(runs)} runs)")
 

@@ -208,6 +208,28 @@ def test_collect_runs_sets_published_numbers_beside_ours(tmp_path):
     assert apd["ours"] == pytest.approx((100 * 42 / 72 + 100 * 48 / 72) / 2) and "(lower bound)" in text
 
 
+def test_collect_runs_curve_has_seed_spread_and_the_published_points(tmp_path):
+    """The K-curve plot: mean +- std over seeds per budget on a shared % axis, and the published
+    points of the same task and metric over it (GRAIN's Table 1 at 5 % and 10 % density)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from collect_runs import find_runs, load_published, plot
+
+    for density, values in ((0.05, (0.80, 0.84)), (0.1, (0.86, 0.88))):
+        for seed, value in enumerate(values, 1):
+            run = tmp_path / f"d{density}_s{seed}"
+            run.mkdir()
+            (run / "metrics.json").write_text(json.dumps({
+                "task": "sst2", "model": "minilm", "method": "grain", "primary_metric": "accuracy", "primary": value,
+                "eval": {"accuracy": value}, "seed": seed, "heads_kept": 60, "heads_total": 72, "density": density}))
+    drawn = plot(find_runs([tmp_path]), tmp_path / "curve.png", load_published(ROOT / "published"))
+    line = drawn["sst2"]["lines"]["grain"]
+    assert [(x, round(m, 6), n) for x, m, _, n in line] == [(5.0, 82.0, 2), (10.0, 87.0, 2)]
+    assert line[0][2] == pytest.approx((2 * 2.0 ** 2) ** 0.5)  # sample std of 80, 84
+    assert sorted((x, v) for x, v, _ in drawn["sst2"]["published"]) == [(5.0, 91.4), (10.0, 91.9), (100.0, 92.9)]  # + teacher
+    assert all("published, bert-base-uncased" in label for *_, label in drawn["sst2"]["published"])
+    assert (tmp_path / "curve.png").stat().st_size > 5000
+
+
 @pytest.mark.slow
 def test_resuming_with_other_settings_is_refused_and_leaves_the_run_as_it_was(tmp_path, monkeypatch):
     run = tmp_path / "run"

@@ -277,7 +277,9 @@ class ConllTask(Task):
         )["logits"]
         predicted = self.word_predictions(logits, raw["word_ids"], [len(t) for t in raw["tags"]])
         types = sorted({label.split("-", 1)[1] for label in self.labels if "-" in label})
-        return entity_metrics(raw["tags"], predicted, types)
+        from prune_cli import metrics
+
+        return metrics.load("seqeval").compute(predictions=predicted, references=raw["tags"], types=types)
 
 
 def _is_int(v) -> bool:

@@ -341,7 +341,10 @@ class GlueTask(Task):
         else:
             preds = logits.argmax(-1)
             loss = torch.nn.functional.cross_entropy(logits, labels.long())
-        metrics = {name: METRICS[name](preds.numpy(), labels.numpy()) for name in self.cfg.metrics}
+        from prune_cli import metrics as local
+
+        glue = local.load("glue", "regression" if self.is_regression else "default")
+        metrics = glue.compute(predictions=preds.numpy(), references=labels.numpy(), metrics=list(self.cfg.metrics))
         metrics.update({"loss": float(loss), "samples": len(labels)})
         return metrics, preds, labels
 

@@ -455,7 +455,14 @@ class SquadTask(Task):
             version_2=self.version_2,
             null_score_diff_threshold=float(self.cfg.null_score_diff_threshold),
         )
-        return squad_metrics(predictions, raw["examples"], self.version_2)
+        from prune_cli import metrics
+
+        references = [{"id": ex["id"], "answers": {"text": list(ex["answers"]["text"]),
+                                                   "answer_start": list(ex["answers"].get("answer_start", []))}}
+                      for ex in raw["examples"]]
+        answers = [{"id": qid, "prediction_text": text} for qid, text in predictions.items()]
+        return metrics.load("squad", "v2" if self.version_2 else "v1").compute(predictions=answers,
+                                                                                references=references)
 
 
 def _cls_index(input_ids: list[int], tokenizer) -> int:

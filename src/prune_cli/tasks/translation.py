@@ -51,12 +51,16 @@ def read_lines(path: Path, remove_bpe: str | None = None) -> list[str]:
     return lines
 
 
-def corpus_bleu(hypotheses: list[str], references: list[str], tokenize: str = "13a") -> tuple[float, str]:
-    """sacreBLEU corpus BLEU (one reference per sentence) and its signature string."""
+def corpus_bleu(hypotheses: list[str], references: list[str] | list[list[str]], tokenize: str = "13a"
+                ) -> tuple[float, str]:
+    """sacreBLEU corpus BLEU and its signature string; `references`: one string per sentence, or
+    per sentence a list of them (the same number each)."""
     from sacrebleu.metrics import BLEU
 
+    several = bool(references) and isinstance(references[0], (list, tuple))
+    streams = [list(s) for s in zip(*references)] if several else [list(references)]
     bleu = BLEU(tokenize=tokenize)
-    return float(bleu.corpus_score(hypotheses, [references]).score), str(bleu.get_signature())
+    return float(bleu.corpus_score(hypotheses, streams).score), str(bleu.get_signature())
 
 
 class TranslationTask(Task):
@@ -293,9 +297,12 @@ class TranslationTask(Task):
         split = self.cfg.eval_split
         hypotheses = self.translate(model, tokenizer, splits.eval[split], accelerator, batch_size)
         references = splits.eval_raw[split]["references"]
-        bleu, signature = corpus_bleu(hypotheses, references, self.cfg.get("bleu_tokenize", "13a"))
-        self.metric_info = {"bleu_signature": signature}
-        return {"bleu": bleu}
+        from prune_cli import metrics
+
+        out = metrics.load("sacrebleu").compute(predictions=hypotheses, references=[[r] for r in references],
+                                                tokenize=self.cfg.get("bleu_tokenize", "13a"))
+        self.metric_info = {"bleu_signature": out["signature"]}
+        return {"bleu": out["bleu"]}
 
 
 def _is_int(v) -> bool:
