@@ -126,7 +126,8 @@ def test_every_module_loads_without_the_network_flags(tmp_path):
             "for n, c in [('glue', 'mrpc'), ('squad', 'v1'), ('seqeval', None), ('sacrebleu', None)]:\n"
             "    evaluate.load(m.path(n), c)\n"
             "print(evaluate.load(m.path('glue'), 'sst2').compute(predictions=[1, 0], references=[1, 1]))")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
+                         timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "{'accuracy': 0.5}"
 
