@@ -370,11 +370,6 @@ def train(
                         objective = loss if distiller is None else first + second
                     window_loss = window_loss + weight * objective.detach()
                     METER.backward(sizes[j])
-                if float(tcfg.max_grad_norm) > 0:  # the method's parameters only with `method.clip_logits`
-                    accelerator.clip_grad_norm_(
-                        [p for g in optimizer.param_groups if clip_method or not g.get("method") for p in g["params"]],
-                        float(tcfg.max_grad_norm),
-                    )
                 if accelerator.num_processes > 1:  # what DDP does not average: the method's parameters,
                     synced = outside_ddp + ([p for p in model.parameters() if p.requires_grad] if manual_sync else [])
                     for p in synced:                 # distillation maps, and everything under manual_sync
@@ -382,6 +377,12 @@ def train(
                             p.grad = accelerator.reduce(p.grad, "mean")
                     if observes and hasattr(pruner, "sync_observed"):  # GRAIN: the global batch's importance
                         pruner.sync_observed(lambda t: accelerator.reduce(t, "mean"))
+                if float(tcfg.max_grad_norm) > 0:  # after the sync: one norm on every rank; the method's
+                    # parameters join it with `method.clip_logits`
+                    accelerator.clip_grad_norm_(
+                        [p for g in optimizer.param_groups if clip_method or not g.get("method") for p in g["params"]],
+                        float(tcfg.max_grad_norm),
+                    )
                 optimizer.step()
                 if not accelerator.optimizer_step_was_skipped:  # fp16: an overflow skips both
                     scheduler.step()
