@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The GRAIN grid of docs/results/grain.md on MiniLM, most informative cells first; a cell whose
-# metrics.json exists is skipped, so running it again continues where it stopped.
+# metrics.json exists is skipped, so running it again continues where it stopped; each finished
+# cell's record goes to RECORDS (default docs/results/runs/grain), so it continues on a fresh machine.
 #   bash scripts/grain_grid.sh [OUT=outputs/grain] [DATA=../shared/data]
 # Every run: the first 1,000 training rows, length 64, 3 epochs of batch 32, AdamW lr 1e-4; the
 # teacher of each task is the dense model fine-tuned with that same budget (seed 1).
 set -uo pipefail
 OUT=${1:-outputs/grain}
 DATA=${2:-../shared/data}
+export RECORDS=${RECORDS:-docs/results/runs/grain}  # finished cells' records, kept in git (grid_common.sh)
 common="model=minilm data_root=$DATA task.max_train_samples=1000 task.max_length=64 trainer.epochs=3 \
 trainer.batch_size=32 trainer.lr=1e-4 trainer.progress_bar=false logger.mode=disabled"
 extra_conll="task.max_eval_samples=1000"
@@ -15,7 +17,13 @@ source "$(dirname "$0")/grid_common.sh"
 
 task_args() { [ "$1" = conll2003 ] && echo "task=$1 $extra_conll" || echo "task=$1"; }
 
-teacher() { run "$1/teacher" $common $(task_args "$1") method=none seed=1; }
+teacher() {  # the students read its model folder, which records do not keep: rerun it where it is missing
+  [ -d "$OUT/$1/teacher/model" ] && return 0
+  local records=$RECORDS
+  RECORDS= run "$1/teacher" $common $(task_args "$1") method=none seed=1
+  RECORDS=$records
+  [ -f "$OUT/$1/teacher/metrics.json" ] && keep "$1/teacher"
+}
 
 cell() {  # cell <task> <density> <variant> <seed>
   local task=$1 d=$2 variant=$3 s=$4 args
