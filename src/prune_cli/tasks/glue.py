@@ -320,7 +320,7 @@ class GlueTask(Task):
         return results
 
     def primary_split(self) -> tuple[str | None, str]:
-        splits = sorted(self.cfg.eval_splits.items(), key=lambda kv: -len(kv[1].get("suffix") or ""))
+        splits = sorted((self.cfg.get("eval_splits") or {}).items(), key=lambda kv: -len(kv[1].get("suffix") or ""))
         for split, spec in splits:  # the longest suffix first: `accuracy_mm` is not `accuracy` + "_mm" of ""
             suffix = spec.get("suffix") or ""
             base = self.primary_metric[: len(self.primary_metric) - len(suffix)]
