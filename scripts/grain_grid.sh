@@ -19,9 +19,7 @@ task_args() { [ "$1" = conll2003 ] && echo "task=$1 $extra_conll" || echo "task=
 
 teacher() {  # the students read its model folder, which records do not keep: rerun it where it is missing
   [ -d "$OUT/$1/teacher/model" ] && return 0
-  local records=$RECORDS
-  RECORDS= run "$1/teacher" $common $(task_args "$1") method=none seed=1
-  RECORDS=$records
+  RECORDS= run "$1/teacher" $common $(task_args "$1") method=none seed=1  # (the prefix lasts for this call only)
   [ -f "$OUT/$1/teacher/metrics.json" ] && keep "$1/teacher"
 }
 
