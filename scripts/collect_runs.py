@@ -8,6 +8,9 @@ writes `<out>.md` (one table per task), `<out>.json` (every run's numbers) and `
 over seeds, in the style of the DSP paper's figure 2; with `--published`, the papers' points
 of the same task and metric are drawn over it).
 A method's label includes its regime when it has one (dsp/joint, dsp/pipelined).
+A prune_curve run (Michel's figure: one fine-tuned model evaluated after each 5 % of heads removed,
+no retraining) gives one row per point, labelled `<method>/curve` (`--baseline random/curve`
+compares two orders at every point from curve_predictions.json).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def find_runs(roots: list[Path], label_keys: tuple[str, ...] = ()) -> list[dict]
                 if value is not None:
                     group, _, name = key.rpartition(".")
                     method += f" {group if name == 'name' else name}={value}"
-            runs.append({
+            record = {
                 "run": str(run_dir),
                 "task": metrics.get("task"),
                 "method": method,
@@ -63,8 +66,21 @@ def find_runs(roots: list[Path], label_keys: tuple[str, ...] = ()) -> list[dict]
                 "density": metrics.get("density"),
                 "eval": metrics.get("eval") or {},
                 "tolerance": OmegaConf.select(cfg, "method.tolerance", default=None),
-            })
+            }
+            runs.extend(_curve_points(record, metrics) if metrics.get("curve") else [record])
     return runs
+
+
+def _curve_points(run: dict, metrics: dict) -> list[dict]:
+    """A prune_curve run (Michel's figure) as one record per point, labelled `<method>/curve`:
+    each point is the model evaluated WITHOUT retraining, so it gets rows of its own, apart from
+    the same method fine-tuned after pruning; the run's final pruned evaluation repeats its point at K."""
+    points = []
+    for point in metrics["curve"]:
+        points.append({**run, "method": run["method"] + "/curve", "heads_kept": point["heads_kept"],
+                       "value": point["metrics"].get(run["metric"]), "eval": point["metrics"],
+                       "curve_removed": point["removed"]})
+    return points
 
 
 def table(runs: list[dict]) -> str:
@@ -98,10 +114,11 @@ def table(runs: list[dict]) -> str:
 def compute_table(runs: list[dict]) -> str:
     """Markdown: what each method cost per run (metrics.json `compute`), mean over its runs."""
     keys = ("optimizer_steps", "epochs", "examples", "forward_passes", "backward_passes", "wall_time_s")
-    by_method = defaultdict(list)
+    by_method = defaultdict(dict)
     for r in runs:
-        if r.get("compute"):
-            by_method[(r["task"], r["method"])].append(r["compute"])
+        if r.get("compute"):  # by run folder: a curve run's points are one run
+            by_method[(r["task"], r["method"])][r["run"]] = r["compute"]
+    by_method = {key: list(v.values()) for key, v in by_method.items()}
     if not by_method:
         return ""
     out = ["### compute per run (mean)\n", "| task | method | runs | " + " | ".join(keys) + " |",
@@ -120,10 +137,16 @@ def _task(run: dict):
 
 
 def _predictions(run: dict):
-    path = Path(run["run"]) / "predictions.json"
+    """The run's per-example predictions on its primary split (a curve point: that point's)."""
+    curve = "curve_removed" in run
+    path = Path(run["run"]) / ("curve_predictions.json" if curve else "predictions.json")
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
+    if curve:
+        record = next((p for p in record["points"] if p["removed"] == run["curve_removed"]), None)
+        if record is None:
+            return None
     split = _task(run).primary_split()[0]  # the split the primary metric is read from (MNLI: matched or mm)
     return record["splits"][split if split in record["splits"] else next(iter(record["splits"]))]
 

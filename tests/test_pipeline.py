@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from prune_cli.pipeline import Pipeline
 
@@ -380,8 +382,9 @@ def test_paired_bootstrap_between_methods_on_the_same_examples(tmp_path):
 def test_prune_curve_scores_once_and_evaluates_every_step_without_retraining(tmp_path):
     """Michel et al.'s figure from one run: 0, 25, 50, 75, 100 % of the heads gated off, each
     evaluated as it stands; the point at K equals the physically pruned model's evaluation."""
-    metrics = Pipeline(make_cfg("method=michel", "heads=36", "curve_step=0.25", "export_model=false",
-                                "pipeline=[finetune,prune_curve,evaluate]"), tmp_path).run()
+    cfg = make_cfg("method=michel", "heads=36", "curve_step=0.25", "export_model=false",
+                   "pipeline=[finetune,prune_curve,evaluate]")
+    metrics = Pipeline(cfg, tmp_path).run()
     curve = metrics["curve"]
     assert [p["heads_kept"] for p in curve] == [72, 54, 36, 18, 0]
     assert [p["fraction_pruned"] for p in curve] == [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -392,3 +395,17 @@ def test_prune_curve_scores_once_and_evaluates_every_step_without_retraining(tmp
     assert prune["compute"]["backward_passes"] == 2  # scored once: one pass over the 2 training batches
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert sum("curve/accuracy" in row for row in log) == 5
+    # every point's per-example predictions, which the collector expands into `michel/curve` rows
+    points = json.loads((tmp_path / "curve_predictions.json").read_text())["points"]
+    assert [p["heads_kept"] for p in points] == [72, 54, 36, 18, 0]
+    for point, step in zip(points, curve):
+        split = next(iter(point["splits"].values()))
+        assert np.mean(np.equal(split["prediction"], split["label"])) == pytest.approx(step["metrics"]["accuracy"])
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from collect_runs import _predictions, find_runs
+
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # what prune-run's Hydra writes
+    runs = find_runs([tmp_path])
+    assert [(r["method"], r["heads_kept"]) for r in runs] == [("michel/curve", k) for k in (72, 54, 36, 18, 0)]
+    assert _predictions(runs[3])["prediction"] == next(iter(points[3]["splits"].values()))["prediction"]

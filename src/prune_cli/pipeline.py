@@ -410,6 +410,7 @@ class Pipeline:
                 gates.set(mask.float())
                 metrics = self._evaluate(state, "prune_curve")
                 state.evals[-1]["heads_kept"] = int(mask.sum())
+                self._keep_curve_predictions(removed, int(mask.sum()))
                 state.curve.append({"removed": removed, "fraction_pruned": round(removed / in_scope, 4),
                                     "heads_kept": int(mask.sum()), "metrics": metrics})
                 done.add(removed)
@@ -422,6 +423,20 @@ class Pipeline:
             report.plot_curve(self.run_dir / "curve.png", state.curve, primary,
                               title=f"{self.cfg.model.name} {self.cfg.task.name} {self.cfg.method.name}: no retraining")
         return {"points": len(state.curve), **self._apply(state, state.space.with_masks({"head": mask}))}
+
+    def _keep_curve_predictions(self, removed: int, heads_kept: int) -> None:
+        """Each curve point's per-example predictions in curve_predictions.json (one entry per
+        point, rewritten after each: a resumed curve keeps the points it had), so the collector
+        can bootstrap two orders (michel vs random) at every point on the same examples."""
+        if not (self.task.predictions and self.main):
+            return
+        path = self.run_dir / "curve_predictions.json"
+        record = json.loads(path.read_text()) if path.is_file() else {
+            "task": self.cfg.task.name, "family": self.cfg.task.family,
+            "primary_metric": self.task.primary_metric, "points": []}
+        record["points"] = [p for p in record["points"] if p["removed"] != removed]
+        record["points"].append({"removed": removed, "heads_kept": heads_kept, "splits": self.task.predictions})
+        report.write_json(path, record, indent=None)  # 20+ points of per-example lists: compact
 
     def _prune_units(self, state: State, batches) -> dict:
         """A `density` budget: every kind in `units` ranked together, kept weights counted exactly."""

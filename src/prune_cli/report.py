@@ -95,10 +95,10 @@ def versions() -> dict:
     return record
 
 
-def write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict, indent: int | None = 2) -> None:
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_default) + "\n")
+    tmp.write_text(json.dumps(obj, indent=indent, default=_default) + "\n")
     tmp.replace(path)  # atomic: a crash never leaves half a file
 
 
