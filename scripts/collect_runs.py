@@ -16,6 +16,7 @@ compares two orders at every point from curve_predictions.json).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -130,19 +131,29 @@ def compute_table(runs: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _task(run: dict):
+@functools.cache
+def _task_of(run_dir: str):
     from prune_cli.tasks import get_task
 
-    return get_task(OmegaConf.load(Path(run["run"]) / ".hydra" / "config.yaml").task)
+    return get_task(OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml").task)
+
+
+def _task(run: dict):
+    return _task_of(run["run"])
+
+
+@functools.lru_cache(maxsize=64)
+def _read_json(path: Path):
+    """A run's predictions file, read once (a curve run's file serves each of its points)."""
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _predictions(run: dict):
     """The run's per-example predictions on its primary split (a curve point: that point's)."""
     curve = "curve_removed" in run
-    path = Path(run["run"]) / ("curve_predictions.json" if curve else "predictions.json")
-    if not path.is_file():
+    record = _read_json(Path(run["run"]) / ("curve_predictions.json" if curve else "predictions.json"))
+    if record is None:
         return None
-    record = json.loads(path.read_text())
     if curve:
         record = next((p for p in record["points"] if p["removed"] == run["curve_removed"]), None)
         if record is None:
@@ -253,7 +264,11 @@ def paper_table(runs: list[dict], published: list[dict]) -> tuple[str, list[dict
     """Markdown + rows: each published number beside ours at the same task, method and budget (mean
     over seeds; task "*" = mean over our tasks), the delta, and whether the setting matches."""
     rows = []
+    ours_tasks = {r["task"] for r in runs}
+    ours_methods = {r["method"].split()[0].split("/")[0] for r in runs}
     for pub in published:
+        if pub["method"] not in ours_methods or (pub["task"] != "*" and pub["task"] not in ours_tasks):
+            continue  # a published number with no run of ours to stand beside
         mine = [r for r in runs if r["method"].split()[0].split("/")[0] == pub["method"]
                 and (pub["task"] == "*" or r["task"] == pub["task"]) and _matches(r, pub.get("budget") or {})]
         values = [v for v in (_ours(r, pub["metric"]) for r in mine) if v is not None]
@@ -268,6 +283,8 @@ def paper_table(runs: list[dict], published: list[dict]) -> tuple[str, list[dict
         ours = sum(values) / len(values) if values else None
         rows.append({**pub, "ours": ours, "n": len(values), "delta": None if ours is None else ours - pub["value"],
                      "our_models": models, "setting_matches": bool(models) and models == [pub["model"]]})
+    if not rows:
+        return "", rows
     out = ["### ours vs published\n",
            "| paper | table | task | method | budget | metric | published | ours | delta | n | same setting |",
            "|---|---|---|---|---|---|---:|---:|---:|---:|---|"]
