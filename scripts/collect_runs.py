@@ -113,12 +113,18 @@ def table(runs: list[dict]) -> str:
 
 
 def compute_table(runs: list[dict]) -> str:
-    """Markdown: what each method cost per run (metrics.json `compute`), mean over its runs."""
-    keys = ("optimizer_steps", "epochs", "examples", "forward_passes", "backward_passes", "wall_time_s")
+    """Markdown: what each method cost per run (metrics.json `compute`), mean over its runs;
+    `received` adds what the run's cache hits cost when they were computed (compute `cached`: a
+    dense fine-tune or scores shared through the sweep cache), i.e. the training its model got."""
+    keys = ("optimizer_steps", "epochs", "received_epochs", "examples", "forward_passes", "backward_passes",
+            "received_backward", "wall_time_s")
     by_method = defaultdict(dict)
     for r in runs:
         if r.get("compute"):  # by run folder: a curve run's points are one run
-            by_method[(r["task"], r["method"])][r["run"]] = r["compute"]
+            c, cached = r["compute"], r["compute"].get("cached") or {}
+            by_method[(r["task"], r["method"])][r["run"]] = {
+                **c, "received_epochs": c.get("epochs", 0) + cached.get("epochs", 0),
+                "received_backward": c.get("backward_passes", 0) + cached.get("backward_passes", 0)}
     by_method = {key: list(v.values()) for key, v in by_method.items()}
     if not by_method:
         return ""
@@ -127,7 +133,7 @@ def compute_table(runs: list[dict]) -> str:
     for (task, method), rows in sorted(by_method.items()):
         means = [sum(r.get(k, 0) for r in rows) / len(rows) for k in keys]
         out.append(f"| {task} | {method} | {len(rows)} | " + " | ".join(
-            f"{m:.2f}" if k in ("epochs", "wall_time_s") else f"{m:.0f}" for k, m in zip(keys, means)) + " |")
+            f"{m:.2f}" if k in ("epochs", "received_epochs", "wall_time_s") else f"{m:.0f}" for k, m in zip(keys, means)) + " |")
     return "\n".join(out) + "\n"
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from conftest import tiny_model
 from test_pipeline import make_cfg
 
+from prune_cli.accounting import FIELDS
 from prune_cli.cache import dataset_digest, tensor_digest
 from prune_cli.pipeline import Pipeline
 
@@ -42,6 +44,21 @@ def test_a_cache_hit_gives_the_metrics_of_the_run_that_computes(tmp_path):
     assert heads[0]["scores"] == heads[1]["scores"] and heads[0]["mask"] == heads[1]["mask"]
     log = [json.loads(line) for line in (tmp_path / "warm" / "log.jsonl").read_text().splitlines()]
     assert sum(row.get("cache/hit", 0) for row in log) == 2  # the fine-tune and the scores
+    # what the hits cost when they were computed: the warm run received exactly the plain run's compute
+    received = {k: warm["compute"][k] + warm["compute"]["cached"][k] for k in FIELDS}
+    assert received == {k: plain["compute"][k] for k in FIELDS} and "cached" not in plain["compute"]
+    assert warm["compute"]["cached"]["epochs"] == plain["stages"][0]["compute"]["epochs"] > 0
+    assert warm["compute"]["cached"]["backward_passes"] > plain["stages"][0]["compute"]["backward_passes"]  # + scoring
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from collect_runs import compute_table, find_runs
+
+    rows = [line.split("|") for line in compute_table(find_runs([tmp_path / "plain", tmp_path / "warm"])).splitlines()
+            if line.startswith("| rte |")]
+    assert len(rows) == 1 and rows[0][3].strip() == "2"  # both runs in one row: michel
+    lines = compute_table(find_runs([tmp_path / "warm"])).splitlines()
+    head = next(line for line in lines if line.startswith("| task |")).split("|")
+    warm_row = next(line for line in lines if line.startswith("| rte |")).split("|")
+    assert float(warm_row[head.index(" received_epochs ")]) == plain["compute"]["epochs"]
     other = Pipeline(make_cfg("method=random", "heads=36", "export_model=false", "seed=7", cache), tmp_path / "o").run()
     assert other["stages"][0]["cache"].startswith("stored ")
 

@@ -73,11 +73,21 @@ def across_processes(snapshot: dict) -> dict:
     return {k: (v if k in ("optimizer_steps", "epochs") else sum(p[k] for p in parts)) for k, v in snapshot.items()}
 
 
-def total(stages: list[dict]) -> dict:
-    """The run's sum over its stages (a cached stage counts what this run computed: nothing)."""
+def since(before: dict) -> dict:
+    """What the meter counted since `snapshot()` gave `before` (over all processes): the cost of
+    one piece of a stage, stored with a cache entry so that a run which reuses it can say what it
+    received."""
+    now = METER.snapshot()
+    return across_processes({k: round(now[k] - before.get(k, 0), 4) if k == "epochs" else now[k] - before.get(k, 0)
+                             for k in FIELDS})
+
+
+def total(stages: list[dict], key: str = "compute") -> dict:
+    """The run's sum over its stages: `compute` counts what this run computed (a cache hit:
+    nothing), `cached_compute` what its cache hits cost when they were computed."""
     out = dict.fromkeys(FIELDS, 0)
     for stage in stages:
-        for k, v in (stage.get("compute") or {}).items():
+        for k, v in (stage.get(key) or {}).items():
             out[k] = out.get(k, 0) + v
     out["epochs"] = round(float(out["epochs"]), 4)
     return out

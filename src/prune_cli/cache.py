@@ -116,9 +116,19 @@ class Cache:
         path = self.root / "scores" / f"{name}.pt"
         return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
-    def put_scores(self, name: str, scores) -> None:
+    def put_scores(self, name: str, scores, compute: dict | None = None) -> None:
+        """`compute`: what scoring cost (accounting.FIELDS), read back by `scores_compute`."""
         path = self.root / "scores" / f"{name}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
+        if compute is not None:  # before the scores: an entry never lacks it once it is visible
+            side = path.with_suffix(".json")
+            tmp = side.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(compute))
+            tmp.replace(side)
         tmp = path.with_suffix(".tmp")
         torch.save(scores, tmp)
         tmp.replace(path)
+
+    def scores_compute(self, name: str) -> dict | None:
+        path = self.root / "scores" / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None

@@ -69,6 +69,7 @@ class Pipeline:
         self.plan = plan or validate(cfg)
         self.task = self.plan.task
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self._cached_compute: list[dict] = []  # the current stage's cache hits: what they cost
 
     # ------------------------------------------------------------------ driver
     def run(self) -> dict:
@@ -95,12 +96,15 @@ class Pipeline:
                 seed_everything(cfg.seed + i)
                 METER.reset()
                 METER.watch(state.model)
+                self._cached_compute = []  # what this stage's cache hits cost when they were computed
                 try:
                     result = getattr(self, f"_stage_{name}")(state, i) or {}
                 finally:
                     METER.unwatch()
+                cached = accounting.total([{"compute": c} for c in self._cached_compute])
                 state.stages.append({"stage": name, "index": i, "seconds": round(time.time() - t, 2), **result,
-                                     "compute": accounting.across_processes(METER.snapshot())})
+                                     "compute": accounting.across_processes(METER.snapshot()),
+                                     **({"cached_compute": cached} if self._cached_compute else {})})
                 self._checkpoint(state, i, changed_model=name in _MODEL_CHANGING)
             metrics = self._finish(state, time.time() - t0)
         except BaseException:
@@ -313,14 +317,20 @@ class Pipeline:
         with cache.locked("finetune", name) if self.main else contextlib.nullcontext():  # rank 0 decides
             entry = distributed.broadcast(cache.model_entry(name) if self.main else None)
             if entry is None:
+                before = METER.snapshot()
                 result = fit(model)
+                cost = accounting.since(before)
                 with distributed.main_writes() as write:
                     if write:
-                        cache.put_model(name, lambda folder: save_pruned(model, folder, tokenizer), result)
+                        cache.put_model(name, lambda folder: save_pruned(model, folder, tokenizer),
+                                        {**result, "compute": cost})
                 return model, {**result, "cache": f"stored {name}"}
         loaded = load_pruned(entry / "model", auto_class=type(model))
         self.logger.log({"cache/hit": 1})
-        return loaded, {**json.loads((entry / "result.json").read_text()), "cache": f"hit {name}"}
+        stored = json.loads((entry / "result.json").read_text())
+        if stored.get("compute"):
+            self._cached_compute.append(stored.pop("compute"))
+        return loaded, {**stored, "cache": f"hit {name}"}
 
     def _cached_scores(self, state: State, compute):
         """One-shot scores: the cache's, or `compute()` stored in it (`cache.dir`)."""
@@ -341,11 +351,16 @@ class Pipeline:
         with cache.locked("scores", name) if self.main else contextlib.nullcontext():
             scores = distributed.broadcast(cache.get_scores(name) if self.main else None)
             if scores is None:
+                before = METER.snapshot()
                 scores = self._agreed(compute)
+                cost = accounting.since(before)
                 if self.main:
-                    cache.put_scores(name, scores)
+                    cache.put_scores(name, scores, cost)
             else:
                 self.logger.log({"cache/hit": 1})
+                cost = distributed.broadcast(cache.scores_compute(name) if self.main else None)
+                if cost:
+                    self._cached_compute.append(cost)
         return scores
 
     @staticmethod
@@ -585,7 +600,11 @@ class Pipeline:
             "wall_time_s": round(seconds, 2),
             "device": str(self.accelerator.device),
             "compute": {**accounting.total(state.stages), "wall_time_s": round(seconds, 2),
-                        "device": str(self.accelerator.device)},
+                        "device": str(self.accelerator.device),
+                        # what the run's cache hits cost when they were computed: the model received
+                        # the sum of the two (equal budgets are read off compute + cached)
+                        **({"cached": accounting.total(state.stages, "cached_compute")}
+                           if any("cached_compute" in st for st in state.stages) else {})},
             "versions": report.versions(),
             **getattr(self.task, "metric_info", {}),
             **({"curve": state.curve} if state.curve else {}),
