@@ -80,7 +80,7 @@ def _curve_points(run: dict, metrics: dict) -> list[dict]:
     for point in metrics["curve"]:
         points.append({**run, "method": run["method"] + "/curve", "heads_kept": point["heads_kept"],
                        "value": point["metrics"].get(run["metric"]), "eval": point["metrics"],
-                       "curve_removed": point["removed"]})
+                       "curve_removed": point["removed"], "density": None, "params": None})  # gated, not cut
     return points
 
 

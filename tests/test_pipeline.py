@@ -402,10 +402,11 @@ def test_prune_curve_scores_once_and_evaluates_every_step_without_retraining(tmp
         split = next(iter(point["splits"].values()))
         assert np.mean(np.equal(split["prediction"], split["label"])) == pytest.approx(step["metrics"]["accuracy"])
     sys.path.insert(0, str(ROOT / "scripts"))
-    from collect_runs import _predictions, find_runs
+    from collect_runs import _budget_x, _predictions, find_runs
 
     (tmp_path / ".hydra").mkdir()
     OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # what prune-run's Hydra writes
     runs = find_runs([tmp_path])
     assert [(r["method"], r["heads_kept"]) for r in runs] == [("michel/curve", k) for k in (72, 54, 36, 18, 0)]
+    assert [x for _, x in map(_budget_x, runs)] == [100.0, 75.0, 50.0, 25.0, 0.0]  # on the heads axis
     assert _predictions(runs[3])["prediction"] == next(iter(points[3]["splits"].values()))["prediction"]
