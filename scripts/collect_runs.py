@@ -65,11 +65,55 @@ def find_runs(roots: list[Path], label_keys: tuple[str, ...] = ()) -> list[dict]
                 "compute": metrics.get("compute"),
                 "model": metrics.get("model"),
                 "density": metrics.get("density"),
+                "density_target": OmegaConf.select(cfg, "density", default=None),
+                "heads_left": metrics.get("heads_left"),
+                "params_encoder": metrics.get("params_encoder"),
+                "bench": _bench(run_dir, metrics),
                 "eval": metrics.get("eval") or {},
                 "tolerance": OmegaConf.select(cfg, "method.tolerance", default=None),
             }
             runs.extend(_curve_points(record, metrics) if metrics.get("curve") else [record])
     return runs
+
+
+def _bench(run_dir: Path, metrics: dict) -> dict | None:
+    """The run's bench stage, if it had one: the pruned model's measured and FLOP speedup over the
+    dense model at the first timed setting (bench.json; metrics.json keeps only the measured one)."""
+    rows = [r for r in (_read_json(run_dir / "bench.json") or {}).get("results", []) if r.get("variant") != "dense"]
+    if rows:
+        r = rows[0]
+        return {"speedup": r["speedup"], "flop_speedup": r.get("flop_speedup"),
+                "setting": f"b{r['batch']}x{r['seq_len']} {r['dtype']} {r['device']}"}
+    for stage in metrics.get("stages") or []:
+        if isinstance(stage.get("speedup"), dict) and stage["speedup"]:
+            setting, speedup = next(iter(stage["speedup"].items()))
+            return {"speedup": speedup, "flop_speedup": None, "setting": setting}
+    return None
+
+
+def budget_of(run: dict) -> tuple[str, float]:
+    """The budget a run was given, the key runs are grouped and paired by: the requested density
+    (GRAIN-style runs: their heads left vary by seed) or the heads kept."""
+    if run.get("density_target") is not None:
+        return "density", float(run["density_target"])
+    return "heads", run["heads_kept"]
+
+
+def _column(run: dict, density_task: bool) -> tuple[str, float]:
+    """The table column of a run: its budget, except that in a task with density runs a dense run
+    (the teacher) sits at density 100 %."""
+    key = budget_of(run)
+    if density_task and key[0] == "heads" and run["heads_kept"] == run["heads_total"] \
+            and run.get("density") in (None, 1.0):
+        return "density", 1.0
+    return key
+
+
+def _budget_label(key: tuple[str, float], density_task: bool) -> str:
+    kind, value = key
+    if kind == "density":
+        return f"{100 * value:g} %"
+    return f"{value} heads" if density_task else str(value)
 
 
 def _curve_points(run: dict, metrics: dict) -> list[dict]:
@@ -94,22 +138,57 @@ def table(runs: list[dict]) -> str:
             by_task[r["task"]].append(r)
     for task, rows in sorted(by_task.items()):
         metric = rows[0]["metric"]
-        heads = sorted({r["heads_kept"] for r in rows}, reverse=True)
+        density_task = any(budget_of(r)[0] == "density" for r in rows)
+        keys = [_column(r, density_task) for r in rows]
+        columns = sorted(set(keys), key=lambda k: (k[0] != "density", -k[1]))
         cells = defaultdict(list)
-        for r in rows:
-            if r["value"] is not None:
-                cells[(r["method"], r["heads_kept"])].append(r["scale"] * r["value"])
-        out.append(f"### {task} ({metric}, heads kept of {rows[0]['heads_total']})\n")
-        out.append("| method | " + " | ".join(str(h) for h in heads) + " |")
-        out.append("|---|" + "---:|" * len(heads))
+        for r, key in zip(rows, keys):
+            cells[(r["method"], key)].append(r["scale"] * r["value"])
+        what = "weights kept (density)" if density_task else f"heads kept of {rows[0]['heads_total']}"
+        out.append(f"### {task} ({metric}, {what})\n")
+        out.append("| method | " + " | ".join(_budget_label(c, density_task) for c in columns) + " |")
+        out.append("|---|" + "---:|" * len(columns))
         for method in sorted({r["method"] for r in rows}):
-            vals = []
-            for h in heads:
-                v = cells.get((method, h))
-                vals.append(cell(v))
-            out.append(f"| {method} | " + " | ".join(vals) + " |")
+            out.append(f"| {method} | " + " | ".join(cell(cells.get((method, c))) for c in columns) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def structure_table(runs: list[dict]) -> str:
+    """Markdown, for density runs (GRAIN): what each method left at each density -- heads that
+    still hold a value dimension, the achieved density, encoder parameters -- and, where the run had
+    a bench stage, the pruned model's measured / FLOP speedup (means over seeds; per seed in brackets)."""
+    rows = [r for r in runs if r["value"] is not None and budget_of(r)[0] == "density"]
+    if not rows:
+        return ""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["task"], r["method"], budget_of(r)[1])].append(r)
+    out = ["### what is left (density runs)\n",
+           "| task | method | density asked | n | heads left | density | encoder params | speedup measured / FLOP | setting |",
+           "|---|---|---:|---:|---|---:|---:|---|---|"]
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    for (task, method, target), group in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][2], kv[0][1])):
+        group = sorted(group, key=lambda r: r["seed"] or 0)
+        heads = [r["heads_left"] for r in group]
+        heads_text = "" if None in heads else f"{mean(heads):.1f} ({', '.join(map(str, heads))})"
+        density = mean(r["density"] for r in group)
+        params = mean(r["params_encoder"] for r in group)
+        benches = [r["bench"] for r in group if r.get("bench")]
+        speed = ""
+        if benches:
+            measured, flops = mean(b["speedup"] for b in benches), mean(b["flop_speedup"] for b in benches)
+            per_seed = ", ".join(f"{b['speedup']:.2f}" for b in benches)
+            speed = f"{measured:.2f}x" + ("" if flops is None else f" / {flops:.2f}x") + f" ({per_seed})"
+        out.append(f"| {task} | {method} | {100 * target:g} % | {len(group)} | {heads_text} | "
+                   f"{'' if density is None else f'{density:.4f}'} | "
+                   f"{'' if params is None else f'{params / 1e6:.2f}M'} | {speed} | "
+                   f"{benches[0]['setting'] if benches else ''} |")
+    return "\n".join(out) + "\n"
 
 
 def compute_table(runs: list[dict]) -> str:
@@ -201,14 +280,16 @@ def paired_bootstrap(pairs: list[tuple[dict, dict]], metric, resamples: int = 10
 
 
 def comparison_table(runs: list[dict], baseline: str, resamples: int = 1000) -> tuple[str, list[dict]]:
-    """Every method against `baseline` at the same task and heads kept, paired by seed."""
+    """Every method against `baseline` at the same task and budget (heads kept, or the density
+    asked), paired by seed."""
     rows = []
     cells = defaultdict(dict)
     for r in runs:
         if r["value"] is not None and _predictions(r) is not None:
-            cells[(r["task"], r["method"], r["heads_kept"])][r["seed"]] = r
-    for (task, method, heads), by_seed in sorted(cells.items()):
-        base = cells.get((task, baseline, heads)) or {}
+            cells[(r["task"], r["method"], budget_of(r))][r["seed"]] = r
+    for (task, method, key), by_seed in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2][0],
+                                                                               -(kv[0][2][1] or 0))):
+        base = cells.get((task, baseline, key)) or {}
         if method == baseline:
             continue
         if not base:  # the baseline at another budget (a dense run): compare with it
@@ -219,15 +300,16 @@ def comparison_table(runs: list[dict], baseline: str, resamples: int = 1000) -> 
             continue
         pairs = [(_predictions(by_seed[s]), _predictions(base[s])) for s in seeds]
         result = paired_bootstrap(pairs, _metric(by_seed[seeds[0]]), resamples)
-        rows.append({"task": task, "method": method, "heads_kept": heads, "baseline": baseline, **result,
+        rows.append({"task": task, "method": method, "heads_kept": by_seed[seeds[0]]["heads_kept"],
+                     "budget": _budget_label(key, False), "baseline": baseline, **result,
                      "scale": by_seed[seeds[0]]["scale"]})
     if not rows:
         return "", rows
     out = [f"### paired bootstrap vs {baseline} ({resamples} resamples of the evaluation examples, seeds paired)\n",
-           "| task | method | heads kept | delta | 95 % interval | p | seeds |", "|---|---|---:|---:|---|---:|---:|"]
+           "| task | method | budget | delta | 95 % interval | p | seeds |", "|---|---|---:|---:|---|---:|---:|"]
     for r in rows:
         k = r["scale"]
-        out.append(f"| {r['task']} | {r['method']} | {r['heads_kept']} | {k * r['delta']:+.1f} | "
+        out.append(f"| {r['task']} | {r['method']} | {r['budget']} | {k * r['delta']:+.1f} | "
                    f"[{k * r['low']:+.1f}, {k * r['high']:+.1f}] | {r['p']:.3f} | {r['seeds']} |")
     return "\n".join(out) + "\n", rows
 
@@ -393,7 +475,7 @@ def main(argv=None) -> None:
     if not runs:
         raise SystemExit(f"no metrics.json under {', '.join(map(str, args.roots))}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    md = table(runs) + "\n" + compute_table(runs)
+    md = table(runs) + "\n" + structure_table(runs) + "\n" + compute_table(runs)
     if args.baseline:
         text, rows = comparison_table(runs, args.baseline, args.resamples)
         md += "\n" + text

@@ -379,6 +379,47 @@ def test_paired_bootstrap_between_methods_on_the_same_examples(tmp_path):
     assert "| rte | a | 36 | +" in text
 
 
+def test_collect_runs_groups_density_runs_by_the_density_asked(tmp_path):
+    """GRAIN-style runs leave a different number of heads per seed: the table's columns, the
+    structure table and the bootstrap's pairs follow the density asked; the teacher sits at 100 %."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from collect_runs import comparison_table, find_runs, structure_table, table
+
+    labels = np.random.default_rng(0).integers(0, 2, 200)
+    runs = {"teacher": ("none", None, 1, 72, 1.0, 0.9), "g1": ("grain", 0.1, 1, 55, 0.1, 0.8),
+            "g2": ("grain", 0.1, 2, 52, 0.1001, 0.7), "h1": ("heads_ffn", 0.1, 1, 22, 0.1024, 0.6),
+            "h2": ("heads_ffn", 0.1, 2, 21, 0.1020, 0.6), "g5": ("grain", 0.05, 1, 40, 0.05, 0.5)}
+    for name, (method, asked, seed, heads, density, right) in runs.items():
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(
+            "task: {name: sst2, family: glue, primary_metric: accuracy, metrics: [accuracy]}\n"
+            f"density: {'null' if asked is None else asked}\n")
+        correct = np.random.default_rng(seed).random(200) < right
+        (run / "metrics.json").write_text(json.dumps({
+            "task": "sst2", "method": method, "primary_metric": "accuracy", "primary": float(correct.mean()),
+            "seed": seed, "heads_kept": 72, "heads_total": 72, "heads_left": heads, "density": density,
+            "params_encoder": int(10.65e6 * density)}))
+        (run / "predictions.json").write_text(json.dumps({"splits": {"validation": {
+            "prediction": np.where(correct, labels, 1 - labels).tolist(), "label": labels.tolist()}}}))
+        if method != "none":
+            (run / "bench.json").write_text(json.dumps({"results": [{
+                "variant": "run_model", "batch": 32, "seq_len": 128, "dtype": "float32", "device": "cpu",
+                "speedup": 10 * density + seed, "flop_speedup": 1 / density}]}))
+    found = find_runs([tmp_path])
+    text = table(found)
+    assert "| method | 100 % | 10 % | 5 % |" in text and "weights kept (density)" in text
+    assert "| grain |  | " in text and "(n=2) |" in text.split("| grain |")[1].split("\n")[0]
+    structure = structure_table(found)
+    row = next(line for line in structure.splitlines() if "| heads_ffn | 10 %" in line)
+    assert "| 2 | 21.5 (22, 21) | 0.1022 |" in row and "2.52x / 9.78x (2.02, 3.02)" in row
+    _, rows = comparison_table(found, baseline="heads_ffn", resamples=50)
+    grain = next(r for r in rows if r["method"] == "grain" and r["budget"] == "10 %")
+    assert grain["seeds"] == 2  # paired across different heads left
+
+
 def test_prune_curve_scores_once_and_evaluates_every_step_without_retraining(tmp_path):
     """Michel et al.'s figure from one run: 0, 25, 50, 75, 100 % of the heads gated off, each
     evaluated as it stands; the point at K equals the physically pruned model's evaluation."""
