@@ -30,8 +30,8 @@ PERCENT_FAMILIES = {"squad", "translation"}
 
 def find_runs(roots: list[Path], label_keys: tuple[str, ...] = ()) -> list[dict]:
     """One record per finished run (a folder holding metrics.json) under `roots`; `label_keys`
-    (config keys, e.g. distill.name) are added to the method's label, so ablations of one method
-    (apd with distill=none) get rows of their own."""
+    (config keys, e.g. distill.name) are added to the label of a method whose runs differ in them,
+    so ablations of one method (apd with distill=none) get rows of their own."""
     runs = []
     for root in roots:
         for metrics_file in sorted(root.rglob("metrics.json")):
@@ -45,11 +45,7 @@ def find_runs(roots: list[Path], label_keys: tuple[str, ...] = ()) -> list[dict]
             regime = OmegaConf.select(cfg, "method.regime", default=None)
             if regime and OmegaConf.select(cfg, "method.pipelines", default=None) is not None and not cfg.get("pipeline"):
                 method = f"{method}/{regime}"
-            for key in label_keys:
-                value = OmegaConf.select(cfg, key, default=None)
-                if value is not None:
-                    group, _, name = key.rpartition(".")
-                    method += f" {group if name == 'name' else name}={value}"
+            labels = {key: OmegaConf.select(cfg, key, default=None) for key in label_keys}
             record = {
                 "run": str(run_dir),
                 "task": metrics.get("task"),
@@ -72,7 +68,26 @@ def find_runs(roots: list[Path], label_keys: tuple[str, ...] = ()) -> list[dict]
                 "eval": metrics.get("eval") or {},
                 "tolerance": OmegaConf.select(cfg, "method.tolerance", default=None),
             }
+            record["labels"] = labels
             runs.extend(_curve_points(record, metrics) if metrics.get("curve") else [record])
+    return _label(runs, label_keys)
+
+
+def _label(runs: list[dict], label_keys: tuple[str, ...]) -> list[dict]:
+    """Add to each method's label the `label_keys` whose value differs among that method's runs
+    (apd distill=peer / distill=none); a key every run of the method shares (its default) is left out."""
+    values = defaultdict(lambda: defaultdict(set))
+    for r in runs:
+        for key, value in r["labels"].items():
+            values[r["method"]][key].add(str(value))
+    for r in runs:
+        suffix = ""
+        for key in label_keys:
+            value = r["labels"].get(key)
+            if value is not None and len(values[r["method"]][key]) > 1:
+                group, _, name = key.rpartition(".")
+                suffix += f" {group if name == 'name' else name}={value}"
+        r["method"] += suffix
     return runs
 
 

@@ -171,15 +171,17 @@ def test_collect_runs_labels_ablations_by_config_keys(tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     from collect_runs import find_runs, table
 
-    for name, distill, value in (("a", "peer", 0.70), ("b", "none", 0.60)):
+    for name, method, distill, value in (("a", "apd", "peer", 0.70), ("b", "apd", "none", 0.60),
+                                         ("c", "random", "none", 0.5)):
         run = tmp_path / name
         (run / ".hydra").mkdir(parents=True)
-        (run / ".hydra" / "config.yaml").write_text(f"method:\n  name: apd\ndistill:\n  name: {distill}\n")
+        (run / ".hydra" / "config.yaml").write_text(f"method:\n  name: {method}\ndistill:\n  name: {distill}\n")
         (run / "metrics.json").write_text(json.dumps({
-            "task": "rte", "method": "apd", "primary_metric": "accuracy", "primary": value, "seed": 1,
+            "task": "rte", "method": method, "primary_metric": "accuracy", "primary": value, "seed": 1,
             "heads_kept": 36, "heads_total": 72}))
     text = table(find_runs([tmp_path], ("distill.name", "method.tolerance")))
     assert "| apd distill=peer | 70.0 |" in text and "| apd distill=none | 60.0 |" in text
+    assert "| random | 50.0 |" in text  # every random run has distill=none: nothing to tell apart
 
 
 def test_collect_runs_sets_published_numbers_beside_ours(tmp_path):
