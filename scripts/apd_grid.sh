@@ -8,7 +8,7 @@
 # fine-tuning, then 3 epochs in which the heads go (36 of 72 kept) -- the same training budget:
 #   dense | random | michel | voita (L0 gates from the fine-tuned model) | apd |
 #   apd_nopeer (APD's allocation, no peer distillation) | michel_peer (Michel's heads + peer distillation) |
-#   smp (with SMP_PRUNER=<meta run>/pruner.pt: prune the pretrained model, then 3 epochs) |
+#   smp (with SMP_PRUNER=<meta run>/pruner.pt: prune the pretrained model, then 6 epochs: the others' 3 + 3) |
 #   lossless (method.tolerance=0.01: APD picks K; 10 % of the rows held out for it).
 set -uo pipefail
 OUT=${1:-outputs/apd}
@@ -33,5 +33,5 @@ for s in $SEEDS; do for task in $TASKS; do
   run "$task/michel_peer_s$s" $c method=michel heads=36 distill=peer
   run "$task/voita_s$s" $c method=voita heads=36 "pipeline=[finetune,prune_joint,evaluate,export]"
   run "$task/lossless_s$s" $c method=apd method.tolerance=0.01
-  [ -n "$SMP_PRUNER" ] && run "$task/smp_s$s" $c method=smp heads=36 method.pruner="$SMP_PRUNER"
+  [ -n "$SMP_PRUNER" ] && run "$task/smp_s$s" $c method=smp heads=36 method.pruner="$SMP_PRUNER" trainer.epochs=6
 done; done
