@@ -6,7 +6,7 @@
 #   bash scripts/apd_grid.sh [OUT=outputs/apd] [DATA=../shared/data] [SEEDS="1 2 3"] [TASKS="rte mrpc sst2 stsb"] [SMP_PRUNER=]
 # Every cell: the first 1,000 training rows (length 64, batch 32, AdamW lr 1e-4), 3 epochs of dense
 # fine-tuning, then 3 epochs in which the heads go (36 of 72 kept) -- the same training budget:
-#   dense | random | michel | voita (L0 gates from the fine-tuned model) | apd |
+#   dense | dense6 (the dense model fine-tuned the full 6 epochs: the reference at the pruned cells' budget) | random | michel | voita (L0 gates from the fine-tuned model) | apd |
 #   apd_nopeer (APD's allocation, no peer distillation) | michel_peer (Michel's heads + peer distillation) |
 #   smp (with SMP_PRUNER=<meta run>/pruner.pt: prune the pretrained model, then 6 epochs: the others' 3 + 3) |
 #   lossless (method.tolerance=0.01: APD picks K; 10 % of the rows held out for it).
@@ -26,6 +26,7 @@ source "$(dirname "$0")/grid_common.sh"
 for s in $SEEDS; do for task in $TASKS; do
   c="$common task=$task seed=$s"
   run "$task/dense_s$s" $c method=none
+  run "$task/dense6_s$s" $c method=none trainer.epochs=6
   run "$task/apd_s$s" $c method=apd heads=36
   run "$task/michel_s$s" $c method=michel heads=36
   run "$task/random_s$s" $c method=random heads=36
