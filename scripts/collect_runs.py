@@ -235,7 +235,7 @@ def compute_table(runs: list[dict]) -> str:
 def _task_of(run_dir: str):
     from prune_cli.tasks import get_task
 
-    return get_task(OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml").task)
+    return get_task(_config_of(run_dir).task)
 
 
 def _task(run: dict):
@@ -334,9 +334,11 @@ def load_published(folder: Path) -> list[dict]:
     rows = []
     for path in sorted(folder.glob("*.yaml")):
         doc = OmegaConf.to_container(OmegaConf.load(path))
+        settings = doc.get("setting") or {}
         for entry in doc.get("entries", []):
             rows.append({"paper": doc["paper"], "table": doc.get("table"), "model": doc.get("model"),
-                         "read": doc.get("read"), "file": path.name, **entry})
+                         "read": doc.get("read"), "file": path.name,
+                         "setting": settings.get(entry["method"]) or {}, **entry})
     return rows
 
 
@@ -356,6 +358,22 @@ def _matches(run: dict, budget: dict) -> bool:
     return False
 
 
+def _has_setting(run: dict, setting: dict) -> bool:
+    """Was `run` configured as the paper's method (the published file's `setting`: config keys ->
+    values, e.g. GRAIN's units null, method.alpha 0.3)? Its ablations are not the paper's method;
+    a key the run's config lacks is not held against it."""
+    cfg = _config_of(run["run"])
+    missing = object()
+    return all(got is missing or str(got) == str(value) for key, value in setting.items()
+               for got in [OmegaConf.select(cfg, key, default=missing)])
+
+
+@functools.cache
+def _config_of(run_dir: str):
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    return OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
+
+
 def _ours(run: dict, metric: str):
     if metric == "heads_removed_pct":
         return 100.0 * (1 - run["heads_kept"] / run["heads_total"]) if run["heads_total"] else None
@@ -373,7 +391,8 @@ def paper_table(runs: list[dict], published: list[dict]) -> tuple[str, list[dict
         if pub["method"] not in ours_methods or (pub["task"] != "*" and pub["task"] not in ours_tasks):
             continue  # a published number with no run of ours to stand beside
         mine = [r for r in runs if r["method"].split()[0].split("/")[0] == pub["method"]
-                and (pub["task"] == "*" or r["task"] == pub["task"]) and _matches(r, pub.get("budget") or {})]
+                and (pub["task"] == "*" or r["task"] == pub["task"]) and _matches(r, pub.get("budget") or {})
+                and _has_setting(r, pub.get("setting") or {})]
         values = [v for v in (_ours(r, pub["metric"]) for r in mine) if v is not None]
         if pub["task"] == "*" and values:  # mean over tasks of the per-task means
             per_task = defaultdict(list)

@@ -195,12 +195,15 @@ def test_collect_runs_sets_published_numbers_beside_ours(tmp_path):
     assert published and all({"paper", "task", "method", "metric", "budget", "value", "model"} <= set(p)
                               for p in published)
     runs = {"g1": ("grain", "sst2", 0.05, 72, None, 0.80), "g2": ("grain", "sst2", 0.0502, 70, None, 0.82),
-            "far": ("grain", "sst2", 0.2, 72, None, 0.9), "l1": ("apd", "rte", 0.6, 30, 0.01, 0.6),
+            "far": ("grain", "sst2", 0.2, 72, None, 0.9), "whole": ("grain", "sst2", 0.05, 11, None, 0.5),
+            "l1": ("apd", "rte", 0.6, 30, 0.01, 0.6),
             "l2": ("apd", "mrpc", 0.5, 24, 0.01, 0.8)}
     for name, (method, task, density, kept, tol, value) in runs.items():
         run = tmp_path / name
         (run / ".hydra").mkdir(parents=True)
-        (run / ".hydra" / "config.yaml").write_text(f"method:\n  name: {method}\n  tolerance: {tol or 'null'}\n")
+        units = "heads_ffn" if name == "whole" else "null"  # GRAIN's whole-heads ablation: not the paper's method
+        (run / ".hydra" / "config.yaml").write_text(
+            f"units: {units}\nmethod:\n  name: {method}\n  tolerance: {tol or 'null'}\n")
         (run / "metrics.json").write_text(json.dumps({
             "task": task, "model": "minilm", "method": method, "primary_metric": "accuracy", "primary": value,
             "eval": {"accuracy": value}, "seed": 1, "heads_kept": kept, "heads_total": 72, "density": density}))
