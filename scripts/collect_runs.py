@@ -329,10 +329,12 @@ def comparison_table(runs: list[dict], baseline: str, resamples: int = 1000) -> 
     return "\n".join(out) + "\n", rows
 
 
-def load_published(folder: Path) -> list[dict]:
-    """Every entry of the YAML files in `folder` (published/), each with its file's provenance."""
+def load_published(source: Path) -> list[dict]:
+    """Every entry of the YAML files in `source` (published/, or one file of it: a paper's numbers
+    alone, where another paper's dense rows would stand beside runs of a different study), each with
+    its file's provenance."""
     rows = []
-    for path in sorted(folder.glob("*.yaml")):
+    for path in [source] if source.is_file() else sorted(source.glob("*.yaml")):
         doc = OmegaConf.to_container(OmegaConf.load(path))
         settings = doc.get("setting") or {}
         for entry in doc.get("entries", []):
@@ -502,8 +504,8 @@ def main(argv=None) -> None:
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--label", default="", help="comma-separated config keys added to each method's label "
                         "(e.g. distill.name,method.tolerance: ablations of one method get their own rows)")
-    parser.add_argument("--published", type=Path, help="folder of published numbers (published/): adds the "
-                        "paper-vs-ours table")
+    parser.add_argument("--published", type=Path, help="folder of published numbers (published/), or one "
+                        "paper's file of it: adds the paper-vs-ours table")
     args = parser.parse_args(argv)
     runs = find_runs(args.roots, tuple(k for k in args.label.split(",") if k))
     if not runs:

@@ -213,6 +213,8 @@ def test_collect_runs_sets_published_numbers_beside_ours(tmp_path):
     assert not sst2["setting_matches"] and "no: ours minilm, paper bert-base-uncased" in text
     apd = next(r for r in rows if r["method"] == "apd")
     assert apd["ours"] == pytest.approx((100 * 42 / 72 + 100 * 48 / 72) / 2) and "(lower bound)" in text
+    one_paper = load_published(ROOT / "published" / "apd.yaml")  # a file alone: only that paper's numbers
+    assert one_paper and {p["paper"] for p in one_paper} == {apd["paper"]}
 
 
 def test_collect_runs_curve_has_seed_spread_and_the_published_points(tmp_path):
