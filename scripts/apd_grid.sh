@@ -8,14 +8,15 @@
 # fine-tuning, then 3 epochs in which the heads go (36 of 72 kept) -- the same training budget:
 #   dense | dense6 (the dense model fine-tuned the full 6 epochs: the reference at the pruned cells' budget) | random | michel | voita (L0 gates from the fine-tuned model) | apd |
 #   apd_nopeer (APD's allocation, no peer distillation) | michel_peer (Michel's heads + peer distillation) |
-#   smp (with SMP_PRUNER=<meta run>/pruner.pt: prune the pretrained model, then 6 epochs: the others' 3 + 3) |
+#   smp (SMP_PRUNER=<meta run>/pruner.pt, by default the SMP grid's recorded one: prune the pretrained model, then 6 epochs: the others' 3 + 3) |
 #   lossless (method.tolerance=0.01: APD picks K; 10 % of the rows held out for it).
 set -uo pipefail
 OUT=${1:-outputs/apd}
 DATA=${2:-../shared/data}
 SEEDS=${3:-1 2 3}
 TASKS=${4:-rte mrpc sst2 stsb}
-SMP_PRUNER=${5:-}
+RECORDED_PRUNER=docs/results/runs/smp/meta/pruner.pt  # the SMP grid's meta-trained pruner, kept in git
+SMP_PRUNER=${5:-$([ -f "$RECORDED_PRUNER" ] && realpath "$RECORDED_PRUNER")}
 export RECORDS=${RECORDS:-docs/results/runs/apd}  # finished cells' records, kept in git (grid_common.sh)
 common="model=minilm data_root=$DATA task.max_train_samples=1000 task.max_length=64 trainer.epochs=3 \
 trainer.batch_size=32 trainer.lr=1e-4 trainer.progress_bar=false logger.mode=disabled export_model=false \

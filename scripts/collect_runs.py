@@ -436,11 +436,14 @@ def cell(values: list[float]) -> str:
 
 
 def _budget_x(run: dict) -> tuple[str, float | None]:
-    """Where a run sits on a curve: % of the weights kept for density runs (GRAIN), else % of the
-    model's heads kept -- shares, so models of different sizes (and the papers') share one axis."""
-    if run.get("density") is not None and run["density"] < 1.0:
-        return "density", 100.0 * run["density"]
+    """Where a run sits on a curve: % of the weights kept for runs given a density (GRAIN), % of the
+    model's heads kept for runs given heads (their achieved density is not their budget), 100 for a
+    dense run on either axis -- shares, so models of different sizes (and the papers') share one axis."""
     total = run.get("heads_total")
+    if run.get("density_target") is not None:
+        return "density", 100.0 * (run["density"] if run.get("density") is not None else run["density_target"])
+    if total and run.get("heads_kept") == total and run.get("density") in (None, 1.0):
+        return "dense", 100.0
     return "heads", (100.0 * run["heads_kept"] / total if total and run.get("heads_kept") is not None else None)
 
 
@@ -460,7 +463,7 @@ def plot(runs: list[dict], path: Path, published: list[dict] | None = None) -> d
     for ax, task in zip(axes[0], tasks):
         panel = drawn[task] = {"lines": {}, "published": []}
         rows = [r for r in runs if r["task"] == task and r["value"] is not None and _budget_x(r)[1] is not None]
-        kinds = {_budget_x(r)[0] for r in rows}
+        kinds = {_budget_x(r)[0] for r in rows} - {"dense"} or {"heads"}
         for method in sorted({r["method"] for r in rows}):
             pts = defaultdict(list)
             for r in rows:
@@ -499,8 +502,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path, help="sweep or run folders")
     parser.add_argument("--out", type=Path, default=Path("results/runs"), help="output path stem")
-    parser.add_argument("--baseline", help="method to compare every other with (paired bootstrap over the "
-                        "evaluation examples, from each run's predictions.json)")
+    parser.add_argument("--baseline", action="append", default=[],
+                        help="method to compare every other with (paired bootstrap over the evaluation "
+                        "examples, from each run's predictions.json); repeat it for one table per baseline "
+                        "(e.g. --baseline random --baseline 'apd distill=peer')")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--label", default="", help="comma-separated config keys added to each method's label "
                         "(e.g. distill.name,method.tolerance: ablations of one method get their own rows)")
@@ -513,9 +518,12 @@ def main(argv=None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     md = table(runs) + "\n" + structure_table(runs) + "\n" + compute_table(runs)
     if args.baseline:
-        text, rows = comparison_table(runs, args.baseline, args.resamples)
-        md += "\n" + text
-        args.out.with_name(args.out.name + "_bootstrap.json").write_text(json.dumps(rows, indent=1))
+        compared = []
+        for baseline in args.baseline:
+            text, rows = comparison_table(runs, baseline, args.resamples)
+            md += "\n" + text
+            compared += rows
+        args.out.with_name(args.out.name + "_bootstrap.json").write_text(json.dumps(compared, indent=1))
     published = load_published(args.published) if args.published else None
     if published:
         text, rows = paper_table(runs, published)

@@ -135,8 +135,20 @@ def test_lossless_search_reads_only_the_holdout_carved_from_training_rows(tmp_pa
     stage = metrics["stages"][1]
     lossless = stage["lossless"]
     assert lossless["removed"] == 72 - stage["heads_kept"] and "holdout_trained" in lossless
+    assert lossless["holdout_rows"] == 10
     ok = [s for s in lossless["search"] if s["metric"] >= lossless["floor"]]
     assert max(s["removed"] for s in ok) == lossless["removed"]
+
+
+def test_a_tolerance_below_the_holdout_noise_is_warned_about_before_training(caplog):
+    """0.01 on 100 held-out rows (the setting whose search swung from 17 to 63 heads) warns and
+    names the rows that would resolve it; 0.01 on 2,500 rows and 0.1 on 100 do not."""
+    from prune_cli.pipeline import coarse_holdout
+
+    with caplog.at_level("WARNING"):
+        assert coarse_holdout(0.01, 100)
+    assert "method.tolerance=0.01" in caplog.text and "2500 rows" in caplog.text
+    assert not coarse_holdout(0.01, 2500) and not coarse_holdout(0.1, 100)
 
 
 @pytest.mark.parametrize("args, expected", [

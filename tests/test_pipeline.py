@@ -226,11 +226,18 @@ def test_collect_runs_curve_has_seed_spread_and_the_published_points(tmp_path):
     for density, values in ((0.05, (0.80, 0.84)), (0.1, (0.86, 0.88))):
         for seed, value in enumerate(values, 1):
             run = tmp_path / f"d{density}_s{seed}"
-            run.mkdir()
+            (run / ".hydra").mkdir(parents=True)
+            (run / ".hydra" / "config.yaml").write_text(f"density: {density}\n")
             (run / "metrics.json").write_text(json.dumps({
                 "task": "sst2", "model": "minilm", "method": "grain", "primary_metric": "accuracy", "primary": value,
                 "eval": {"accuracy": value}, "seed": seed, "heads_kept": 60, "heads_total": 72, "density": density}))
+    # a run given heads= reports the density it left (36 of 72 heads: 0.83), but sits at 50 % of the heads
+    (tmp_path / "heads36").mkdir()
+    (tmp_path / "heads36" / "metrics.json").write_text(json.dumps({
+        "task": "rte", "model": "minilm", "method": "apd", "primary_metric": "accuracy", "primary": 0.5,
+        "eval": {"accuracy": 0.5}, "seed": 1, "heads_kept": 36, "heads_total": 72, "density": 0.833}))
     drawn = plot(find_runs([tmp_path]), tmp_path / "curve.png", load_published(ROOT / "published"))
+    assert [x for x, *_ in drawn["rte"]["lines"]["apd"]] == [50.0]
     line = drawn["sst2"]["lines"]["grain"]
     assert [(x, round(m, 6), n) for x, m, _, n in line] == [(5.0, 82.0, 2), (10.0, 87.0, 2)]
     assert line[0][2] == pytest.approx((2 * 2.0 ** 2) ** 0.5)  # sample std of 80, 84
