@@ -271,3 +271,28 @@ def test_ranking_prefers_high_scores_across_kinds():
     out = select_units(space, scores, {k: space.kept(k) for k in scores}, kept_ffn)
     assert bool(out.kept("ffn").all()) and not out.kept("vo").any()  # FFN first: it scored higher
     assert int(out.kept("head").sum()) == 0
+
+
+def test_a_recorded_structure_rebuilds_with_the_same_shapes():
+    """scripts/bench_records.py times records that keep no model: the counts of heads.json's
+    `units` entry, laid on the dense model, give a model of exactly the recorded shapes (the same
+    kept weights, heads and per-head dimensions) -- what its speed depends on."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from bench_records import structure_of
+
+    model = tiny_model("bert")
+    space = UnitSpace.from_model(model)
+    g = torch.Generator().manual_seed(0)
+    pruned = space.with_masks({"qk": torch.rand(space.dims_total, generator=g) < 0.5,
+                               "vo": torch.rand(space.dims_total, generator=g) < 0.6,
+                               "ffn": torch.rand(space.ffn_total, generator=g) < 0.3})
+    rebuilt = structure_of(space, pruned.summary())
+    assert rebuilt.summary() == pruned.summary()
+    from_record, from_masks = copy.deepcopy(model), copy.deepcopy(model)
+    remove_units(from_record, rebuilt, space)
+    remove_units(from_masks, pruned, space)
+    assert count_params(from_record) == count_params(from_masks)
+    assert UnitSpace.from_model(from_record).summary() == pruned.summary()
