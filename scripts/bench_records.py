@@ -29,12 +29,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_speed import load_model  # noqa: E402
-from collect_runs import find_runs  # noqa: E402
+from bench_speed import load_model
+from collect_runs import find_runs
 
-from prune_cli import bench  # noqa: E402
-from prune_cli.surgery import remove_units  # noqa: E402
-from prune_cli.units import UnitSpace  # noqa: E402
+from prune_cli import bench
+from prune_cli.surgery import remove_units
+from prune_cli.units import UnitSpace
 
 
 def structure_of(space: UnitSpace, units: dict) -> UnitSpace:
@@ -99,9 +99,10 @@ def main(argv=None) -> None:
     groups = defaultdict(list)
     for row in rows:
         groups[(row["method"], row["density_asked"])].append(row)
-    lines = [f"Recorded structures timed round-robin with the dense {args.model} in one process: batch "
-             f"{args.batch} x {args.seq_len}, float32, {args.threads} thread(s), median of {args.repeats} "
-             f"(dense {rows[0]['dense_ms']:.0f} ms).\n",
+    header = (f"Recorded structures timed round-robin with the dense {args.model} in one process: batch "
+              f"{args.batch} x {args.seq_len}, float32, {args.threads} thread(s), median of {args.repeats} "
+              f"(dense {rows[0]['dense_ms']:.0f} ms).\n")
+    lines = [header,
              "| method | density asked | runs | heads left | speedup measured (per run) | FLOP limit |",
              "|---|---:|---:|---|---|---:|"]
     for (method, asked), group in sorted(groups.items(), key=lambda kv: (-(kv[0][1] or 1), kv[0][0])):
