@@ -11,8 +11,8 @@ load.
     python scripts/bench_records.py docs/results/runs/grain/sst2 --label units,method.alpha,method.importance \
         --out docs/results/grain_speed
 
-Writes <out>.json (env + one row per run, in bench.json's row schema plus run, method, seed,
-density asked) and <out>.md (per method and density: speedup mean over runs, and each run's).
+Writes <out>.json (env + one row per run, in bench.json's row schema plus run, task, method,
+seed, density asked) and <out>.md (per task, method and density: speedup mean over runs, and each run's).
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def main(argv=None) -> None:
     with torch.inference_mode():
         rows = bench.compare(args.model, dense, variants, args.batch, args.seq_len, protocol)
     for row, r in zip(rows, runs):
-        row.update(run=r["run"], method=r["method"], seed=r["seed"], density_asked=r.get("density_target"),
+        row.update(run=r["run"], task=r["task"], method=r["method"], seed=r["seed"],
+                   density_asked=r.get("density_target"),
                    density=r.get("density"), heads_left=r.get("heads_left"))
     env = bench.env_record(threads=args.threads, model_source=source)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,20 +99,20 @@ def main(argv=None) -> None:
 
     groups = defaultdict(list)
     for row in rows:
-        groups[(row["method"], row["density_asked"])].append(row)
+        groups[(row["task"], row["method"], row["density_asked"])].append(row)
     header = (f"Recorded structures timed round-robin with the dense {args.model} in one process: batch "
               f"{args.batch} x {args.seq_len}, float32, {args.threads} thread(s), median of {args.repeats} "
               f"(dense {rows[0]['dense_ms']:.0f} ms).\n")
     lines = [header,
-             "| method | density asked | runs | heads left | speedup measured (per run) | FLOP limit |",
-             "|---|---:|---:|---|---|---:|"]
-    for (method, asked), group in sorted(groups.items(), key=lambda kv: (-(kv[0][1] or 1), kv[0][0])):
+             "| task | method | density asked | runs | heads left | speedup measured (per run) | FLOP limit |",
+             "|---|---|---:|---:|---|---|---:|"]
+    for (task, method, asked), group in sorted(groups.items(), key=lambda kv: (kv[0][0], -(kv[0][2] or 1), kv[0][1])):
         speed = sum(g["speedup"] for g in group) / len(group)
         flop = sum(g["flop_speedup"] for g in group) / len(group)
         per_run = ", ".join(f"{g['speedup']:.2f}" for g in sorted(group, key=lambda g: g["seed"] or 0))
         heads = ", ".join(str(g["heads_left"]) for g in sorted(group, key=lambda g: g["seed"] or 0))
         asked_text = "-" if asked is None else f"{100 * asked:g} %"
-        lines.append(f"| {method} | {asked_text} | {len(group)} | {heads} | {speed:.2f}x ({per_run}) | {flop:.2f}x |")
+        lines.append(f"| {task} | {method} | {asked_text} | {len(group)} | {heads} | {speed:.2f}x ({per_run}) | {flop:.2f}x |")
     md = "\n".join(lines) + "\n"
     args.out.with_suffix(".md").write_text(md)
     print(md)

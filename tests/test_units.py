@@ -296,3 +296,25 @@ def test_a_recorded_structure_rebuilds_with_the_same_shapes():
     remove_units(from_masks, pruned, space)
     assert count_params(from_record) == count_params(from_masks)
     assert UnitSpace.from_model(from_record).summary() == pruned.summary()
+
+
+def test_bench_records_times_committed_records_per_task(tmp_path):
+    """The script end to end on records kept in git (no model in them): one row per run with its
+    task, the pruned shapes faster in FLOPs than the dense model, and a table per task."""
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    from bench_records import main
+
+    records = root / "docs" / "results" / "runs" / "grain"
+    picked = [records / "sst2" / "grain_d0.05_s1", records / "mrpc" / "heads_ffn_d0.2_s1"]
+    out = tmp_path / "speed"
+    main([*map(str, picked), "--label", "units", "--batch", "2", "--seq-len", "16", "--repeats", "1", "--out", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert sorted(r["task"] for r in rows) == ["mrpc", "sst2"]
+    assert all(r["flop_speedup"] > 4 for r in rows)  # 5 % and 20 % of the encoder's weights
+    table = out.with_suffix(".md").read_text()
+    assert "| mrpc | grain units=heads_ffn" in table and "| sst2 | grain |" in table
