@@ -277,11 +277,18 @@ def paired_bootstrap(pairs: list[tuple[dict, dict]], metric, resamples: int = 10
     its 95 % interval and the two-sided p-value of delta = 0."""
     import numpy as np
 
-    labels = np.asarray(pairs[0][0]["label"])
-    for a, b in pairs:
-        if not (np.array_equal(np.asarray(a["label"]), labels) and np.array_equal(np.asarray(b["label"]), labels)):
-            raise ValueError("paired bootstrap needs runs evaluated on the same examples")
-    preds = [(np.asarray(a["prediction"]), np.asarray(b["prediction"])) for a, b in pairs]
+    def examples(values: list):  # one entry per example: a number, or a sentence's tags (CoNLL)
+        if values and isinstance(values[0], (list, tuple)):
+            out = np.empty(len(values), dtype=object)
+            for i, v in enumerate(values):
+                out[i] = v
+            return out
+        return np.asarray(values)
+
+    if any(a["label"] != pairs[0][0]["label"] or b["label"] != pairs[0][0]["label"] for a, b in pairs):
+        raise ValueError("paired bootstrap needs runs evaluated on the same examples")
+    labels = examples(pairs[0][0]["label"])
+    preds = [(examples(a["prediction"]), examples(b["prediction"])) for a, b in pairs]
 
     def delta(idx):
         return float(np.mean([metric(pa[idx], labels[idx]) - metric(pb[idx], labels[idx]) for pa, pb in preds]))

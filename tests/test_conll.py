@@ -103,6 +103,32 @@ def test_entity_metrics_conlleval_semantics():
     assert m["f1_LOC"] == 0.0 and m["f1_PER"] == 1.0 and "f1_ORG" not in m
 
 
+def test_metric_on_sentences_equals_entity_metrics_and_bootstraps():
+    """predictions.json keeps tag ids per word; the scores of any set of sentences summed from
+    per-sentence counts equal seqeval's on them (a bootstrap resample repeats sentences), and
+    collect_runs' paired bootstrap takes these ragged predictions."""
+    import random
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from collect_runs import paired_bootstrap
+
+    task = get_task(task_cfg())
+    gold = [[LABELS.index(t) for t in s["tags"]] for s in read_conll(CONLL / "valid.txt")[:300]]
+    rng = random.Random(0)
+    noisy = [[[rng.randrange(9) if rng.random() < p else t for t in g] for g in gold] for p in (0.05, 0.2)]
+    words = lambda ids: [[LABELS[i] for i in s] for s in ids]
+    for predicted in noisy:
+        got, ref = task.metric_on(predicted, gold), entity_metrics(words(gold), words(predicted))
+        assert got == {k: ref[k] for k in got}
+    resample = [rng.randrange(300) for _ in range(300)]
+    got = task.metric_on([noisy[0][i] for i in resample], [gold[i] for i in resample])
+    assert got["f1"] == entity_metrics(words([gold[i] for i in resample]), words([noisy[0][i] for i in resample]))["f1"]
+    result = paired_bootstrap([({"prediction": noisy[0], "label": gold}, {"prediction": noisy[1], "label": gold})],
+                              lambda p, y: task.metric_on(p, y)["f1"], resamples=50)
+    assert result["delta"] > 0 and result["low"] > 0 and result["examples"] == 300
+
+
 def test_word_predictions_use_first_subword_and_fill_truncated_words_with_o():
     task = get_task(task_cfg())
     logits = [torch.eye(9)[[0, 1, 0, 3, 4, 0]].numpy()]  # rows: CLS, w0, w0-cont, w1, w2, SEP
@@ -225,3 +251,6 @@ def test_prune_run_conll_end_to_end(tmp_path):
     assert metrics["heads_kept"] == 36
     assert {"f1", "precision", "recall", "accuracy", "f1_PER"} <= set(metrics["eval"])
     assert 0.0 <= metrics["eval"]["f1"] <= 1.0
+    kept = json.loads((run_dir / "predictions.json").read_text())["splits"]["validation"]
+    assert len(kept["label"]) == 16 and metrics["eval"]["f1"] == pytest.approx(
+        get_task(task_cfg()).metric_on(kept["prediction"], kept["label"])["f1"])

@@ -111,6 +111,24 @@ def test_squad_v2_no_answer_scoring_and_breakdown():
     assert squad_metrics({"no1": ""}, [examples[2]], version_2=True)["f1"] == 100.0
 
 
+
+@pytest.mark.parametrize("version_2", [False, True])
+def test_per_question_predictions_score_as_the_whole_split(version_2):
+    """predictions.json keeps (answer text or None, gold answers) per question: the task's
+    metric_on over them, or over a resample repeating questions, equals squad_metrics."""
+    examples = [one("Paris is in France.", ["Paris"], "has1"), one("Paris is in France.", ["France", "in France"], "has2"),
+                one("Paris is in France.", [] if version_2 else ["in"], "no1"), one("Paris is in France.", ["Paris"], "gone")]
+    preds = {"has1": "Paris", "has2": "France is", "no1": ""}
+    task = get_task(task_cfg("squad_v2" if version_2 else "squad"))
+    assert task.version_2 == version_2
+    kept = [preds.get(ex["id"]) for ex in examples], [list(ex["answers"]["text"]) for ex in examples]
+    ref = squad_metrics(preds, examples, version_2=version_2)
+    assert task.metric_on(*kept) == {"exact_match": ref["exact_match"], "f1": ref["f1"]}
+    idx = [0, 0, 1, 3]
+    again = squad_metrics(preds, [examples[i] for i in idx], version_2=version_2)
+    assert task.metric_on([kept[0][i] for i in idx], [kept[1][i] for i in idx])["f1"] == again["f1"]
+
+
 # ------------------------------------------------------------------ post-processing
 CONTEXT = "Denver Broncos won Super Bowl 50."
 #           0     6       15  19    25   30 32
@@ -380,6 +398,8 @@ def test_prune_run_squad_split_dev_end_to_end(tmp_path):
     assert metrics["task"] == "squad" and metrics["primary_metric"] == "f1" and metrics["heads_kept"] == 36
     assert set(metrics["eval"]) == {"exact_match", "f1"}
     assert 0.0 <= metrics["eval"]["exact_match"] <= metrics["eval"]["f1"] <= 100.0
+    kept = json.loads((run_dir / "predictions.json").read_text())["splits"]["validation"]
+    assert len(kept["prediction"]) == len(kept["label"]) == 8
 
 
 def test_dev_only_folder_without_split_fails_fast_through_the_cli(tmp_path):

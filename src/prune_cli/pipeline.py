@@ -566,7 +566,8 @@ class Pipeline:
         if self.task.predictions and self.main:  # per example, for a paired bootstrap between runs (collect_runs.py)
             report.write_json(self.run_dir / "predictions.json", {
                 "task": self.cfg.task.name, "family": self.cfg.task.family,
-                "primary_metric": self.task.primary_metric, "splits": self.task.predictions})
+                "primary_metric": self.task.primary_metric, "splits": self.task.predictions},
+                indent=None)  # one line: a token task's file holds a list per sentence
         return {"metrics": metrics}
 
     def _stage_export(self, state: State, index: int) -> dict:

@@ -14,6 +14,7 @@ type too, plus word accuracy, all as fractions (0-1). A word cut off by `max_len
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -84,6 +85,29 @@ def entity_metrics(
         if not name.endswith(" avg"):
             out[f"f1_{name}"] = float(row["f1-score"])
     return out
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def sentence_counts(gold: tuple, predicted: tuple, tags: tuple[str, ...] | None = None) -> tuple[int, ...]:
+    """(entities right, entities predicted, gold entities, words right, words) of one sentence, its
+    tags given as strings or as indices into `tags`. seqeval's entities never cross a sentence, so
+    the micro scores of any set of sentences (a bootstrap resample) follow from these sums; cached
+    because resamples repeat sentences."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    if tags is not None:
+        gold, predicted = tuple(tags[i] for i in gold), tuple(tags[i] for i in predicted)
+    g, p = set(get_entities(list(gold))), set(get_entities(list(predicted)))
+    return len(g & p), len(p), len(g), sum(a == b for a, b in zip(gold, predicted)), len(gold)
+
+
+def micro_entity_metrics(counts) -> dict[str, float]:
+    """entity_metrics' precision / recall / F1 / accuracy (no per-type F1) from `sentence_counts`."""
+    right, n_pred, n_gold, words_right, words = (sum(c) for c in zip(*counts)) if counts else (0,) * 5
+    precision = right / n_pred if n_pred else 0.0
+    recall = right / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "accuracy": words_right / words if words else 0.0}
 
 
 class ConllTask(Task):
@@ -277,9 +301,17 @@ class ConllTask(Task):
         )["logits"]
         predicted = self.word_predictions(logits, raw["word_ids"], [len(t) for t in raw["tags"]])
         types = sorted({label.split("-", 1)[1] for label in self.labels if "-" in label})
+        index = {tag: i for i, tag in enumerate(self.labels)}
+        self.predictions = {split: {"prediction": [[index[t] for t in tags] for tags in predicted],
+                                    "label": [[index[t] for t in tags] for tags in raw["tags"]]}}
         from prune_cli import metrics
 
         return metrics.load("seqeval").compute(predictions=predicted, references=raw["tags"], types=types)
+
+    def metric_on(self, predictions, labels) -> dict[str, float]:
+        """Micro entity scores of these sentences (predictions.json keeps tag ids per word)."""
+        tags = tuple(self.labels)
+        return micro_entity_metrics([sentence_counts(tuple(g), tuple(p), tags) for g, p in zip(labels, predictions)])
 
 
 def _is_int(v) -> bool:

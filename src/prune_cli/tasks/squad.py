@@ -17,6 +17,7 @@ reported as percentages like those scripts do).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -78,17 +79,10 @@ def squad_metrics(
     """
     em, f1, has_answer = [], [], []
     for ex in examples:
-        golds = list(ex["answers"]["text"])
-        if version_2:
-            golds = [g for g in golds if normalize_answer(g)] or [""]
-        has_answer.append(golds != [""])
-        pred = predictions.get(ex["id"])
-        if pred is None:
-            em.append(0.0)
-            f1.append(0.0)
-            continue
-        em.append(max(exact_match(pred, g) for g in golds))
-        f1.append(max(f1_score(pred, g, version_2) for g in golds))
+        e, f, answerable = example_scores(predictions.get(ex["id"]), tuple(ex["answers"]["text"]), version_2)
+        em.append(e)
+        f1.append(f)
+        has_answer.append(answerable)
     out = {"exact_match": _percent(em), "f1": _percent(f1)}
     if version_2:
         for name, keep in (("has_ans", True), ("no_ans", False)):
@@ -97,6 +91,18 @@ def squad_metrics(
                 out[f"{name}_exact_match"] = _percent([em[i] for i in idx])
                 out[f"{name}_f1"] = _percent([f1[i] for i in idx])
     return out
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def example_scores(prediction: str | None, golds: tuple[str, ...], version_2: bool = False) -> tuple[float, float, bool]:
+    """(EM, F1, answerable) of one question against its best gold answer; cached because a
+    bootstrap resample scores the same questions again."""
+    if version_2:
+        golds = tuple(g for g in golds if normalize_answer(g)) or ("",)
+    if prediction is None:
+        return 0.0, 0.0, golds != ("",)
+    return (max(exact_match(prediction, g) for g in golds), max(f1_score(prediction, g, version_2) for g in golds),
+            golds != ("",))
 
 
 def _percent(values: list[float]) -> float:
@@ -461,8 +467,15 @@ class SquadTask(Task):
                                                    "answer_start": list(ex["answers"].get("answer_start", []))}}
                       for ex in raw["examples"]]
         answers = [{"id": qid, "prediction_text": text} for qid, text in predictions.items()]
+        self.predictions = {EVAL: {"prediction": [predictions.get(ex["id"]) for ex in raw["examples"]],
+                                   "label": [list(ex["answers"]["text"]) for ex in raw["examples"]]}}
         return metrics.load("squad", "v2" if self.version_2 else "v1").compute(predictions=answers,
                                                                                 references=references)
+
+    def metric_on(self, predictions, labels) -> dict[str, float]:
+        """EM and F1 (0-100) of these questions (predictions.json: answer text, gold answers)."""
+        scores = [example_scores(p, tuple(g), self.version_2) for p, g in zip(predictions, labels)]
+        return {"exact_match": _percent([s[0] for s in scores]), "f1": _percent([s[1] for s in scores])}
 
 
 def _cls_index(input_ids: list[int], tokenizer) -> int:
