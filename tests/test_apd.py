@@ -127,7 +127,7 @@ def test_lossless_search_reads_only_the_holdout_carved_from_training_rows(tmp_pa
 
     monkeypatch.setattr(GlueTask, "predict", spy)
     metrics = Pipeline(cfg, tmp_path / "run").run()
-    splits = get_task(cfg.task).splits(tokenizer)
+    splits = get_task(cfg.task, seed=cfg.seed).splits(tokenizer)
     train = {tuple(r) for r in splits.train["input_ids"]}
     evaluation = {tuple(r) for r in splits.eval["validation"]["input_ids"]} - train
     assert seen and set(seen) <= train and not set(seen) & evaluation

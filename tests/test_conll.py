@@ -44,7 +44,7 @@ def test_read_conll_sentences_docstart_and_two_column_lines(tmp_path):
 
 
 def test_reads_real_files_with_official_counts_and_caps():
-    task = get_task(task_cfg(max_train_samples=40, max_eval_samples=16))
+    task = get_task(task_cfg(max_train_samples=40, max_eval_samples=16, subsample="first"))
     assert isinstance(task, ConllTask) and task.primary_metric == "f1"
     task.validate()
     assert len(task._read("train")) == 14041 and len(task._read("validation")) == 3250

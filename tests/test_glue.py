@@ -96,7 +96,7 @@ def test_primary_metrics_follow_glue():
 # ---------------------------------------------------------------------- real local folders
 @pytest.mark.parametrize("name,folder,dev_size,first_labels", LOCAL)
 def test_local_folder_loads(name, folder, dev_size, first_labels, tokenizer):
-    t = task(name, GLUE / folder, max_train_samples=6, max_eval_samples=5)
+    t = task(name, GLUE / folder, max_train_samples=6, max_eval_samples=5, subsample="first")
     t.validate()
     splits = t.splits(tokenizer)
     assert len(splits.train) == 6 and len(splits.eval["validation"]) == 5
@@ -111,13 +111,13 @@ def test_local_folder_loads(name, folder, dev_size, first_labels, tokenizer):
 
 
 def test_cola_first_row_is_data_not_header(tokenizer):
-    t = task("cola", GLUE / "CoLA", max_train_samples=1, max_eval_samples=1)
+    t = task("cola", GLUE / "CoLA", max_train_samples=1, max_eval_samples=1, subsample="first")
     text = tokenizer.decode(t.splits(tokenizer).train[0]["input_ids"], skip_special_tokens=True)
     assert text.startswith("our friends won ' t buy this analysis")
 
 
 def test_stsb_labels_are_float_scores(tokenizer):
-    splits = task("stsb", GLUE / "STS-B", max_train_samples=4, max_eval_samples=4).splits(tokenizer)
+    splits = task("stsb", GLUE / "STS-B", max_train_samples=4, max_eval_samples=4, subsample="first").splits(tokenizer)
     batch = task("stsb").collate_fn(tokenizer)([splits.train[i] for i in range(4)])
     assert batch["labels"].dtype == torch.float32
     assert batch["labels"].tolist() == pytest.approx([5.0, 3.8, 3.8, 2.6])

@@ -259,3 +259,150 @@ def test_logit_distillation_covers_every_task_head(head):
     assert float(loss.detach()) > 0 and all(gr is not None and gr.abs().sum() > 0 for gr in grads)
     if head != "regression":  # padding positions get no gradient
         assert all(gr[1, 3:].abs().sum() == 0 for gr in grads)
+
+
+# ---- fidelity to the official code (airaria/GRAIN), issue 31 ----------------------------------
+
+def test_hidden_term_is_the_sum_of_the_per_layer_mses_as_the_official_code_adds_them():
+    torch.manual_seed(0)
+    student, teacher = tiny_model("bert", seed=1).eval(), tiny_model("bert", seed=2).eval()
+    batch = {**padded_batch("bert"), "labels": torch.tensor([0, 1, 1])}
+    cfg = {"name": "logits_hidden", "temperature": 8.0, "logit_weight": 0.0, "hidden_weight": 1.0}
+    summed = Distiller(OmegaConf.create(cfg), teacher, student)
+    averaged = Distiller(OmegaConf.create({**cfg, "hidden_reduce": "mean"}), teacher, student)
+    out = student(**batch, output_hidden_states=True)
+    with torch.no_grad():
+        t = teacher(**batch, output_hidden_states=True)
+    per_layer = [hidden_loss(out.hidden_states, t.hidden_states, [layer], [m], batch["attention_mask"])
+                 for layer, m in zip(summed.layers, summed.maps)]
+    assert len(per_layer) >= 2
+    _, second, _ = summed.losses(out, batch, out.loss)
+    _, second_mean, _ = averaged.losses(out, batch, out.loss)
+    torch.testing.assert_close(second, sum(per_layer))
+    torch.testing.assert_close(second, second_mean * len(per_layer))
+
+
+def test_hidden_maps_train_as_the_official_code_trains_them():
+    """Weight decay 0, a constant lr (no warm-up, no decay) and outside the gradient clip."""
+    from prune_cli.train import _param_groups, _scheduler
+
+    student, teacher = tiny_model("bert", seed=1), tiny_model("bert", seed=2)
+    distiller = Distiller(OmegaConf.create({"name": "logits_hidden", "hidden_weight": 1.0}), teacher, student)
+    tcfg = OmegaConf.create({"weight_decay": 0.01, "lr": 1e-4, "warmup_ratio": 0.1, "lr_scheduler": "linear"})
+    groups = _param_groups(student, tcfg, None, False, distiller)
+    maps = [g for g in groups if g["params"][0] is next(distiller.maps.parameters())]
+    assert len(maps) == 1 and maps[0]["weight_decay"] == 0.0 and maps[0]["clip"] is False
+    optimizer = torch.optim.AdamW(groups, lr=1e-4)
+    schedule = _scheduler(optimizer, tcfg, 100)
+    for _ in range(50):
+        optimizer.step()
+        schedule.step()
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    assert lrs[groups.index(maps[0])] == 1e-4 and lrs[0] < 1e-4  # the model's lr decays, the maps' does not
+
+
+def _run_random(importance: str, alpha: float = 0.3, steps: int = 96, density: float = 0.1):
+    space = UnitSpace.from_model(tiny_model("bert"))
+    method = grain(space, alpha=alpha, beta=0.998, importance=importance)
+    method.setup_units(space, ("qk", "vo", "ffn"), density=density)
+    history = []
+    for step in range(1, steps + 1):
+        method.after_step(step, steps)
+        history.append(method.ema["vo"].clone())
+    return method, history
+
+
+def test_random_ablation_redraws_every_step_with_the_regulariser_and_empties_heads():
+    """The official random ablation (a fresh draw per kept unit every step, structure
+    regularisation on) leaves far fewer heads than one fixed draw at the same density."""
+    method, history = _run_random("random")
+    assert not torch.equal(history[0], history[1])  # a new draw every step
+    fixed, fixed_history = _run_random("random_fixed")
+    assert torch.equal(fixed_history[0], fixed_history[-1])
+    heads_random = int(method.final_space().kept("head").sum())
+    heads_fixed = int(fixed.final_space().kept("head").sum())
+    assert heads_random < heads_fixed, (heads_random, heads_fixed)
+    again, _ = _run_random("random")  # seeded by (seed, step): a rerun (or a resume) draws the same
+    assert again.final_space() == method.final_space()
+
+
+def test_pruned_units_scores_are_frozen():
+    space = UnitSpace.from_model(tiny_model("bert"))
+    method = grain(space, alpha=0.3, beta=0.9, p_start=0.1, p_end=0.6)
+    method.setup_units(space, ("qk", "vo", "ffn"), density=0.3)
+    for step in range(1, 40):
+        for k in method.kinds:
+            method._acc[k] = torch.rand(space.size(k), dtype=torch.float64) + 0.5
+        before = {k: v.clone() for k, v in method.ema.items()}
+        gone = {k: ~method.current.kept(k) for k in method.kinds}
+        method.after_step(step, 60)
+        for k in method.kinds:
+            assert torch.equal(method.ema[k][gone[k]], before[k][gone[k]])
+    assert any(g.any() for g in gone.values())
+
+
+def test_official_schedule_rounding_prunes_at_integer_steps_and_stops_above_the_target():
+    space = UnitSpace.from_model(tiny_model("bert"))
+    method = grain(space, schedule_rounding="official")
+    method.setup_units(space, ("qk", "vo", "ffn"), density=0.1)
+    T, dense = 96, method.dense_weights
+    start, end = int(0.2 * T), int(0.4 * T)
+    assert [t for t in range(1, T + 1) if method.budget(t, T) is not None] == list(range(start + 1, end))
+    last = 0.1 + 0.9 / (end - start) ** 3
+    assert method.final_budget(T) == pytest.approx(last * dense, abs=1)
+    exact = grain(space)
+    exact.setup_units(space, ("qk", "vo", "ffn"), density=0.1)
+    assert exact.final_budget(T) == pytest.approx(0.1 * dense, abs=1)
+
+
+def test_a_non_finite_gradient_step_changes_no_weight_and_no_score_and_is_counted():
+    """A NaN in one step's gradient (what an fp16 overflow gives): the trainer skips it, the
+    weights and GRAIN's scores stay as they were, and the count is in the result."""
+    from test_training_exact import Rows, collate, tcfg
+
+    from prune_cli.train import make_accelerator, train
+
+    data = Rows(32)
+    model = tiny_model("bert")
+    space = UnitSpace.from_model(model)
+    method = grain(space, beta=0.9, alpha=0.3, p_start=0.5, p_end=0.9)
+    method.setup_units(space, ("qk", "vo", "ffn"), density=0.5)
+    poison = {"step": 0}
+    snapshots = []
+
+    def hook(module, args, output):  # the 3rd forward pass returns NaN
+        poison["step"] += 1
+        return output * float("nan") if poison["step"] == 3 else output
+
+    def after(step, total, _orig=method.after_step):
+        _orig(step, total)
+        snapshots.append(({k: v.clone() for k, v in model.state_dict().items()},
+                          {k: v.clone() for k, v in method.ema.items()}))
+
+    method.after_step = after
+    handle = model.bert.encoder.layer[0].output.dense.register_forward_hook(hook)
+    cfg = tcfg(epochs=1, batch_size=4, save_every=0)
+    with Gates(model, space) as gates:
+        result = train(model=model, dataset=data, collate_fn=collate(data), tcfg=cfg,
+                       accelerator=make_accelerator(cfg, 0), seed=0, pruner=method, gates=gates)
+    handle.remove()
+    assert result["nonfinite_steps"] == 1 and method.steps_skipped == 1
+    (w2, s2), (w3, s3) = snapshots[1], snapshots[2]
+    assert all(torch.equal(w2[k], w3[k]) for k in w2)
+    assert all(torch.equal(s2[k], s3[k]) for k in s2)
+    assert not all(torch.equal(snapshots[3][0][k], w3[k]) for k in w3)  # training goes on after it
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_run_that_stays_non_finite_stops_with_one_line():
+    from test_training_exact import Rows, collate, tcfg
+
+    from prune_cli.errors import Diverged
+    from prune_cli.train import make_accelerator, train
+
+    data = Rows(64)
+    model = tiny_model("bert")
+    cfg = tcfg(epochs=1, batch_size=4, lr=1e30, max_grad_norm=0.0, max_nonfinite_steps=3)
+    with pytest.raises(Diverged, match=r"diverged in stage train at step \d+: the gradient has been non-finite"):
+        train(model=model, dataset=data, collate_fn=collate(data), tcfg=cfg, accelerator=make_accelerator(cfg, 0),
+              seed=0)

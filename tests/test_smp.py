@@ -190,7 +190,7 @@ def test_scoring_reads_only_training_batches(tmp_path, monkeypatch, tokenizer):
 
     monkeypatch.setattr(smp_module, "attention_maps", spy)
     metrics = Pipeline(cfg, tmp_path / "run").run()
-    splits = get_task(cfg.task).splits(tokenizer)
+    splits = get_task(cfg.task, seed=cfg.seed).splits(tokenizer)
     train = {tuple(r) for r in splits.train["input_ids"]}
     evaluation = {tuple(r) for r in splits.eval["validation"]["input_ids"]} - train
     assert len(seen) == 12 and set(seen) <= train and not set(seen) & evaluation
@@ -236,6 +236,10 @@ def test_smp_end_to_end_meta_train_then_prune_before_finetuning(tmp_path):
     (["pipeline=[meta_train]", "method.meta_tasks=[cola,nope]"], "method.meta_tasks='nope': task names among"),
     (["pipeline=[meta_train]", "method.meta_tasks=[squad]"], "method.meta_tasks='squad': GLUE tasks"),
     (["method=michel", "heads=36", "pipeline=[meta_train,prune]"], "a meta_train stage only with method=smp"),
+    # a pruner of another canvas: task.max_length 128 > its 32 x 32 maps
+    (["heads=36", "method.pruner=PRUNER"], "task.max_length=128: <= 32, the canvas of the pruner"),
+    (["heads=36", "pipeline=[meta_train,prune]", "method.map_size=64", "task.max_length=100"],
+     "task.max_length=100: <= 64, the canvas of the pruner (method.map_size"),
 ])
 def test_bad_smp_input_is_one_line_and_exit_2(tmp_path, args, expected):
     from test_cli import DATA, prune_run

@@ -56,7 +56,7 @@ def real_lines(n: int, lang: str, split: str = "train") -> list[str]:
 
 # ------------------------------------------------------------------ data
 def test_reads_real_multi30k_gz_and_caps_rows():
-    task = get_task(task_cfg(max_train_samples=24, max_eval_samples=5))
+    task = get_task(task_cfg(max_train_samples=24, max_eval_samples=5, subsample="first"))
     assert isinstance(task, TranslationTask) and task.primary_metric == "bleu"
     task.validate()
     src, tgt = task._pairs("train")
@@ -202,7 +202,8 @@ def test_iwslt_heads_counted_from_config_on_meta_device():
 @pytest.fixture(scope="module")
 def tiny():
     """transformer_tiny built by the task from 40 real training pairs; 8 real validation pairs."""
-    task = get_task(task_cfg(max_train_samples=40, max_eval_samples=8, num_beams=2, max_new_tokens=8))
+    task = get_task(task_cfg(max_train_samples=40, max_eval_samples=8, num_beams=2, max_new_tokens=8,
+                             subsample="first"))
     task.validate()
     torch.manual_seed(0)
     model, tok = task.load_model(model_cfg())
@@ -251,7 +252,7 @@ def test_evaluate_random_tiny_model_on_real_examples(tiny):
 def test_overfit_eight_sentences_reaches_bleu_100():
     """The whole chain (labels, decoder start, eos, beam search, detokenised decoding) is right
     only if a model that memorised 8 pairs translates them back exactly."""
-    cfg = task_cfg(max_train_samples=8, max_eval_samples=8, num_beams=2, max_new_tokens=40,
+    cfg = task_cfg(max_train_samples=8, max_eval_samples=8, num_beams=2, max_new_tokens=40, subsample="first",
                    **{"local_splits.validation": "train"})
     task = get_task(cfg)
     torch.manual_seed(0)

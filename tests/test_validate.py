@@ -71,6 +71,15 @@ BAD = [
     (["method=grain", "density=0.1", "method.alpha=-1"], "method.alpha"),
     (["method=grain", "density=0.1", "method.p_start=0.5", "method.p_end=0.4"], "method.p_start"),
     (["method=grain", "density=0.1", "method.importance=magnitude"], "method.importance"),
+    (["method=grain", "density=0.1", "method.schedule_rounding=round"], "method.schedule_rounding"),
+    (["method=grain", "density=0.1", "distill.hidden_reduce=max"], "distill.hidden_reduce"),
+    (["method=grain", "density=0.1", "distill.maps_lr_schedule=cosine"], "distill.maps_lr_schedule"),
+    (["method=grain", "density=0.1", "distill.maps_weight_decay=-1"], "distill.maps_weight_decay"),
+    (["method=grain", "density=0.1", "distill.temperature=inf"], "distill.temperature"),
+    (["trainer.lr=inf"], "trainer.lr"),
+    (["trainer.lr=nan"], "trainer.lr"),
+    (["trainer.weight_decay=inf"], "trainer.weight_decay"),
+    (["trainer.max_nonfinite_steps=-1"], "trainer.max_nonfinite_steps"),
 ]
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from prune_cli.errors import ConfigError
+from prune_cli.errors import ConfigError, Diverged
 
 CONF_MODULE = "prune_cli.conf"
 
 
-def _die(message: str) -> None:
+def _die(message: str, status: int = 2) -> None:
     print(f"prune-run: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def user_config_dirs(args: list[str]) -> tuple[list[Path], set[int]]:
@@ -269,9 +269,9 @@ def _run(cfg: DictConfig, run_dir: Path):
     try:
         plan = validate(cfg)
         metrics = Pipeline(cfg, run_dir, plan).run()
-    except ConfigError as err:
+    except (ConfigError, Diverged) as err:
         if single:
-            _die(str(err))
+            _die(str(err), status=2 if isinstance(err, ConfigError) else 1)
         err.prune_cli_message = str(err)
         raise
     primary = metrics.get("primary")

@@ -9,7 +9,9 @@ The losses, each with its own weight key:
   a regression head (STS-B, one output) is matched by MSE instead;
 * ``hidden``: MSE between student and teacher hidden states on layers {0, 2, 4, ..., L} (0 = the
   embedding output), each student state mapped by a trainable linear map initialised to the
-  identity, padding positions masked out;
+  identity, padding positions masked out; the per-layer terms are SUMMED, as the official GRAIN
+  code adds them (airaria/GRAIN, PruneDistiller.compute_loss: weight 1 per matched layer), so the
+  term grows with the number of matched layers (`hidden_reduce=mean` divides by it instead);
 * ``peer`` (`distill=peer`, APD): each attention block that lost heads, run on the teacher's
   input with only its kept heads, matches the teacher block's output (`prune_cli.peer`);
 * ``hard``: the task loss on the labels (GRAIN: weight 0).
@@ -43,6 +45,7 @@ class Distiller(nn.Module):
                         "peer": float(cfg.get("peer_weight", 1.0)) if self.mode == "peer" else 0.0}
         self.teacher_ref = [teacher.eval().requires_grad_(False)]  # not a submodule: never saved or trained
         self.hidden = self.weights["hidden"] > 0
+        self.reduce = str(cfg.get("hidden_reduce", "sum"))
         self.layers = list(cfg.get("hidden_layers") or range(0, student.config.num_hidden_layers + 1, 2)) \
             if self.hidden else []
         if self.hidden and student.config.num_hidden_layers not in self.layers:
@@ -63,6 +66,18 @@ class Distiller(nn.Module):
     def to(self, *args, **kwargs):
         self.teacher.to(*args, **kwargs)
         return super().to(*args, **kwargs)
+
+    def map_group(self, lr: float) -> dict | None:
+        """The optimizer group of the hidden-state maps. The official GRAIN code adds them to its
+        AdamW after the scheduler was built, so they train at a constant lr with the optimizer's
+        default weight decay (0) and outside the gradient clip (it clips the model only):
+        `maps_weight_decay`, `maps_lr_schedule` (constant | model) and `maps_clip` choose."""
+        params = list(self.maps.parameters())
+        if not params:
+            return None
+        return {"params": params, "lr": lr, "weight_decay": float(self.cfg.get("maps_weight_decay", 0.0)),
+                "constant_lr": str(self.cfg.get("maps_lr_schedule", "constant")) == "constant",
+                "clip": bool(self.cfg.get("maps_clip", False))}
 
     def forward_kwargs(self) -> dict:
         return {"output_hidden_states": True} if self.hidden else {}
@@ -87,7 +102,8 @@ class Distiller(nn.Module):
             first = first + self.weights["hard"] * task_loss
         second = torch.zeros((), device=first.device)
         if self.hidden:
-            hidden = hidden_loss(outputs.hidden_states, teacher_out.hidden_states, self.layers, self.maps, mask)
+            hidden = hidden_loss(outputs.hidden_states, teacher_out.hidden_states, self.layers, self.maps, mask,
+                                 reduce=self.reduce)
             second = second + self.weights["hidden"] * hidden
             parts["kd_hidden"] = hidden.detach()
         if self.peer is not None:
@@ -124,8 +140,10 @@ def _kl(s: torch.Tensor, t: torch.Tensor, tau: float, mask: torch.Tensor | None 
     return kl.mean()
 
 
-def hidden_loss(student_states, teacher_states, layers, maps, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over the chosen layers of the MSE of map(student state) vs teacher state, padding out."""
+def hidden_loss(student_states, teacher_states, layers, maps, mask: torch.Tensor | None = None,
+                reduce: str = "sum") -> torch.Tensor:
+    """Sum (or mean, `reduce="mean"`) over the chosen layers of the MSE of map(student state) vs
+    teacher state, padding out."""
     total = 0.0
     for layer, proj in zip(layers, maps):
         s, t = proj(_f32(student_states[layer])), _f32(teacher_states[layer])
@@ -136,7 +154,7 @@ def hidden_loss(student_states, teacher_states, layers, maps, mask: torch.Tensor
         else:
             err = err.mean()
         total = total + err
-    return total / max(len(layers), 1)
+    return total / max(len(layers), 1) if reduce == "mean" else total
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The one exception type that turns bad user input into a single clear line (exit status 2)."""
+"""The exceptions that end a run with one clear line: bad user input (exit status 2) and a diverged
+training (exit status 1)."""
 
 from __future__ import annotations
 
@@ -13,3 +14,12 @@ class ConfigError(ValueError):
     def __init__(self, key: str, value: object, allowed: str):
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={value!r}: {allowed}")
+
+
+class Diverged(RuntimeError):
+    """Training went non-finite and cannot go on: the run stops with one line (exit status 1) and
+    no result; the checkpoint on disk is the last good one (nothing is saved after the bad steps)."""
+
+    def __init__(self, stage: str, step: int, what: str):
+        self.stage, self.step, self.what = stage, step, what
+        super().__init__(f"diverged in stage {stage} at step {step}: {what}")

@@ -106,7 +106,7 @@ def load_tasks(cfg: DictConfig, tokenizer) -> list[MetaTask]:
 
     out = []
     for name in cfg.method.meta_tasks:
-        task = get_task(task_config(str(name), cfg))
+        task = get_task(task_config(str(name), cfg), seed=cfg.get("seed") or 0)
         data = task.splits(tokenizer).train.remove_columns(["labels"])
         out.append(MetaTask(str(name), data, bool(task.sentence_pair),
                             max(1, int(len(data) ** float(cfg.method.get("task_power", 0.2))))))

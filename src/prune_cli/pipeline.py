@@ -613,6 +613,9 @@ class Pipeline:
             "versions": report.versions(),
             **getattr(self.task, "metric_info", {}),
             **({"curve": state.curve} if state.curve else {}),
+            # how max_train_samples chose the training rows (their indices: subset.json)
+            **({"train_rows": {k: v for k, v in self.task.subset.items() if k != "indices"}}
+               if self.task.subset else {}),
         }
         if distributed.world_size() > 1:
             metrics["processes"] = distributed.world_size()
@@ -624,6 +627,8 @@ class Pipeline:
     def _write_outputs(self, state: State, metrics: dict) -> None:
         final_eval = metrics["eval"]
         report.write_json(self.run_dir / "metrics.json", metrics)
+        if self.task.subset:
+            report.write_json(self.run_dir / "subset.json", self.task.subset)
         scores = state.scores
         head_scores = scores.get("head") if isinstance(scores, dict) else scores
         heads = report.heads_record(state.space, state.mask, head_scores, method=self.cfg.method.name,

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from prune_cli import distributed
 from prune_cli.accounting import METER, batch_examples
+from prune_cli.errors import Diverged
 
 
 @dataclass
@@ -157,9 +158,9 @@ def _param_groups(model, tcfg: DictConfig, pruner, freeze_model: bool, distiller
     if pruner is not None and pruner.parameters():
         lr = pruner.lr() or float(tcfg.lr)
         groups.append({"params": pruner.parameters(), "weight_decay": 0.0, "lr": lr, "method": True})
-    if distiller is not None and list(distiller.maps.parameters()):  # the hidden-state maps train with the model
-        groups.append({"params": list(distiller.maps.parameters()), "weight_decay": float(tcfg.weight_decay),
-                       "lr": float(tcfg.lr)})
+    maps = distiller.map_group(float(tcfg.lr)) if distiller is not None else None
+    if maps is not None:  # the hidden-state maps train with the model, by the distill group's settings
+        groups.append(maps)
     return groups
 
 
@@ -178,14 +179,16 @@ def _scheduler(optimizer, tcfg: DictConfig, total_steps: int, pruner=None):
         schedule = get_inverse_sqrt_schedule(optimizer, num_warmup_steps=max(1, warmup))
     else:
         schedule = get_constant_schedule_with_warmup(optimizer, warmup)
-    if not any(g.get("method") for g in optimizer.param_groups):
+    if not any(g.get("method") or g.get("constant_lr") for g in optimizer.param_groups):
         return schedule
     # A learner's own parameters keep a constant rate by default: warm-up and decay would freeze the
     # head logits at both ends of the run, where the budget and temperature schedules still move
     # them. `method.lr_schedule=model` follows the model's schedule instead (the official DSP code).
+    # Groups marked `constant_lr` (GRAIN's hidden-state maps, as its official code trains them) too.
     model_lambda = schedule.lr_lambdas[0]
     method_lambda = model_lambda if getattr(pruner, "lr_schedule", "constant") == "model" else _constant
-    lambdas = [method_lambda if g.get("method") else model_lambda for g in optimizer.param_groups]
+    lambdas = [method_lambda if g.get("method") else _constant if g.get("constant_lr") else model_lambda
+               for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
@@ -278,6 +281,8 @@ def train(
 
     step = 0
     losses: list[float] = []
+    nonfinite, bad_run = 0, 0  # optimizer steps skipped for a non-finite gradient: all, and in a row
+    max_bad = int(tcfg.get("max_nonfinite_steps", 10))
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         accelerator.unwrap_model(model).load_state_dict(state["model"])
@@ -291,6 +296,7 @@ def train(
             accelerator.scaler.load_state_dict(state["scaler"])
         step = state["step"]
         losses = list(state.get("losses", []))
+        nonfinite, bad_run = state.get("nonfinite", (0, 0))
         if logger is not None and "global_step" in state:
             logger.step = state["global_step"]  # curves continue where the killed run stopped
         ranks = state.get("rng_ranks")  # several processes: each its own generators (dropout differs per rank)
@@ -319,7 +325,8 @@ def train(
     def save():
         if checkpoint is not None:
             _save(checkpoint, accelerator, model, optimizer, scheduler, pruner, step, losses,
-                  global_step=logger.step if logger is not None else step, distiller=distiller)
+                  global_step=logger.step if logger is not None else step, distiller=distiller,
+                  nonfinite=(nonfinite, bad_run))
             distributed.barrier()  # no process moves on (or exits on a signal) before rank 0 has written it
 
     with StopSignals() as signals:  # preemption / time limit: checkpoint at once, then stop
@@ -377,15 +384,29 @@ def train(
                             p.grad = accelerator.reduce(p.grad, "mean")
                     if observes and hasattr(pruner, "sync_observed"):  # GRAIN: the global batch's importance
                         pruner.sync_observed(lambda t: accelerator.reduce(t, "mean"))
-                if float(tcfg.max_grad_norm) > 0:  # after the sync: one norm on every rank; the method's
-                    # parameters join it with `method.clip_logits`
+                finite = _gradients_finite(optimizer, pruner)
+                if finite:
+                    bad_run = 0
+                else:  # skipped: no weight and no importance changes (fp16's scaler still sees the overflow)
+                    bad_run, nonfinite = bad_run + 1, nonfinite + 1
+                    if pruner is not None:
+                        pruner.discard_observed()
+                    tqdm.write(f"{desc}: step {step + 1}: non-finite gradient, step skipped ({nonfinite} so far)")
+                    if bad_run > max_bad:
+                        raise Diverged(desc, step + 1, f"the gradient has been non-finite for {bad_run} steps "
+                                       f"in a row (trainer.max_nonfinite_steps={max_bad})")
+                if finite and float(tcfg.max_grad_norm) > 0:  # after the sync: one norm on every rank; the
+                    # method's parameters join it with `method.clip_logits`, the hidden-state maps with
+                    # `distill.maps_clip`
                     accelerator.clip_grad_norm_(
-                        [p for g in optimizer.param_groups if clip_method or not g.get("method") for p in g["params"]],
+                        [p for g in optimizer.param_groups
+                         if (clip_method or not g.get("method")) and g.get("clip", True) for p in g["params"]],
                         float(tcfg.max_grad_norm),
                     )
-                optimizer.step()
-                if not accelerator.optimizer_step_was_skipped:  # fp16: an overflow skips both
-                    scheduler.step()
+                if finite or accelerator.scaler is not None:  # the scaler skips it itself and lowers its scale
+                    optimizer.step()
+                    if not accelerator.optimizer_step_was_skipped:  # fp16: an overflow skips both
+                        scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
                 step += 1
@@ -432,7 +453,17 @@ def train(
     if freeze_model:
         for p in model.parameters():
             p.requires_grad_(True)
-    return {"steps": step, "train_loss": float(np.mean(losses)) if losses else float("nan")}
+    finite_losses = [v for v in losses if math.isfinite(v)]
+    return {"steps": step, "train_loss": float(np.mean(finite_losses)) if finite_losses else float("nan"),
+            "nonfinite_steps": nonfinite}
+
+
+def _gradients_finite(optimizer, pruner) -> bool:
+    """True when every gradient the step would apply (and every gradient a learner read its
+    importance from) is finite. One fused norm per device and dtype, one host sync per step."""
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True) if grads else torch.zeros(())
+    return bool(torch.isfinite(norm)) and (pruner is None or pruner.observed_finite())
 
 
 def _set_gates(gates, values) -> None:
@@ -444,7 +475,7 @@ def _set_gates(gates, values) -> None:
 
 
 def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: int, losses: list[float],
-          global_step: int, distiller=None) -> None:
+          global_step: int, distiller=None, nonfinite: tuple[int, int] = (0, 0)) -> None:
     ranks = distributed.gather(rng_state()) if accelerator.num_processes > 1 else None
     if not accelerator.is_main_process:
         return
@@ -457,6 +488,7 @@ def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: in
         "step": step,
         "global_step": global_step,
         "losses": losses,
+        "nonfinite": nonfinite,
         "rng": rng_state(),
         "rng_ranks": ranks,
         "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,

@@ -7,6 +7,7 @@ stages to run) so the pipeline never re-derives it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from numbers import Integral, Real
 
@@ -44,7 +45,8 @@ def _is_int(v) -> bool:
 
 
 def _is_num(v) -> bool:
-    return isinstance(v, Real) and not isinstance(v, bool)
+    """A finite real number: inf and nan pass every range check and then train to NaN."""
+    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _betas(v) -> bool:
@@ -69,6 +71,8 @@ RULES: tuple[tuple[str, bool, object, str], ...] = (
     ("trainer.warmup_ratio", False, lambda v: _is_num(v) and 0 <= v <= 1, "a fraction of the steps in [0, 1]"),
     ("trainer.warmup_steps", True, lambda v: _is_int(v) and v >= 0, "a whole number of steps >= 0, or null"),
     ("trainer.label_smoothing", False, lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("trainer.max_nonfinite_steps", False, lambda v: _is_int(v) and v >= 0, ("a whole number of skipped steps in a row "
+     ">= 0 before the run stops as diverged")),
     ("trainer.max_grad_norm", False, lambda v: _is_num(v) and v >= 0, "a number >= 0 (0 = no clipping)"),
     ("trainer.eval_every", False, lambda v: _is_int(v) and v >= 0, "a whole number of steps >= 0 (0 = stage ends)"),
     ("trainer.save_every", False, lambda v: _is_int(v) and v >= 0, "a whole number of steps >= 0 (0 = stage ends)"),
@@ -78,6 +82,9 @@ RULES: tuple[tuple[str, bool, object, str], ...] = (
      "together, or null")),
     ("trainer.recovery_epochs", True, lambda v: _is_num(v) and v > 0, "a number of epochs > 0, or null"),
     ("task.max_train_samples", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null (all rows)"),
+    ("task.subsample", False, lambda v: v in ("random", "stratified", "first"), ("random, stratified (GLUE: each "
+     "label's share) or first (the file's first N rows)")),
+    ("task.subsample_seed", True, lambda v: _is_int(v), "an integer, or null (the run's seed)"),
     ("task.max_eval_samples", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null (all rows)"),
     ("task.max_length", False, lambda v: _is_int(v) and v >= 8, "a whole number of tokens >= 8"),
     ("task.eval_batch_size", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null"),
@@ -248,7 +255,10 @@ def validate(cfg: DictConfig) -> Plan:
         raise ConfigError("pipeline", stages, "a pruning stage (prune, prune_joint or learn_gates) when heads/sparsity is set")
     _check_order(stages)
 
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, seed=cfg.get("seed") or 0)
+    if cfg.task.get("subsample") == "stratified" and cfg.task.get("family") != "glue":
+        raise ConfigError("task.subsample", "stratified", f"random or first: {cfg.task.name} has no labels to "
+                          "stratify by (GLUE tasks do)")
     space, model_type, dense_total = _model_space(cfg, task)
     total, in_scope = space.total, int(space.scope_mask(scope).sum())
     from prune_cli.methods import get_pruner
@@ -374,7 +384,13 @@ def _check_distill(cfg: DictConfig) -> str:
                                ("peer_weight", lambda v: _is_num(v) and v >= 0, "a weight >= 0"),
                                ("logit_weight", lambda v: _is_num(v) and v >= 0, "a weight >= 0"),
                                ("hard_weight", lambda v: _is_num(v) and v >= 0, "a weight >= 0 (GRAIN: 0)"),
-                               ("hidden_weight", lambda v: _is_num(v) and v >= 0, "a weight >= 0")):
+                               ("hidden_weight", lambda v: _is_num(v) and v >= 0, "a weight >= 0"),
+                               ("hidden_reduce", lambda v: v in ("sum", "mean"),
+                                "sum (official GRAIN) or mean over the matched layers"),
+                               ("maps_weight_decay", lambda v: _is_num(v) and v >= 0, "a number >= 0 (official: 0)"),
+                               ("maps_lr_schedule", lambda v: v in ("constant", "model"),
+                                "constant (official GRAIN) or model"),
+                               ("maps_clip", lambda v: isinstance(v, bool), "true or false (official: false)")):
         if key in node and not _safe(test, node.get(key)):
             raise ConfigError(f"distill.{key}", node.get(key), allowed)
     if cfg.task.get("family") == "translation":

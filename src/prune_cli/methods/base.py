@@ -105,6 +105,14 @@ class Pruner:
         values = self.gate_values(step, total_steps, training=False)
         return None if values is None or isinstance(values, dict) else (values > 0.5).float()
 
+    def observed_finite(self) -> bool:
+        """False when the gradients this learner read during the step are not all finite (the
+        trainer then skips the step: no weight and no score changes)."""
+        return True
+
+    def discard_observed(self) -> None:
+        """The trainer skipped this optimizer step (a non-finite gradient): forget what was read."""
+
     def extra_loss(self) -> torch.Tensor | float:
         """A term added to the task loss (e.g. an L0 penalty); 0.0 if none."""
         return 0.0

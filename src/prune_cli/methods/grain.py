@@ -18,7 +18,19 @@ fine-tuned teacher, `distill=logits_hidden`, and the student starting from the p
   shrink, and a head that loses its last value dimension loses its query/key dimensions too.
 
 Pruned units are gated to 0 while training goes on; the pipeline removes them physically at the
-end. `method.importance=random` is the paper's random-score ablation (fixed seeded scores).
+end. A pruned unit's score is frozen at its value when it went (the official code sets it to -inf;
+either way it never competes again). A step whose gradients are not all finite changes no score
+(the trainer skips it and counts it; the official code skips only the NaN batch's importance).
+
+`method.importance=random` is the official code's random ablation (airaria/GRAIN,
+FineISPruner.gather_IS with score_type=random): every step adds a fresh uniform draw per kept unit
+to the EMA, under the same structure regularisation, which empties heads. `random_fixed` draws one
+set of scores at the start and never updates them (no regularisation): a different experiment.
+
+`method.schedule_rounding=official` reproduces the official schedule's integer steps: pruning at
+steps int(p_start T) < t < int(p_end T) only, so the last density applied is
+target + (1 - target) / (end - start)^3 above the target (0.027 at T = 96; 1.6e-12 at the paper's T);
+`exact` (the default) reaches the target exactly, at p_end and at the end of training.
 """
 
 from __future__ import annotations
@@ -61,8 +73,13 @@ class GRAIN(Pruner):
         rank = cfg.get("embed_rank")
         if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
             raise ConfigError("method.embed_rank", rank, "null (off) or a rank >= 1 below the embedding width (the paper: 192)")
-        if self.importance not in ("taylor", "random"):
-            raise ConfigError("method.importance", self.importance, "taylor or random (the paper's ablation)")
+        if self.importance not in ("taylor", "random", "random_fixed"):
+            raise ConfigError("method.importance", self.importance, "taylor, random (the official ablation: a "
+                              "fresh draw every step, regularised) or random_fixed (one draw, never updated)")
+        self.rounding = str(cfg.get("schedule_rounding", "exact"))
+        if self.rounding not in ("exact", "official"):
+            raise ConfigError("method.schedule_rounding", self.rounding, "exact (the target density to one unit) "
+                              "or official (airaria/GRAIN's integer schedule steps)")
         self.current = None
 
     # ---- set-up by the pipeline ------------------------------------------
@@ -72,16 +89,35 @@ class GRAIN(Pruner):
         self.current, self.kinds, self.scope, self.density = space, tuple(kinds), scope, float(density)
         self.dense_weights = space.weights(scope)[1]
         g = torch.Generator().manual_seed(self.seed)
-        self.ema = {k: (torch.rand(space.size(k), generator=g, dtype=torch.float64) if self.importance == "random"
-                        else torch.zeros(space.size(k), dtype=torch.float64)) for k in self.kinds}
+        self.ema = {k: (torch.rand(space.size(k), generator=g, dtype=torch.float64)
+                        if self.importance == "random_fixed" else torch.zeros(space.size(k), dtype=torch.float64))
+                    for k in self.kinds}
         self._acc = {k: torch.zeros(space.size(k), dtype=torch.float64) for k in self.kinds}
         self._leaves: dict[str, torch.Tensor] = {}
+        self._discarded = False
         self.steps_pruned = 0
+        self.steps_skipped = 0
 
-    def budget(self, step: int, total: int) -> int:
-        """Kept weights allowed after `step` of `total` steps (ceil: kept >= the density)."""
-        s = density_at(step / max(total, 1), self.density, self.p_start, self.p_end)
+    def budget(self, step: int, total: int) -> int | None:
+        """Kept weights allowed after `step` of `total` steps (ceil: kept >= the density); None =
+        no pruning at this step (`schedule_rounding=official` outside its pruning steps)."""
+        if self.rounding == "official":
+            start, end = int(self.p_start * total), int(self.p_end * total)
+            if not start < step < end:
+                return None
+            s = self.density + (1.0 - self.density) * (1.0 - (step - start) / (end - start)) ** 3
+        else:
+            s = density_at(step / max(total, 1), self.density, self.p_start, self.p_end)
         return math.ceil(round(s * self.dense_weights, 6))
+
+    def final_budget(self, total: int) -> int:
+        """The kept weights at the end: the target (to one unit), or with `schedule_rounding=official`
+        what its last pruning step (end - 1) applied, when the schedule has one."""
+        if self.rounding == "official":
+            start, end = int(self.p_start * total), int(self.p_end * total)
+            if end - 1 > start:
+                return self.budget(end - 1, total)
+        return math.ceil(round(self.density * self.dense_weights, 6))
 
     # ---- the trainer's hooks ----------------------------------------------
     def to(self, device) -> GRAIN:
@@ -93,7 +129,7 @@ class GRAIN(Pruner):
     def gate_values(self, step: int, total_steps: int, training: bool = True) -> dict[str, torch.Tensor]:
         device = getattr(self, "device", torch.device("cpu"))
         masks = {k: self.current.kept(k).to(device, torch.float32) for k in self.kinds}
-        if training and self.importance == "taylor":
+        if training and self.importance == "taylor":  # the random ablations read no gradient
             masks = {k: v.requires_grad_(True) for k, v in masks.items()}
         self._leaves = masks
         return masks
@@ -117,19 +153,42 @@ class GRAIN(Pruner):
         for k in self._acc:
             self._acc[k] = reduce(self._acc[k])
 
+    def observed_finite(self) -> bool:
+        return all(bool(torch.isfinite(acc).all()) for acc in self._acc.values())
+
+    def discard_observed(self) -> None:
+        for acc in self._acc.values():
+            acc.zero_()
+        self._discarded = True
+
     def after_step(self, step: int, total_steps: int) -> None:
-        if self.importance == "taylor":
-            for k in self.kinds:
-                update = self._acc[k].abs().cpu()  # one transfer per kind and optimizer step
-                if k == "vo" and self.alpha > 0:
-                    update = update * torch.tanh(self._value_share() / self.alpha)
-                self.ema[k].mul_(self.beta).add_(update, alpha=1 - self.beta)
-                self._acc[k].zero_()
+        self.total_steps = total_steps
+        if self._discarded:  # a skipped step: no score moves (the schedule still applies)
+            self._discarded = False
+            self.steps_skipped += 1
+        elif self.importance != "random_fixed":
+            self._update_scores(step)
         budget = self.budget(step, total_steps)
         before = self.current.weights(self.scope)[0]
-        if before > budget:
+        if budget is not None and before > budget:
             self._prune_to(budget)
             self.steps_pruned += int(self.current.weights(self.scope)[0] < before)
+
+    def _update_scores(self, step: int) -> None:
+        """EMA of this step's update, for the units still kept (a pruned unit's score is frozen)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)  # resumes draw the same numbers
+        share = self._value_share() if "vo" in self.kinds and self.alpha > 0 else None
+        for k in self.kinds:
+            kept = self.current.kept(k)
+            if self.importance == "random":
+                update = torch.rand(kept.shape, generator=g, dtype=torch.float64)
+            else:
+                update = self._acc[k].abs().cpu()  # one transfer per kind and optimizer step
+                self._acc[k].zero_()
+            if share is not None and k == "vo":
+                update = update * torch.tanh(share / self.alpha)
+            moved = self.ema[k] * self.beta + update * (1 - self.beta)
+            self.ema[k] = torch.where(kept, moved, self.ema[k])
 
     def _value_share(self) -> torch.Tensor:
         """Per value/output unit: the fraction of its head's value dimensions still kept."""
@@ -148,7 +207,7 @@ class GRAIN(Pruner):
     # ---- results -----------------------------------------------------------
     def final_space(self):
         """The units kept at the end: exactly the target density (to one unit)."""
-        budget = math.ceil(round(self.density * self.dense_weights, 6))
+        budget = self.final_budget(getattr(self, "total_steps", 0))
         if self.current.weights(self.scope)[0] > budget:  # training ended before p_end
             self._prune_to(budget)
         return self.current
@@ -169,7 +228,8 @@ class GRAIN(Pruner):
         if self.current is None:
             return {}
         return {"ema": self.ema, "masks": {k: self.current.kept(k) for k in ("qk", "vo", "ffn")},
-                "steps_pruned": self.steps_pruned}
+                "steps_pruned": self.steps_pruned, "steps_skipped": self.steps_skipped,
+                "total_steps": getattr(self, "total_steps", 0)}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -178,3 +238,5 @@ class GRAIN(Pruner):
         m = state["masks"]
         self.current = self.current.replace(qk=m["qk"], vo=m["vo"], ffn=m["ffn"])
         self.steps_pruned = state["steps_pruned"]
+        self.steps_skipped = state.get("steps_skipped", 0)
+        self.total_steps = state.get("total_steps", 0)

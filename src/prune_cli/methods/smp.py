@@ -16,7 +16,9 @@ Two departures from the reference, both so that it runs on any model and any len
 * maps of any length: a map of n <= canvas tokens is zero-padded to the canvas -- exactly what
   the reference sees, as it pads every input to 128 tokens and zeroes padded query rows (padded
   key columns hold 0 after the softmax). A longer map is area-averaged down to the canvas and
-  multiplied by n / canvas, so that its rows still sum to 1 as an attention row does.
+  multiplied by n / canvas, so that its rows still sum to 1 as an attention row does -- in
+  meta-training only: pruning refuses a `task.max_length` above the pruner's canvas, since the
+  kept heads would then change with the batch's padded length.
 
 The sampler of the reference only works when layers == heads per layer (its `view(-1, L)`); ours
 draws per layer, so any L x H works.
@@ -276,8 +278,26 @@ class SMP(Pruner):
                                       f"{have['layers']} layers x {have['heads']} heads ({cfg.model.name}); this one "
                                       f"was trained for {want.get('layers')} x {want.get('heads')} "
                                       f"({record.get('model_name', '?')})")
-        if keep is None or self.budget != "per_layer":
-            return
+        if keep is not None and self.budget == "per_layer":
+            self._check_budget(cfg, keep, in_scope)
+        if "prune" in stages:
+            self._check_canvas(cfg, stages)
+
+    def _check_canvas(self, cfg, stages: list[str]) -> None:
+        """A batch longer than the pruner's canvas would be averaged down to it: maps unlike those
+        the network was meta-trained on, and scores that depend on how long the batch's longest
+        example is. Refused before anything loads, with the two ways out."""
+        if cfg.method.get("pruner") and "meta_train" not in stages[:stages.index("prune")]:
+            canvas, source = int(read_pruner(self.pruner_path())["network"]["map_size"]), str(cfg.method.pruner)
+        else:
+            canvas, source = int(cfg.method.get("map_size", 128)), "method.map_size"
+        length = int(cfg.task.max_length)
+        if length > canvas:
+            raise ConfigError("task.max_length", length, f"<= {canvas}, the canvas of the pruner ({source} scores "
+                              f"{canvas} x {canvas} attention maps; a longer batch would be averaged down to it), "
+                              f"or a pruner meta-trained on a canvas >= {length} (method.map_size)")
+
+    def _check_budget(self, cfg, keep: int, in_scope: int) -> None:
         layers = len(self.space.blocks)  # encoder blocks only (checked above)
         if cfg.get("heads_scope", "all") not in ("all", "encoder"):
             raise ConfigError("heads_scope", cfg.heads_scope, "all or encoder with method=smp (an encoder-only model)")

@@ -17,12 +17,16 @@ FAMILIES = {
 }
 
 
-def get_task(cfg: DictConfig) -> Task:
+def get_task(cfg: DictConfig, seed: int = 0) -> Task:
+    """The task of `cfg` (the task group); `seed`: the run's, which draws `max_train_samples` rows
+    unless `task.subsample_seed` is given."""
     family = cfg.get("family")
     if family not in FAMILIES:
         raise ConfigError("task.family", family, f"one of {sorted(FAMILIES)}")
     module, cls = FAMILIES[family].split(":")
-    return getattr(importlib.import_module(module), cls)(cfg)
+    task = getattr(importlib.import_module(module), cls)(cfg)
+    task.seed = int(seed)
+    return task
 
 
 __all__ = ["FAMILIES", "Splits", "Task", "get_task"]

@@ -55,6 +55,8 @@ class Task:
     #: for tasks whose metric can be recomputed from them (`metric_on`); the pipeline saves them in
     #: predictions.json so that the collector can bootstrap a paired comparison of two runs
     predictions: dict | None = None
+    #: the run's seed (set by `get_task`): draws the training rows unless task.subsample_seed is given
+    seed: int = 0
 
     def primary_split(self) -> tuple[str | None, str]:
         """(evaluation split, metric name within it) of `primary_metric`: the split is None when
@@ -67,6 +69,43 @@ class Task:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
+        #: how `max_train_samples` chose the training rows (written to metrics.json and subset.json)
+        self.subset: dict | None = None
+
+    def cap(self, split: str) -> int | None:
+        return self.cfg.get("max_train_samples" if split == "train" else "max_eval_samples")
+
+    def take(self, split: str, n: int, strata=None, whole: bool = True) -> list[int] | None:
+        """Row indices to keep of a split of `n` rows (None = all of them).
+
+        Training rows: `task.subsample` draws them -- `random` (default), `stratified` (the same
+        share of every label; a regression score in quintiles) or `first` (the file's first N,
+        which is a biased sample wherever a file is ordered: STS-B's first 1,000 training rows are
+        all video captions) -- seeded by `task.subsample_seed` (default: the run's seed, so methods
+        at one seed see the same rows and seeds differ in their rows too). Evaluation rows are the
+        first `max_eval_samples`, the same for every run, so that runs pair example by example."""
+        cap = self.cap(split)
+        how = str(self.cfg.get("subsample", "random")) if split == "train" else "first"
+        if not cap or cap >= n:
+            if cap and split == "train":  # `whole=False`: the reader stopped at the cap (first N)
+                self.subset = {"split": split, "subsample": how, "rows": int(n), "of": int(n) if whole else None,
+                               "indices": list(range(n))}
+            return None
+        seed = self.seed if self.cfg.get("subsample_seed") is None else int(self.cfg.subsample_seed)
+        if how == "first":
+            idx = np.arange(cap)
+        elif how == "random":
+            idx = np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
+        else:
+            if strata is None:
+                from prune_cli.errors import ConfigError
+
+                raise ConfigError("task.subsample", how, f"random or first: {self.name} has no labels to stratify by")
+            idx = stratified(np.asarray(strata), cap, seed)
+        if split == "train":
+            self.subset = {"split": split, "subsample": how, "seed": seed, "rows": int(cap), "of": int(n),
+                           "indices": idx.tolist()}
+        return idx.tolist()
 
     # 1 ------------------------------------------------------------------
     def validate(self) -> None:
@@ -172,3 +211,20 @@ def batched_outputs(
     finally:
         net.train(was_training)
     return {n: [row[:length] for row, length in zip(rows, lengths)] for n, rows in out.items()}
+
+
+def stratified(strata: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """`cap` indices drawn without replacement so that every stratum keeps its share (largest
+    remainders round the shares to whole rows); a float array (a regression score) is cut into
+    quintiles first. Sorted, as the rows appear in the file."""
+    if strata.dtype.kind == "f":
+        edges = np.quantile(strata, [0.2, 0.4, 0.6, 0.8])
+        strata = np.searchsorted(edges, strata, side="right")
+    values, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
+    exact = counts * cap / len(strata)
+    share = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - share), kind="stable")[: cap - share.sum()]:
+        share[i] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(inverse == v), share[v], replace=False) for v in range(len(values))]
+    return np.sort(np.concatenate(picked))

@@ -237,10 +237,10 @@ class ConllTask(Task):
         ]
 
     def sentences(self, split: str) -> list[dict]:
-        """Sentences after `max_train_samples` / `max_eval_samples` (first N)."""
+        """Sentences after `max_train_samples` / `max_eval_samples` (`Task.take` chooses them)."""
         rows = self._read(split)
-        cap = self.cfg.get("max_train_samples" if split == "train" else "max_eval_samples")
-        return rows[:cap] if cap else rows
+        idx = self.take(split, len(rows))
+        return rows if idx is None else [rows[i] for i in idx]
 
     def encode(self, tokenizer, sentences: list[dict]):
         """(features with aligned `labels`, word_ids per row) for a list of sentences."""

@@ -249,20 +249,23 @@ class GlueTask(Task):
             raise ConfigError("task.data_dir", str(self.cfg.data_dir), f"a GLUE {self.name} folder with examples in {path.name}")
         return [list(col) for col in zip(*texts)], labels
 
-    def _hub_examples(self, split: str, cap: int | None) -> tuple[list[list[str]], list]:
+    def _hub_examples(self, split: str) -> tuple[list[list[str]], list]:
         import datasets
 
         ds = datasets.load_dataset(str(self.cfg.hub), self.cfg.hub_config, split=split)
-        if cap:
-            ds = ds.select(range(min(cap, len(ds))))
         return [list(ds[c]) for c in self.cfg.hub_text_columns], list(ds["label"])
 
     def examples(self, split: str) -> tuple[list[list[str]], list]:
-        """(text columns, labels) of a split: first N rows when max_*_samples is set."""
-        cap = self.cfg.get("max_train_samples" if split == "train" else "max_eval_samples")
-        if self.cfg.get("data_dir"):
-            return self._local_examples(split, cap)
-        return self._hub_examples(split, cap)
+        """(text columns, labels) of a split, capped by max_*_samples (`Task.take` chooses the rows)."""
+        first = self.cap(split) if split != "train" or self.cfg.get("subsample", "random") == "first" else None
+        if self.cfg.get("data_dir"):  # the first N: no need to parse a 364k-row file to its end
+            columns, labels = self._local_examples(split, first)
+        else:
+            columns, labels = self._hub_examples(split)
+        idx = self.take(split, len(labels), strata=labels, whole=first is None)
+        if idx is None:
+            return columns, labels
+        return [[col[i] for i in idx] for col in columns], [labels[i] for i in idx]
 
     def _encode(self, tokenizer, split: str):
         import datasets

@@ -365,10 +365,10 @@ class SquadTask(Task):
         ]
 
     def rows(self, split: str) -> list[dict]:
-        """Rows of a split after `max_train_samples` / `max_eval_samples` (first N questions)."""
+        """Questions of a split after `max_train_samples` / `max_eval_samples` (`Task.take` chooses them)."""
         rows = self._raw(split)
-        cap = self.cfg.get("max_train_samples" if split == "train" else "max_eval_samples")
-        return rows[:cap] if cap else rows
+        idx = self.take(split, len(rows))
+        return rows if idx is None else [rows[i] for i in idx]
 
     def _tokenize(self, tokenizer, rows: list[dict]):
         if not getattr(tokenizer, "is_fast", False):

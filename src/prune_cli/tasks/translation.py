@@ -176,7 +176,7 @@ class TranslationTask(Task):
         return None
 
     def _pairs(self, split: str) -> tuple[list[str], list[str]]:
-        """(sources, targets) of a split, capped by max_train_samples / max_eval_samples (first N)."""
+        """(sources, targets) of a split, capped by max_train_samples / max_eval_samples (`Task.take`)."""
         if split not in self._pairs_cache:
             src, tgt = self.cfg.source_lang, self.cfg.target_lang
             if self.cfg.get("data_dir"):
@@ -185,9 +185,9 @@ class TranslationTask(Task):
                 targets = read_lines(self._local_file(split, tgt), remove_bpe)
             else:
                 sources, targets = self._hub_pairs(split)
-            cap = self.cfg.get("max_train_samples" if split == "train" else "max_eval_samples")
-            if cap:
-                sources, targets = sources[:cap], targets[:cap]
+            idx = self.take(split, len(sources))
+            if idx is not None:
+                sources, targets = [sources[i] for i in idx], [targets[i] for i in idx]
             self._pairs_cache[split] = (sources, targets)
         return self._pairs_cache[split]
 
