@@ -11,6 +11,10 @@ A method's label includes its regime when it has one (dsp/joint, dsp/pipelined).
 A prune_curve run (Michel's figure: one fine-tuned model evaluated after each 5 % of heads removed,
 no retraining) gives one row per point, labelled `<method>/curve` (`--baseline random/curve`
 compares two orders at every point from curve_predictions.json).
+`--baseline METHOD` adds a paired bootstrap of every method against METHOD at each budget
+(`<out>_bootstrap.json`): by default two-level, the seeds and the evaluation examples both
+resampled (`--bootstrap examples`: the examples only, as before), with the number of distinct
+masks among each side's seeds (1: the seeds sample fine-tuning, not masks).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 from omegaconf import OmegaConf
 
 # Task families whose metrics.json already holds percentages (official SQuAD EM/F1, sacreBLEU);
@@ -270,12 +275,194 @@ def _metric(run: dict):
     return lambda p, y: task.metric_on(p, y)[name]
 
 
-def paired_bootstrap(pairs: list[tuple[dict, dict]], metric, resamples: int = 1000, seed: int = 0) -> dict:
-    """Paired bootstrap over evaluation examples: `pairs` = [(predictions of A, of B)] per seed,
-    on the same examples. Each resample draws one set of example indices used for every seed and
-    both methods; delta = mean over seeds of metric(A) - metric(B). Returns the observed delta,
-    its 95 % interval and the two-sided p-value of delta = 0."""
-    import numpy as np
+def _resampled(run: dict):
+    """The run's primary metric on many bootstrap resamples at once (`resampled_metric`), or None."""
+    task = _task(run)
+    return resampled_metric(task, task.primary_split()[1])
+
+
+# ---------------------------------------------------------------------- the paired bootstrap
+BOOTSTRAPS = {
+    "two_level": "two-level bootstrap: seeds and examples resampled",
+    "examples": "bootstrap of the evaluation examples: seeds paired, not resampled",
+}
+
+
+class Resamples:
+    """R bootstrap resamples of n examples: `idx` (R, n), the examples drawn; `counts` (R, n), how
+    often each example was drawn in each resample -- a metric that is a function of sums over the
+    examples (counts, sums of products, per-sentence entity counts) is a matrix product with it."""
+
+    def __init__(self, idx):
+        self.idx = np.asarray(idx)
+        self.n = self.idx.shape[1]
+
+    @functools.cached_property
+    def counts(self) -> np.ndarray:
+        r, n = self.idx.shape
+        flat = (self.idx + n * np.arange(r)[:, None]).ravel()
+        return np.bincount(flat, minlength=r * n).reshape(r, n).astype(np.float64)
+
+    def constant(self, values: np.ndarray) -> np.ndarray:
+        """(R,) bool: the resample drew one value only (a correlation is then defined as 0)."""
+        drawn = values[self.idx]
+        return drawn.min(axis=1) == drawn.max(axis=1)
+
+
+def _divide(a, b) -> np.ndarray:
+    """a / b, 0 where b is 0 (sklearn's zero_division=0, the task code's `x / y if y else 0.0`)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b != 0)
+
+
+def _accuracy(p, y):
+    right = (np.asarray(p) == np.asarray(y)).astype(np.float64)
+    return lambda rs: rs.counts @ right / rs.n
+
+
+def _f1(p, y):
+    """Binary F1 of class 1 as sklearn computes it: 2 tp / (gold positives + predicted positives)."""
+    p, y = np.asarray(p), np.asarray(y)
+    if not set(np.unique(np.concatenate([p, y])).tolist()) <= {0, 1}:
+        return None  # not a binary task: sklearn's own call, one resample at a time
+    tp, true, pred = ((p == 1) & (y == 1)).astype(float), (y == 1).astype(float), (p == 1).astype(float)
+    return lambda rs: _divide(2.0 * (rs.counts @ tp), 1.0 * (rs.counts @ true) + rs.counts @ pred)
+
+
+def _matthews(p, y):
+    """Matthews correlation (binary or multiclass) as sklearn computes it from the confusion sums."""
+    p, y = np.asarray(p), np.asarray(y)
+    classes = np.unique(np.concatenate([p, y]))
+    right = (p == y).astype(float)
+    true = np.stack([(y == c).astype(float) for c in classes], axis=1)  # (n, classes)
+    pred = np.stack([(p == c).astype(float) for c in classes], axis=1)
+
+    def on(rs):
+        t, q, s = rs.counts @ true, rs.counts @ pred, float(rs.n)
+        cov_tp = (rs.counts @ right) * s - (t * q).sum(axis=1)
+        cov_pp, cov_tt = s**2 - (q * q).sum(axis=1), s**2 - (t * t).sum(axis=1)
+        both = cov_pp * cov_tt
+        return np.divide(cov_tp, np.sqrt(both), out=np.zeros_like(both), where=both != 0)
+
+    return on
+
+
+def _weighted_correlation(w: np.ndarray, x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    """Pearson's r per row of weights `w` (R, n) between x and y ((n,) or (R, n), centred near 0)."""
+    def total(v):
+        return w @ v if v.ndim == 1 else (w * v).sum(axis=1)
+
+    sx, sy = total(x), total(y)
+    cxy = total(x * y) - sx * sy / n
+    vxx, vyy = total(x * x) - sx * sx / n, total(y * y) - sy * sy / n
+    both = vxx * vyy
+    r = np.divide(cxy, np.sqrt(np.maximum(both, 0.0)), out=np.zeros_like(cxy), where=both > 0)
+    return np.clip(r, -1.0, 1.0)
+
+
+def _pearson(p, y):
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    pc, yc = p - p.mean(), y - y.mean()
+
+    def on(rs):
+        r = _weighted_correlation(rs.counts, pc, yc, rs.n)
+        return np.where(rs.constant(p) | rs.constant(y), 0.0, r)
+
+    return on
+
+
+def _ranks(values: np.ndarray, rs: Resamples) -> np.ndarray:
+    """(R, n): each example's rank among the examples a resample drew (ties: the mean rank, as
+    scipy's rankdata), from the draw counts alone: the values below it plus (its group's count + 1) / 2."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    new = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    groups = np.add.reduceat(rs.counts[:, order], np.flatnonzero(new), axis=1)  # (R, distinct values)
+    rank = np.cumsum(groups, axis=1) - groups + (groups + 1) / 2
+    out = np.empty_like(rs.counts)
+    out[:, order] = rank[:, np.cumsum(new) - 1]
+    return out
+
+
+def _spearman(p, y):
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
+
+    def on(rs):
+        middle = (rs.n + 1) / 2
+        r = _weighted_correlation(rs.counts, _ranks(p, rs) - middle, _ranks(y, rs) - middle, rs.n)
+        return np.where(rs.constant(p) | rs.constant(y), 0.0, r)
+
+    return on
+
+
+def _entity_scores(p, y, name: str, tags: tuple):
+    """CoNLL's micro entity scores from per-sentence counts (seqeval's entities never cross a
+    sentence: conll.sentence_counts), summed over each resample's sentences."""
+    from prune_cli.tasks.conll import sentence_counts
+
+    counts = np.array([sentence_counts(tuple(g), tuple(q), tags) for g, q in zip(y, p)], dtype=np.float64)
+
+    def on(rs):
+        right, predicted, gold, words_right, words = (rs.counts @ counts).T
+        precision, recall = _divide(right, predicted), _divide(right, gold)
+        scores = {"precision": precision, "recall": recall, "accuracy": _divide(words_right, words),
+                  "f1": _divide(2 * precision * recall, precision + recall)}
+        return scores[name]
+
+    return on
+
+
+def _squad_scores(p, y, name: str, version_2: bool):
+    """SQuAD EM / F1 (0-100): the mean of per-question scores (squad.example_scores)."""
+    from prune_cli.tasks.squad import example_scores
+
+    column = {"exact_match": 0, "f1": 1}[name]
+    scores = np.array([example_scores(q, tuple(g), version_2)[column] for q, g in zip(p, y)], dtype=np.float64)
+    return lambda rs: 100.0 * (rs.counts @ scores) / rs.n
+
+
+GLUE_RESAMPLED = {"accuracy": _accuracy, "f1": _f1, "matthews_correlation": _matthews,
+                  "pearson": _pearson, "spearmanr": _spearman}
+
+
+def resampled_metric(task, name: str):
+    """`(predictions, labels) -> (Resamples -> (R,) metric values)`: the task's metric `name` on every
+    resample at once, from counts and sums (GLUE's metrics), per-sentence entity counts (CoNLL) or
+    per-question scores (SQuAD); the factory may answer None for predictions it cannot take (F1 of
+    a non-binary task). None: no such form, the task's `metric_on` is called once per resample."""
+    from prune_cli.tasks.conll import ConllTask
+    from prune_cli.tasks.glue import GlueTask
+    from prune_cli.tasks.squad import SquadTask
+
+    if isinstance(task, ConllTask) and name in ("precision", "recall", "f1", "accuracy"):
+        return functools.partial(_entity_scores, name=name, tags=tuple(task.labels))
+    if isinstance(task, SquadTask) and name in ("exact_match", "f1"):
+        return functools.partial(_squad_scores, name=name, version_2=task.version_2)
+    if isinstance(task, GlueTask):
+        return GLUE_RESAMPLED.get(name)
+    return None
+
+
+def paired_bootstrap(pairs: list[tuple[dict, dict]], metric, resamples: int = 1000, seed: int = 0,
+                     bootstrap: str = "two_level", resampled=None) -> dict:
+    """Paired bootstrap of method A against B: `pairs` = [(predictions of A, of B)] per seed, on the
+    same examples; `metric(predictions, labels)` is the task's own. delta = mean over seeds of
+    metric(A) - metric(B); the observed one is on every example and every seed once.
+
+    Each resample draws n example indices with replacement (one draw for every seed and both
+    methods: the examples are crossed with the seeds); `bootstrap="two_level"` also draws the
+    seeds with replacement (A and B of a seed stay paired; a seed drawn twice counts twice), so
+    the interval holds the spread between seeds -- fine-tuning noise, and different masks where
+    a method's mask depends on the seed -- and not only the examples'; `"examples"` keeps every
+    seed once (the collector's test before issue 31). The examples drawn are the same in both
+    (`default_rng(seed)`, as before), the seeds come from a stream of their own.
+
+    `resampled`: `resampled_metric`'s factory, the metric on all resamples at once; it is checked
+    against `metric` on the full sample, and the resamples fall back to calling `metric` where it
+    is None or disagrees. Returns the observed delta, its 95 % percentile interval, the two-sided
+    p-value of delta = 0, the seeds and examples."""
+    if bootstrap not in BOOTSTRAPS:
+        raise ValueError(f"bootstrap must be one of {sorted(BOOTSTRAPS)}, not {bootstrap!r}")
 
     def examples(values: list):  # one entry per example: a number, or a sentence's tags (CoNLL)
         if values and isinstance(values[0], (list, tuple)):
@@ -289,21 +476,61 @@ def paired_bootstrap(pairs: list[tuple[dict, dict]], metric, resamples: int = 10
         raise ValueError("paired bootstrap needs runs evaluated on the same examples")
     labels = examples(pairs[0][0]["label"])
     preds = [(examples(a["prediction"]), examples(b["prediction"])) for a, b in pairs]
+    observed = float(np.mean([metric(pa, labels) - metric(pb, labels) for pa, pb in preds]))
 
-    def delta(idx):
-        return float(np.mean([metric(pa[idx], labels[idx]) - metric(pb[idx], labels[idx]) for pa, pb in preds]))
+    n, k = len(labels), len(preds)
+    draws = Resamples(np.random.default_rng(seed).integers(0, n, (resamples, n)))
+    everything = Resamples(np.arange(n)[None, :])
 
-    observed = delta(np.arange(len(labels)))
-    rng = np.random.default_rng(seed)
-    draws = np.array([delta(rng.integers(0, len(labels), len(labels))) for _ in range(resamples)])
-    p = min(1.0, 2 * min((draws <= 0).mean(), (draws >= 0).mean()))
-    return {"delta": observed, "low": float(np.percentile(draws, 2.5)), "high": float(np.percentile(draws, 97.5)),
-            "p": float(p), "seeds": len(pairs), "examples": len(labels)}
+    def on_resamples(p) -> np.ndarray:
+        fast = resampled(p, labels) if resampled is not None else None
+        if fast is not None and not np.isclose(fast(everything)[0], metric(p, labels), rtol=1e-9, atol=1e-12):
+            fast = None  # not the task's metric on these predictions: trust the task's
+        if fast is None:
+            return np.array([metric(p[i], labels[i]) for i in draws.idx], dtype=np.float64)
+        return fast(draws)
+
+    diffs = np.stack([on_resamples(pa) - on_resamples(pb) for pa, pb in preds], axis=1)  # (resamples, seeds)
+    if bootstrap == "examples":
+        deltas = diffs.mean(axis=1)
+    else:
+        picks = np.random.default_rng([seed, 1]).integers(0, k, (resamples, k))
+        weights = np.stack([np.bincount(row, minlength=k) for row in picks]).astype(np.float64)
+        deltas = (weights * diffs).sum(axis=1) / k
+    p = min(1.0, 2 * min((deltas <= 0).mean(), (deltas >= 0).mean()))
+    return {"delta": observed, "low": float(np.percentile(deltas, 2.5)), "high": float(np.percentile(deltas, 97.5)),
+            "p": float(p), "seeds": k, "examples": n, "bootstrap": bootstrap, "resamples": resamples}
 
 
-def comparison_table(runs: list[dict], baseline: str, resamples: int = 1000) -> tuple[str, list[dict]]:
+# ---------------------------------------------------------------------- distinct masks
+def _structure(run: dict) -> str | None:
+    """What a run kept, comparable across runs: heads.json's head mask and, for runs that pruned
+    units (GRAIN), their per-head dimensions and FFN widths; a curve point (no mask of its own): the
+    heads its order had removed there (the lowest `curve_removed` scores). None: not recorded."""
+    heads = _read_json(Path(run["run"]) / "heads.json")
+    if heads is None:
+        return None
+    if "curve_removed" in run:
+        scores, scope = heads.get("scores"), heads.get("heads_scope", "all")
+        if scores is None or scope != "all":
+            return None
+        flat = np.concatenate([np.ravel(np.asarray(s, dtype=np.float64)) for s in scores])
+        return json.dumps(sorted(np.argsort(flat, kind="stable")[: run["curve_removed"]].tolist()))
+    return json.dumps({"mask": heads.get("mask"), "units": heads.get("units")}, sort_keys=True)
+
+
+def distinct_masks(runs: list[dict]) -> int | None:
+    """How many different structures (`_structure`) `runs` (a method's seeds) kept: 1 = the same
+    mask in every seed (SMP's scores do not depend on the seed; the dense model), so its seeds
+    sample fine-tuning, not masks. None when a run's structure is not recorded."""
+    structures = [_structure(r) for r in runs]
+    return None if not structures or None in structures else len(set(structures))
+
+
+def comparison_table(runs: list[dict], baseline: str, resamples: int = 1000,
+                     bootstrap: str = "two_level") -> tuple[str, list[dict]]:
     """Every method against `baseline` at the same task and budget (heads kept, or the density
-    asked), paired by seed."""
+    asked), paired by seed (`paired_bootstrap`), with the number of distinct masks among each side's seeds."""
     rows = []
     cells = defaultdict(dict)
     for r in runs:
@@ -320,19 +547,32 @@ def comparison_table(runs: list[dict], baseline: str, resamples: int = 1000) -> 
         seeds = sorted(set(by_seed) & set(base))
         if not seeds:
             continue
+        first = by_seed[seeds[0]]
         pairs = [(_predictions(by_seed[s]), _predictions(base[s])) for s in seeds]
-        result = paired_bootstrap(pairs, _metric(by_seed[seeds[0]]), resamples)
-        rows.append({"task": task, "method": method, "heads_kept": by_seed[seeds[0]]["heads_kept"],
+        result = paired_bootstrap(pairs, _metric(first), resamples, bootstrap=bootstrap, resampled=_resampled(first))
+        rows.append({"task": task, "method": method, "heads_kept": first["heads_kept"],
                      "budget": _budget_label(key, False), "baseline": baseline, **result,
-                     "scale": by_seed[seeds[0]]["scale"]})
+                     "masks": distinct_masks([by_seed[s] for s in seeds]),
+                     "baseline_masks": distinct_masks([base[s] for s in seeds]), "scale": first["scale"]})
     if not rows:
         return "", rows
-    out = [f"### paired bootstrap vs {baseline} ({resamples} resamples of the evaluation examples, seeds paired)\n",
-           "| task | method | budget | delta | 95 % interval | p | seeds |", "|---|---|---:|---:|---|---:|---:|"]
+    out = [f"### paired bootstrap vs {baseline} ({BOOTSTRAPS[bootstrap]}, {resamples} resamples)\n",
+           "| task | method | budget | delta | 95 % interval | p | seeds | masks |",
+           "|---|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         k = r["scale"]
+        masks = " / ".join("?" if m is None else str(m) for m in (r["masks"], r["baseline_masks"]))
         out.append(f"| {r['task']} | {r['method']} | {r['budget']} | {k * r['delta']:+.1f} | "
-                   f"[{k * r['low']:+.1f}, {k * r['high']:+.1f}] | {r['p']:.3f} | {r['seeds']} |")
+                   f"[{k * r['low']:+.1f}, {k * r['high']:+.1f}] | {r['p']:.3f} | {r['seeds']} | {masks} |")
+    out.append("")
+    out.append("masks: distinct kept structures (heads.json) among the seeds compared, method / baseline.")
+    if any(1 in (r["masks"], r["baseline_masks"]) for r in rows):
+        out.append("1 distinct mask: every seed kept the same structure, so for that side the test is over "
+                   "fine-tuning noise and examples only (n = 1 mask): it says nothing about the method's mask "
+                   "distribution.")
+    if bootstrap == "two_level":
+        out.append("Two-level bootstrap: each resample draws the seeds (A and B of a seed paired) and the "
+                   "evaluation examples with replacement; with 3 seeds the seed level is a crude estimate.")
     return "\n".join(out) + "\n", rows
 
 
@@ -431,6 +671,70 @@ def paper_table(runs: list[dict], published: list[dict]) -> tuple[str, list[dict
     return "\n".join(out) + "\n", rows
 
 
+def prunable_share(runs: list[dict], published: list[dict], noticeable: float = 1.0) -> tuple[str, list[dict]]:
+    """Markdown + rows: a paper's "up to X % of the heads can be pruned without a noticeable loss"
+    (published entries with budget {no_noticeable_loss: true}; method `<method>/curve`, Michel et
+    al.'s statements about their pruning curves) beside our prune_curve runs of that method and task
+    (heads scored once, removed lowest score first, each point evaluated without retraining).
+
+    Ours = the largest share of the heads removed up to which EVERY point of our curve -- the mean
+    over seeds of the primary metric (x 100 for fractions) -- stays within `noticeable` points of the
+    curve's own start (no head removed: the same fine-tuned models, dense); one line per task and
+    model, with our value at the curve point nearest the published share."""
+    rows = []
+    points_word = "point" if noticeable == 1 else "points"
+    for pub in published:
+        if not (pub.get("budget") or {}).get("no_noticeable_loss"):
+            continue
+        curve = [r for r in runs if "curve_removed" in r and r["value"] is not None and r.get("heads_total")
+                 and r["task"] == pub["task"] and r["method"].split()[0] == pub["method"]
+                 and _has_setting(r, pub.get("setting") or {})]
+        for model in sorted({str(r["model"]) for r in curve}):
+            points = defaultdict(list)  # share of heads removed -> the seeds' values there
+            total = {}
+            for r in curve:
+                if str(r["model"]) == model:
+                    share = r["curve_removed"] / r["heads_total"]
+                    points[share].append(r["scale"] * r["value"])
+                    total[share] = (r["curve_removed"], r["heads_total"])
+            if 0.0 not in points:
+                continue  # no point without pruning: nothing to measure a loss from
+            mean = {share: sum(values) / len(values) for share, values in points.items()}
+            shares, dense = sorted(points), mean[0.0]
+            ours = 0.0
+            for share in shares:
+                if mean[share] < dense - noticeable - 1e-9:
+                    break
+                ours = share
+            later = [s for s in shares if s > ours]
+            near = min(shares, key=lambda s: (abs(s - pub["value"] / 100), s))
+            rows.append({"paper": pub["paper"], "table": pub.get("table"), "task": pub["task"],
+                         "method": pub["method"], "published_model": pub["model"], "row": pub.get("row"),
+                         "quote": pub.get("quote"), "published": pub["value"], "model": model,
+                         "metric": curve[0]["metric"], "seeds": len(points[0.0]), "noticeable": noticeable,
+                         "dense": dense, "ours": 100 * ours, "ours_removed": total[ours], "at_ours": mean[ours],
+                         "next": None if not later else (100 * later[0], mean[later[0]]),
+                         "at_published": (100 * near, total[near], mean[near])})
+    if not rows:
+        return "", rows
+    out = ["### heads prunable without a noticeable loss: published vs ours\n",
+           (f"ours = the largest share of heads removed up to which every point of our curve (heads scored once, "
+            f"removed lowest score first, no retraining; mean over seeds of the primary metric) stays within "
+            f"{noticeable:g} {points_word} of the same models with no head removed (dense).\n")]
+    for r in rows:
+        (removed, total), (near, (near_removed, _), at_near) = r["ours_removed"], r["at_published"]
+        following = "" if r["next"] is None else f"; next point {r['next'][0]:.1f} %: {r['next'][1]:.1f}"
+        out.append(
+            f"* {r['task']}, {r['method']}, {r['model']} ({r['seeds']} seeds, {r['metric']}): published: up to "
+            f"{r['published']:g} % of heads prunable on {r['task']} without noticeable loss ({r['paper']}, "
+            f"{r['table']}: {r['row']}; {r['published_model']}); ours: the largest share within {noticeable:g} "
+            f"{points_word} of dense ({r['dense']:.1f}) is {r['ours']:.1f} % ({removed} of {total} heads removed: "
+            f"{r['at_ours']:.1f}{following}); at the published share (nearest point {near:.1f} %, {near_removed} of "
+            f"{total} removed) ours is {at_near:.1f} ({at_near - r['dense']:+.1f}).")
+        out.append(f"  quote: \"{r['quote']}\"")
+    return "\n".join(out) + "\n", rows
+
+
 def cell(values: list[float]) -> str:
     """'75.5 +- 0.8 (n=3)': mean, sample standard deviation, count; one value alone as it is."""
     if not values:
@@ -454,10 +758,23 @@ def _budget_x(run: dict) -> tuple[str, float | None]:
     return "heads", (100.0 * run["heads_kept"] / total if total and run.get("heads_kept") is not None else None)
 
 
+def _drawn(pub: dict, rows: list[dict]) -> bool:
+    """Is a published number drawn over a panel's lines? The paper's dense model (method none)
+    always; a pruned model's number where a run of ours of that method stands at its budget as the
+    paper's method (`_matches`, `_has_setting`: what `paper_table` sets side by side). Never a
+    `variant` (another backbone, an ablation, w/o a component) nor a method with no run in the panel."""
+    if pub.get("variant"):
+        return False
+    if pub["method"] == "none":
+        return True
+    return any(r["method"].split()[0].split("/")[0] == pub["method"] and _matches(r, pub.get("budget") or {})
+               and _has_setting(r, pub.get("setting") or {}) for r in rows)
+
+
 def plot(runs: list[dict], path: Path, published: list[dict] | None = None) -> dict:
     """One panel per task: the primary metric (mean +- sample std over seeds) against the share of
     heads (or weights) kept, one line per method; published points of the same task and metric
-    drawn over it as crosses, labelled with the paper's model. Returns what each panel shows:
+    drawn over it as crosses (those `_drawn` keeps), labelled with the paper's model. Returns what each panel shows:
     {task: {"lines": {method: [(x, mean, std, n)]}, "published": [(x, value, label)]}}."""
     import matplotlib
 
@@ -488,7 +805,7 @@ def plot(runs: list[dict], path: Path, published: list[dict] | None = None) -> d
             x = (100.0 * budget["density"] if "density" in budget and "density" in kinds
                  else 100.0 * budget["heads_kept_fraction"] if "heads_kept_fraction" in budget and "heads" in kinds
                  else None)
-            if pub["task"] == task and pub["metric"] == metric and x is not None:
+            if pub["task"] == task and pub["metric"] == metric and x is not None and _drawn(pub, rows):
                 label = f"{pub['method']} (published, {pub['model']})"
                 ax.plot([x], [pub["value"]], marker="x", color="black", linestyle="none", markersize=7, label=label)
                 panel["published"].append((x, pub["value"], label))
@@ -510,14 +827,20 @@ def main(argv=None) -> None:
     parser.add_argument("roots", nargs="+", type=Path, help="sweep or run folders")
     parser.add_argument("--out", type=Path, default=Path("results/runs"), help="output path stem")
     parser.add_argument("--baseline", action="append", default=[],
-                        help="method to compare every other with (paired bootstrap over the evaluation "
-                        "examples, from each run's predictions.json); repeat it for one table per baseline "
+                        help="method to compare every other with (paired bootstrap, from each run's "
+                        "predictions.json); repeat it for one table per baseline "
                         "(e.g. --baseline random --baseline 'apd distill=peer')")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--bootstrap", choices=sorted(BOOTSTRAPS), default="two_level",
+                        help="two_level: each resample draws the seeds and the evaluation examples; examples: "
+                        "the examples only, every seed once (the tables before issue 31)")
     parser.add_argument("--label", default="", help="comma-separated config keys added to each method's label "
                         "(e.g. distill.name,method.tolerance: ablations of one method get their own rows)")
     parser.add_argument("--published", type=Path, help="folder of published numbers (published/), or one "
                         "paper's file of it: adds the paper-vs-ours table")
+    parser.add_argument("--noticeable", type=float, default=1.0,
+                        help="with --published: points (of the primary metric x 100) a prune curve may lose and "
+                        "still count as 'no noticeable loss', for the published prunable shares (Michel et al.)")
     args = parser.parse_args(argv)
     runs = find_runs(args.roots, tuple(k for k in args.label.split(",") if k))
     if not runs:
@@ -527,7 +850,7 @@ def main(argv=None) -> None:
     if args.baseline:
         compared = []
         for baseline in args.baseline:
-            text, rows = comparison_table(runs, baseline, args.resamples)
+            text, rows = comparison_table(runs, baseline, args.resamples, args.bootstrap)
             md += "\n" + text
             compared += rows
         args.out.with_name(args.out.name + "_bootstrap.json").write_text(json.dumps(compared, indent=1))
@@ -536,6 +859,10 @@ def main(argv=None) -> None:
         text, rows = paper_table(runs, published)
         md += "\n" + text
         args.out.with_name(args.out.name + "_published.json").write_text(json.dumps(rows, indent=1))
+        text, rows = prunable_share(runs, published, args.noticeable)
+        if rows:
+            md += "\n" + text
+            args.out.with_name(args.out.name + "_prunable.json").write_text(json.dumps(rows, indent=1))
     args.out.with_suffix(".md").write_text(md)
     args.out.with_suffix(".json").write_text(json.dumps(runs, indent=1))
     plot(runs, args.out.with_suffix(".png"), published)
