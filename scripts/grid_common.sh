@@ -4,7 +4,7 @@
 #
 # A cell is done when $OUT/<cell>/metrics.json exists, or, with RECORDS set (a folder kept in
 # git, e.g. docs/results/runs/smp), when $RECORDS/<cell>/metrics.json does: every finished cell's
-# small files (metrics.json, heads.json, predictions.json, curve_predictions.json, bench.json, an SMP pruner.pt, .hydra/) are copied there, so a grid
+# small files (metrics.json, heads.json, predictions.json, curve_predictions.json, bench.json, an SMP pruner.pt, subset.json, .hydra/) are copied there, so a grid
 # longer than one machine's life continues on the next one, and `scripts/collect_runs.py $RECORDS`
 # builds the tables from the records alone (models and checkpoints stay under $OUT).
 run() {
@@ -24,7 +24,7 @@ keep() {
   local src=$OUT/$1 rec=$RECORDS/$1
   [ -f "$rec/metrics.json" ] && return 0
   mkdir -p "$rec/.hydra"
-  for f in heads.json predictions.json curve_predictions.json bench.json pruner.pt; do [ -f "$src/$f" ] && cp "$src/$f" "$rec/"; done
+  for f in heads.json predictions.json curve_predictions.json bench.json pruner.pt subset.json; do [ -f "$src/$f" ] && cp "$src/$f" "$rec/"; done
   cp "$src"/.hydra/config.yaml "$src"/.hydra/overrides.yaml "$rec/.hydra/" 2>/dev/null
   cp "$src/metrics.json" "$rec/"  # last: its presence marks the record complete
 }
