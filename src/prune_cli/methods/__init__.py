@@ -12,6 +12,7 @@ from prune_cli.methods.base import Pruner, ScoreContext, select_units, top_k_mas
 METHODS = {
     "none": "prune_cli.methods.baselines:NoPruning",
     "random": "prune_cli.methods.baselines:RandomScores",
+    "mask": "prune_cli.methods.mask:GivenMask",
     "michel": "prune_cli.methods.michel:MichelImportance",
     "magnitude": "prune_cli.methods.magnitude:Magnitude",
     "taylor": "prune_cli.methods.taylor:Taylor",
