@@ -7,15 +7,16 @@ stages to run) so the pipeline never re-derives it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Real
 
 from omegaconf import DictConfig, OmegaConf
 
-from prune_cli import schedules, tracking
+from prune_cli import schedules, schema, tracking
 from prune_cli.distributed import world_size
 from prune_cli.errors import ConfigError
+from prune_cli.schema import is_int as _is_int
+from prune_cli.schema import is_num as _is_num
 
 STAGES = ("teacher", "meta_train", "train", "finetune", "prune", "prune_curve", "prune_joint", "learn_gates",
           "evaluate", "export", "bench")
@@ -40,88 +41,8 @@ class Plan:
     epochs: dict[int, float] | None = None  # trainer.total_epochs: each training stage's epochs, by index
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, Integral) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    """A finite real number: inf and nan pass every range check and then train to NaN."""
-    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _betas(v) -> bool:
-    return (v is not None and not isinstance(v, str) and len(v) == 2
-            and all(_is_num(b) and 0 <= b < 1 for b in v))
-
-
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
-
-#: One rule per numeric key: (key, accepts null, test, what is allowed). Keys a config does not
-#: have (a method without gate_epochs) are skipped; choices and cross-key rules follow in code.
-RULES: tuple[tuple[str, bool, object, str], ...] = (
-    ("trainer.epochs", False, lambda v: _is_num(v) and v > 0, "a number of epochs > 0 (fractions allowed)"),
-    ("trainer.max_steps", True, lambda v: _is_int(v) and v >= 1, "a whole number of optimizer steps >= 1, or null"),
-    ("trainer.batch_size", False, lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    ("trainer.eval_batch_size", False, lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    ("trainer.grad_accum", False, lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    ("trainer.lr", False, lambda v: _is_num(v) and v > 0, "a learning rate > 0"),
-    ("trainer.weight_decay", False, lambda v: _is_num(v) and v >= 0, "a number >= 0"),
-    ("trainer.adam_betas", False, _betas, "two numbers in [0, 1), e.g. [0.9,0.999]"),
-    ("trainer.adam_eps", False, lambda v: _is_num(v) and v > 0, "a number > 0"),
-    ("trainer.warmup_ratio", False, lambda v: _is_num(v) and 0 <= v <= 1, "a fraction of the steps in [0, 1]"),
-    ("trainer.warmup_steps", True, lambda v: _is_int(v) and v >= 0, "a whole number of steps >= 0, or null"),
-    ("trainer.label_smoothing", False, lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("trainer.max_nonfinite_steps", False, lambda v: _is_int(v) and v >= 0, ("a whole number of skipped steps in a row "
-     ">= 0 before the run stops as diverged")),
-    ("trainer.max_grad_norm", False, lambda v: _is_num(v) and v >= 0, "a number >= 0 (0 = no clipping)"),
-    ("trainer.eval_every", False, lambda v: _is_int(v) and v >= 0, "a whole number of steps >= 0 (0 = stage ends)"),
-    ("trainer.save_every", False, lambda v: _is_int(v) and v >= 0, "a whole number of steps >= 0 (0 = stage ends)"),
-    ("trainer.log_every", False, lambda v: _is_int(v) and v >= 1, "a whole number of steps >= 1"),
-    ("trainer.num_workers", False, lambda v: _is_int(v) and v >= 0, "a whole number of worker processes >= 0"),
-    ("trainer.total_epochs", True, lambda v: _is_num(v) and v > 0, ("a number of epochs > 0 for all training stages "
-     "together, or null")),
-    ("trainer.recovery_epochs", True, lambda v: _is_num(v) and v > 0, "a number of epochs > 0, or null"),
-    ("task.max_train_samples", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null (all rows)"),
-    ("task.subsample", False, lambda v: v in ("random", "stratified", "first"), ("random, stratified (GLUE: each "
-     "label's share) or first (the file's first N rows)")),
-    ("task.subsample_seed", True, lambda v: _is_int(v), "an integer, or null (the run's seed)"),
-    ("task.max_eval_samples", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null (all rows)"),
-    ("task.max_length", False, lambda v: _is_int(v) and v >= 8, "a whole number of tokens >= 8"),
-    ("task.eval_batch_size", True, lambda v: _is_int(v) and v >= 1, "a positive integer or null"),
-    ("method.gate_epochs", True, lambda v: _is_num(v) and v > 0, "a number of epochs > 0, or null"),
-    ("method.score_batches", True, lambda v: _is_int(v) and v >= 1, "a whole number of batches >= 1, or null"),
-    ("method.tolerance", True, lambda v: _is_num(v) and 0 <= v < 1, ("a relative metric drop in [0, 1) (e.g. 0.01), "
-     "or null")),
-    ("method.holdout", False, lambda v: _is_num(v) and (0 < v < 1 or (v >= 1 and float(v).is_integer())),
-     "a fraction of the training rows in (0, 1) or a whole row count"),
-    ("model.attn_implementation", True, lambda v: v in ATTN_IMPLEMENTATIONS, f"one of {', '.join(ATTN_IMPLEMENTATIONS)}"),
-    ("bench.device", False, lambda v: isinstance(v, str) and (v in ("auto", "cpu") or v.startswith("cuda")),
-     "auto, cpu, cuda or cuda:N"),
-    ("bench.batches", False, lambda v: len(v) > 0 and all(_is_int(b) and b >= 1 for b in v), "a list of batch sizes >= 1"),
-    ("bench.seq_lens", False, lambda v: len(v) > 0 and all(_is_int(n) and n >= 1 for n in v), "a list of lengths >= 1"),
-    ("bench.threads", True, lambda v: _is_int(v) and v >= 1, "a number of threads >= 1, or null (torch's default)"),
-    ("bench.repeats", False, lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    ("bench.warmup", False, lambda v: _is_int(v) and v >= 0, "a whole number >= 0"),
-)
-
 #: schedules that only make sense for one kind of method
 SCORER_SCHEDULES = ("one_shot", "iterative", "geometric")
-
-
-def check_rules(cfg: DictConfig) -> None:
-    for key, nullable, test, allowed in RULES:
-        group, _, name = key.partition(".")
-        node = cfg.get(group)
-        if node is None or name not in node:
-            continue
-        value = node.get(name)
-        if value is None and nullable:
-            continue
-        if OmegaConf.is_list(value):
-            value = OmegaConf.to_container(value)
-        if isinstance(value, DictConfig) or not _safe(test, value):
-            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-            raise ConfigError(key, shown, allowed)
 
 
 def _safe(test, value) -> bool:
@@ -175,7 +96,7 @@ def validate(cfg: DictConfig) -> Plan:
 
         if not torch.cuda.is_available():
             raise ConfigError("trainer.precision", "fp16", "no (fp32) or bf16 on a machine without a CUDA GPU")
-    check_rules(cfg)
+    schema.check(cfg)
 
     method = cfg.method
     distill = _check_distill(cfg)
@@ -261,6 +182,10 @@ def validate(cfg: DictConfig) -> Plan:
                           "stratify by (GLUE tasks do)")
     space, model_type, dense_total = _model_space(cfg, task)
     total, in_scope = space.total, int(space.scope_mask(scope).sum())
+    if pruning and in_scope == 0:
+        raise ConfigError("heads_scope", scope, f"a scope where {cfg.model.name} has heads ("
+                          + ", ".join(sorted(space.kinds())) + "): this one has none, so nothing would be pruned")
+    _check_against_model(cfg, task, stages, distill)
     from prune_cli.methods import get_pruner
 
     pruner = get_pruner(method, space, cfg.seed)  # the method checks its own keys (method.lr, tau_start...)
@@ -286,6 +211,45 @@ def validate(cfg: DictConfig) -> Plan:
     pruner.check_run(cfg, stages, keep, in_scope)
     return Plan(total, in_scope, keep, stages, task, density=None if density is None else float(density), units=units,
                 epochs=split_epochs(cfg, stages))
+
+
+def _check_against_model(cfg: DictConfig, task, stages: list[str], distill: str) -> None:
+    """Keys whose allowed values depend on the model or the machine, checked from the model's
+    config alone, before any weights load: each of them used to fail only when its stage came."""
+    import torch
+
+    config = task.model_config(cfg.model)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", None)
+    width = getattr(config, "hidden_size", None) or getattr(config, "d_model", None) or getattr(config, "dim", None)
+    node = cfg.get("distill")
+    if distill != "none":
+        chosen = node.get("hidden_layers")
+        if distill == "logits_hidden" and chosen is not None and layers is not None and max(chosen) > layers:
+            raise ConfigError("distill.hidden_layers", list(chosen), f"layer indices in 0..{layers} "
+                              f"({cfg.model.name} has {layers} layers; 0 = the embeddings)")
+        terms = {"logits": ("logit_weight", "hard_weight"), "logits_hidden": ("logit_weight", "hard_weight",
+                 "hidden_weight"), "peer": ("logit_weight", "hard_weight", "peer_weight")}[distill]
+        if all(float(node.get(t, 0) or 0) == 0 for t in terms):
+            raise ConfigError(f"distill.{terms[0]}", node.get(terms[0]), "a weight > 0 for at least one of "
+                              f"distill.{', distill.'.join(terms)} (all 0: the student would train on nothing)")
+    rank = cfg.method.get("embed_rank")
+    if rank is not None and width is not None and rank >= width:
+        raise ConfigError("method.embed_rank", rank, f"null or a rank below the embedding width {width} of "
+                          f"{cfg.model.name} (the paper: 192 for BERT-base's 768)")
+    attn = cfg.model.get("attn_implementation")
+    if attn in ("flash_attention_2", "flash_attention_3") and not torch.cuda.is_available():
+        raise ConfigError("model.attn_implementation", attn, "eager or sdpa on a machine without a CUDA GPU")
+    device = str(cfg.get("bench", {}).get("device", "auto"))
+    if "bench" in stages and device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("bench.device", device, "auto or cpu on a machine without a CUDA GPU")
+    cache = cfg.get("cache", {}).get("dir")
+    if cache:
+        from pathlib import Path
+
+        from hydra.utils import to_absolute_path
+
+        if Path(to_absolute_path(str(cache))).exists() and not Path(to_absolute_path(str(cache))).is_dir():
+            raise ConfigError("cache.dir", str(cache), "a folder (or null): this path is a file")
 
 
 #: stages that train the model the run evaluates (the teacher stage trains another one)

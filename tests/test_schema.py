@@ -1,0 +1,106 @@
+"""The config schema: every key of every packaged group file has a rule, and the rules refuse
+wrong types (strict booleans, int vs float, list elements), non-finite numbers and out-of-range
+values with one line naming the key -- for keys that before were read only after a stage trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+
+from prune_cli.errors import ConfigError
+from prune_cli.schema import GROUPS, SCHEMA, keys_of
+from prune_cli.validate import validate
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+RTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue" / "RTE"
+
+
+def packaged_keys() -> set[str]:
+    """`group.key` for every key of every group file (top-level keys of config.yaml as they are)."""
+    keys = set()
+    for path in CONF.rglob("*.yaml"):
+        group = path.relative_to(CONF).parts[0]
+        if group in ("experiment", "hydra"):
+            continue
+        data = yaml.safe_load(path.read_text()) or {}
+        if path.name == "config.yaml" and path.parent == CONF:
+            for key, value in data.items():
+                if key in ("defaults", "hydra"):
+                    continue
+                keys.add(key)
+                if isinstance(value, dict):
+                    keys.update(f"{key}.{k}" for k in value)
+            continue
+        keys.update(f"{group}.{k}" for k in data if k != "defaults")
+    return keys
+
+
+def test_every_key_of_every_group_file_has_a_rule():
+    missing = sorted(k for k in packaged_keys() if k not in SCHEMA)
+    assert not missing, f"keys without a rule in prune_cli/schema.py: {missing}"
+    assert set(GROUPS) <= {k.partition(".")[0] for k in SCHEMA}
+
+
+def cfg(*overrides):
+    with initialize_config_module("prune_cli.conf", version_base="1.3"):
+        return compose("config", overrides=["model=minilm", "task=rte", f"task.data_dir={RTE}", *overrides])
+
+
+def test_every_composed_key_of_every_method_is_known():
+    for method in sorted(p.stem for p in (CONF / "method").glob("*.yaml")):
+        composed = cfg(f"method={method}")
+        unknown = [k for k in keys_of(composed) if k not in SCHEMA and k != "hydra"]
+        assert not unknown, (method, unknown)
+
+
+BAD = [
+    (["trainer.progress_bar=no"], "trainer.progress_bar='no': true or false"),
+    (["export_model=maybe"], "export_model='maybe': true or false"),
+    (["method=grain", "density=0.1", "method.grad_sep=no"], "method.grad_sep='no': true or false"),
+    (["trainer.batch_size=32.0"], "trainer.batch_size=32.0"),
+    (["trainer.max_steps=2.5"], "trainer.max_steps=2.5"),
+    (["bench.batches=[1,2.5]"], "bench.batches=[1, 2.5]"),
+    (["trainer.adam_betas=[0.9,inf]"], "trainer.adam_betas=[0.9, inf]"),
+    (["method=dsp", "heads=36", "method.lr=inf"], "method.lr=inf"),
+    (["method=dsp", "heads=36", "method.tau_start=abc"], "method.tau_start='abc'"),
+    (["method=grain", "density=0.1", "method.beta=null"], "method.beta=None"),
+    (["method=grain", "density=0.1", "distill.hidden_layers=[0,x]"], "distill.hidden_layers=[0, 'x']"),
+    (["method=grain", "density=0.1", "distill.hidden_layers=[-1,2]"], "distill.hidden_layers=[-1, 2]"),
+    (["pipeline=[]"], "pipeline=[]"),
+    (["curve_step=0"], "curve_step=0"),
+    (["task.subsample_seed=1.5"], "task.subsample_seed=1.5"),
+    (["logger.tags=[1,2]"], "logger.tags=[1, 2]"),
+]
+
+
+@pytest.mark.parametrize("overrides, start", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_a_wrong_type_or_value_is_one_line_naming_the_key(overrides, start):
+    with pytest.raises(ConfigError) as err:
+        validate(cfg(*overrides))
+    assert str(err.value).startswith(start) and "\n" not in str(err.value), str(err.value)
+
+
+def test_keys_checked_against_the_model_and_the_machine_before_anything_loads(tmp_path):
+    import torch
+
+    a_file = tmp_path / "cache"
+    a_file.write_text("not a folder")
+    bad = [
+        (["method=grain", "density=0.1", "distill.hidden_layers=[0,9]"], "distill.hidden_layers=[0, 9]: layer indices in 0..6"),
+        (["method=grain", "density=0.1", "distill.logit_weight=0", "distill.hidden_weight=0"], "distill.logit_weight=0"),
+        (["method=michel", "heads=36", "distill=logits", "distill.logit_weight=0", "distill.teacher=null"],
+         "distill.logit_weight=0"),
+        (["method=grain", "density=0.1", "method.embed_rank=384"], "method.embed_rank=384: null or a rank below"),
+        (["method=michel", "heads=36", "heads_scope=cross"], "heads_scope='cross': a scope where minilm has heads"),
+        ([f"cache.dir={a_file}"], "cache.dir="),
+    ]
+    if not torch.cuda.is_available():
+        bad.append((["pipeline=[bench]", "bench.device=cuda"], "bench.device='cuda': auto or cpu"))
+        bad.append((["model.attn_implementation=flash_attention_2"], "model.attn_implementation='flash_attention_2'"))
+    for overrides, start in bad:
+        with pytest.raises(ConfigError) as err:
+            validate(cfg(*overrides))
+        assert str(err.value).startswith(start), (overrides, str(err.value))
