@@ -40,6 +40,8 @@ def find_runs(roots: list[Path], label_keys: tuple[str, ...] = ()) -> list[dict]
     runs = []
     for root in roots:
         for metrics_file in sorted(root.rglob("metrics.json")):
+            if any(part.startswith("previous-") for part in metrics_file.relative_to(root).parts[:-1]):
+                continue  # results a rerun with +overwrite=true replaced (kept, not counted)
             run_dir = metrics_file.parent
             metrics = json.loads(metrics_file.read_text())
             if metrics.get("primary") is None and not metrics.get("curve"):

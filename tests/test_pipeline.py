@@ -86,7 +86,7 @@ def test_crash_mid_stage_resumes_from_the_step_checkpoint(tmp_path, monkeypatch)
         return [(r["step"], r["finetune/loss"]) for r in rows if "finetune/loss" in r]
 
     cut = losses("cut")
-    assert [s for s, _ in cut] == [1, 2, 3, 3, 4]  # steps 1-3 before the crash, 3-4 after resuming at 2
+    assert [s for s, _ in cut] == [1, 2, 3, 4]  # steps 1-3 before the crash; resumed at 2, step 3's row is redone
     assert dict(cut) == pytest.approx(dict(losses("whole")), abs=1e-6)
     assert resumed["eval"] == pytest.approx(whole["eval"])
 

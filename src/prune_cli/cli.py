@@ -100,14 +100,57 @@ def precompose(args: list[str]) -> None:
         _die(first)
     finally:
         GlobalHydra.instance().clear()
-    run_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
-    if run_dir:  # before Hydra rewrites <run>/.hydra/config.yaml of the run being resumed
+    from prune_cli import rundir
+
+    try:
+        rundir.overwrite(cfg)
+    except ConfigError as err:
+        _die(str(err))
+    run_dir = given_run_dir(args)
+    if run_dir is not None and run_dir.is_dir():  # before Hydra rewrites <run>/.hydra/ of the run found there
+        check_owner(run_dir, cfg)
+
+
+def given_run_dir(args: list[str]) -> Path | None:
+    """`hydra.run.dir=` of the command line (the last one; quotes as shared_run_dir writes them)."""
+    value = next((a.split("=", 1)[1] for a in reversed(args) if a.startswith("hydra.run.dir=")), None)
+    if value is None:
+        return None
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1].replace("\\'", "'").replace("\\\\", "\\")
+    return Path(value)
+
+
+def check_owner(run_dir: Path, cfg: DictConfig) -> None:
+    """A folder that already holds a run, before Hydra touches it: one that another process is
+    running is refused; a finished run is not run again (the same settings: it says it is done,
+    exit 0; others: refused); an unfinished one resumes only with the settings it was started
+    with. `+overwrite=true` reruns a finished run there (or restarts an unfinished one that had
+    other settings): the pipeline moves the old results aside."""
+    from prune_cli import distributed, rundir
+
+    try:
+        again = rundir.overwrite(cfg)
+        refused = rundir.busy(run_dir)
+        if refused is not None:
+            raise refused
+        metrics = rundir.finished(run_dir)
+        if metrics is not None and not again:
+            diff = rundir.differences(run_dir, cfg)
+            if diff == []:
+                if distributed.is_main():
+                    print(rundir.done_line(run_dir, metrics))
+                sys.exit(0)
+            raise rundir.refusal(run_dir, metrics, diff)
+    except ConfigError as err:
+        _die(str(err))
+    if metrics is None and not again:
         from prune_cli.pipeline import resume_conflict
 
-        conflict = resume_conflict(Path(run_dir), cfg)
+        conflict = resume_conflict(run_dir, cfg)
         if conflict:
-            _die(f"hydra.run.dir={run_dir!r}: a new folder, or the settings this unfinished run was started "
-                 f"with ({conflict})")
+            _die(f"hydra.run.dir={str(run_dir)!r}: a new folder, or the settings this unfinished run was started "
+                 f"with ({conflict}), or +overwrite=true to start it again there")
 
 
 def sweep_points(args: list[str]) -> list[list[str]]:
@@ -199,6 +242,7 @@ def validate_sweep(args: list[str]) -> None:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
+    from prune_cli import rundir
     from prune_cli.validate import validate
 
     try:
@@ -212,6 +256,7 @@ def validate_sweep(args: list[str]) -> None:
             with initialize_config_module(CONF_MODULE, version_base="1.3"):
                 cfg = compose("config", overrides=point + search)
             validate(cfg)
+            rundir.overwrite(cfg)
         except ConfigError as err:
             varying = [p for p in point if not all(p in other for other in points)]
             _die(f"sweep job {n} ({' '.join(varying or point)}): {err}")
@@ -230,11 +275,16 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return _run(cfg, run_dir)
-    from prune_cli import sweep
+    from prune_cli import rundir, sweep
 
     overrides = list(hydra_cfg.overrides.task)
     done = sweep.finished(run_dir)
-    if done is not None:  # the same sweep again: a job that completed is not redone
+    if done is not None and not rundir.overwrite(cfg):  # the same sweep again: a job that completed is not redone
+        diff = rundir.differences(run_dir, cfg, hydra_intact=False)
+        rundir.restore_hydra(run_dir)
+        if diff:  # the folder's name is the same, the settings are not (an experiment file changed)
+            sweep.refused(hydra_cfg.job.num, overrides, rundir.refusal(run_dir, done, diff))
+            return None
         print(f"prune-run: {run_dir}: completed before ({done.get('primary_metric')}={done.get('primary')})")
         return done.get("primary")
     from prune_cli.train import Preempted
@@ -259,22 +309,30 @@ def _run(cfg: DictConfig, run_dir: Path):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from prune_cli import distributed
+    from prune_cli import distributed, rundir
     from prune_cli.pipeline import Pipeline
     from prune_cli.validate import validate
 
     distributed.adopt_slurm_tasks()  # a submitit job with tasks_per_node > 1 (main() did not run there)
     distributed.init()
     single = HydraConfig.get().mode != RunMode.MULTIRUN
+    pipeline = None
     try:
         plan = validate(cfg)
-        metrics = Pipeline(cfg, run_dir, plan).run()
+        pipeline = Pipeline(cfg, run_dir, plan)
+        metrics = pipeline.run()
     except (ConfigError, Diverged) as err:
         if single:
+            if isinstance(err, ConfigError) and distributed.is_main():
+                rundir.forget(run_dir)  # a refusal leaves no folder behind (nor touches one that held a run)
             _die(str(err), status=2 if isinstance(err, ConfigError) else 1)
         err.prune_cli_message = str(err)
         raise
     primary = metrics.get("primary")
+    if pipeline.done_before is not None:
+        if distributed.is_main():
+            print(rundir.done_line(run_dir, metrics))
+        return primary if single else metrics
     if distributed.is_main():
         print(f"prune-run: {cfg.task.name} {metrics['primary_metric']}={primary} "
           f"heads={metrics['heads_kept']}/{metrics['heads_total']}"
@@ -292,9 +350,21 @@ def main() -> None:
         else:
             precompose(args)
     sys.argv += shared_run_dir(args)
+    if not any(a in ("-m", "--multirun") for a in args):
+        from prune_cli import rundir
+
+        run_dir = given_run_dir(sys.argv[1:])
+        if run_dir is not None:  # what Hydra is about to rewrite there, put back if the run is refused
+            rundir.remember(run_dir)
+        elif not any(a.split("=")[0] in informational for a in args):
+            stamped = _resolved_hydra_key(args, "hydra.run.dir")  # (its time is Hydra's own, a moment later)
+            if stamped is not None:
+                rundir.remember(Path(stamped), stamped=True)
     _hydra_main()
     from prune_cli import sweep
 
+    if sweep._refused:  # jobs whose folders hold a finished run with other settings
+        sys.exit(2)
     if sweep._failed:  # the sweep finished, and said which jobs did not
         sys.exit(1)
 

@@ -20,6 +20,7 @@ class Diverged(RuntimeError):
     """Training went non-finite and cannot go on: the run stops with one line (exit status 1) and
     no result; the checkpoint on disk is the last good one (nothing is saved after the bad steps)."""
 
-    def __init__(self, stage: str, step: int, what: str):
+    def __init__(self, stage: str, step: int | None, what: str):
         self.stage, self.step, self.what = stage, step, what
-        super().__init__(f"diverged in stage {stage} at step {step}: {what}")
+        where = f"stage {stage}" if step is None else f"stage {stage} at step {step}"
+        super().__init__(f"diverged in {where}: {what}")

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from prune_cli import checkpoints
 from prune_cli.accounting import METER
 from prune_cli.errors import ConfigError
 from prune_cli.methods.smp import MapScorer, attention_maps, geometry, model_inputs, save_pruner
@@ -208,7 +209,7 @@ def meta_train(*, model, tokenizer, tasks: list[MetaTask], cfg: DictConfig, out:
     from transformers import DataCollatorWithPadding
 
     from prune_cli.gates import Gates
-    from prune_cli.train import StopSignals, rng_state, set_rng_state
+    from prune_cli.train import StopSignals, load_checkpoint, rng_state, set_rng_state
     from prune_cli.units import UnitSpace
 
     method = cfg.method
@@ -229,8 +230,8 @@ def meta_train(*, model, tokenizer, tasks: list[MetaTask], cfg: DictConfig, out:
     was_training = model.training
     model.to(device).eval()
     step, losses, per_task = 0, [], {t.name: [] for t in tasks}
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint, "meta_train") if checkpoint is not None else None
+    if state is not None:
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -239,18 +240,18 @@ def meta_train(*, model, tokenizer, tasks: list[MetaTask], cfg: DictConfig, out:
         step, losses, per_task = state["step"], state["losses"], state["per_task"]
         set_rng_state(state["rng"])
         if logger is not None:
-            logger.step = state.get("global_step", logger.step)
+            logger.resume(state.get("global_step", logger.step), state.get("log_rows"))
 
     def save():
         if checkpoint is None:
             return
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                    "streams": [(s.epoch, s.cursor) for s in streams], "step": step, "losses": losses,
-                    "per_task": per_task, "rng": rng_state(),
-                    "global_step": logger.step if logger is not None else step}, tmp)
-        tmp.replace(checkpoint)
+        record = {"net": net.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                  "streams": [(s.epoch, s.cursor) for s in streams], "step": step, "losses": losses,
+                  "per_task": per_task, "rng": rng_state(),
+                  "global_step": logger.step if logger is not None else step,
+                  "log_rows": logger.rows if logger is not None else None}
+        # the one it replaces stays (train-N.prev.pt) until this one is whole on disk
+        checkpoints.atomic_write(checkpoint, lambda f: torch.save(record, f), checksum=True, keep_previous=True)
 
     bar = tqdm(total=steps, initial=step, desc="meta_train", disable=not progress_bar, dynamic_ncols=True)
     clip = float(method.get("meta_max_grad_norm", 1.0))
@@ -294,7 +295,8 @@ def meta_train(*, model, tokenizer, tasks: list[MetaTask], cfg: DictConfig, out:
         for n, p in model.named_parameters():
             p.requires_grad_(requires[n])
         model.train(was_training)
-    save()
+    if not (save_every and step % save_every == 0):
+        save()  # (saved already at this step: a second copy would leave no earlier generation)
     info = {"model_name": model_name, "model_type": getattr(model.config, "model_type", ""),
             "meta_tasks": [t.name for t in tasks], "steps": step, "seed": seed,
             "max_length": int(method.get("meta_max_length") or 128)}

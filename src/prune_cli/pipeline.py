@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prune_cli import accounting, distributed, report
+from prune_cli import accounting, checkpoints, distributed, report, rundir
 from prune_cli.accounting import METER
-from prune_cli.errors import ConfigError
+from prune_cli.errors import ConfigError, Diverged
 from prune_cli.gates import Gates
 from prune_cli.methods import ScoreContext, get_pruner, select_units, top_k_mask
 from prune_cli.schedules import rounds
@@ -75,9 +75,66 @@ class Pipeline:
 
     # ------------------------------------------------------------------ driver
     def run(self) -> dict:
-        cfg, plan = self.cfg, self.plan
-        self.accelerator = make_accelerator(cfg.trainer, cfg.seed)
+        """The stages, in a folder this process holds (rundir.py) until it ends. A folder that
+        holds a finished run is not run again: its metrics come back, `done_before` set."""
+        self.accelerator = make_accelerator(self.cfg.trainer, self.cfg.seed)
         self.main = self.accelerator.is_main_process  # several processes: rank 0 alone writes (distributed.py)
+        self.done_before = None
+        self._claim()
+        try:
+            before = self._finished_before()
+            if before is not None:
+                self.done_before = before
+                return before
+            return self._run_stages()
+        finally:
+            if self.main:
+                rundir.release(self.run_dir)
+
+    def _claim(self) -> None:
+        """Rank 0 takes the folder's lock for all the processes of the run; all refuse together."""
+        rundir.overwrite(self.cfg)  # a value that is not a boolean: refused before anything
+        refused = None
+        if self.main:
+            try:
+                rundir.acquire(self.run_dir)
+            except ConfigError as err:
+                rundir.restore_hydra(self.run_dir)  # Hydra rewrote them for a command that does not run
+                refused = (err.key, err.value, err.allowed)
+        refused = distributed.broadcast(refused)
+        if refused is not None:
+            raise ConfigError(*refused)
+
+    def _finished_before(self) -> dict | None:
+        """A finished run (metrics.json) is never run over: the same settings get its metrics
+        back, other ones are refused (its files as they were); `+overwrite=true` moves its results
+        to previous-<time>/ first -- also those of an unfinished run started with other settings."""
+        verdict = None
+        if self.main:
+            metrics = rundir.finished(self.run_dir)
+            if rundir.overwrite(self.cfg) and (metrics is not None or resume_conflict(self.run_dir, self.cfg)):
+                verdict = ("moved", str(rundir.move_aside(self.run_dir)))
+            elif metrics is not None:
+                diff = rundir.differences(self.run_dir, self.cfg, hydra_intact=False)
+                rundir.restore_hydra(self.run_dir)
+                if diff == []:
+                    verdict = ("done", metrics)
+                else:
+                    err = rundir.refusal(self.run_dir, metrics, diff)
+                    verdict = ("refused", (err.key, err.value, err.allowed))
+        verdict = distributed.broadcast(verdict)
+        if verdict is None:
+            return None
+        if verdict[0] == "refused":
+            raise ConfigError(*verdict[1])
+        if verdict[0] == "moved":
+            if self.main:
+                print(f"prune-run: {self.run_dir}: +overwrite=true: the earlier results are in {verdict[1]}")
+            return None
+        return verdict[1]
+
+    def _run_stages(self) -> dict:
+        cfg, plan = self.cfg, self.plan
         self._guard_resume()
         t0 = time.time()
         seed_everything(cfg.seed)
@@ -130,7 +187,7 @@ class Pipeline:
             for f in (self.ckpt_dir / "hydra").glob("*.yaml"):
                 shutil.copy2(f, hydra_dir / f.name)
             raise ConfigError("hydra.run.dir", str(self.run_dir), "a new folder, or the settings this unfinished run "
-                              f"was started with ({conflict})")
+                              f"was started with ({conflict}), or +overwrite=true to start it again there")
         with distributed.main_writes() as write:
             if write and not saved.is_file():
                 self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -141,13 +198,14 @@ class Pipeline:
                 tmp.replace(saved)
 
     def _start(self) -> tuple[State, int]:
-        progress = self.ckpt_dir / "progress.json"
-        if progress.is_file():
-            saved = json.loads(progress.read_text())
-            model = load_pruned(saved["model_dir"], auto_class=self.task.auto_class())
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(saved["model_dir"])
+        loaded = checkpoints.load_newest(
+            self.ckpt_dir / "progress.json", self._load_progress, main=self.main,
+            fallback="the run starts again from its first stage",
+            describe=lambda p, got: f"resuming from {p}, after stage {got[0]['done']} "
+                                    f"({dict(enumerate(self.plan.stages)).get(got[0]['done'])}): "
+                                    "the stages after it run again")
+        if loaded is not None:
+            saved, model, tokenizer, self._model_dir = loaded
             space = UnitSpace.from_model(model)  # the record in its config: what the stages left
             state = State(model, tokenizer, space, space.kept("head"))
             scores = saved["scores"]
@@ -158,8 +216,10 @@ class Pipeline:
             state.evals, state.stages, state.params_dense = saved["evals"], saved["stages"], saved["params_dense"]
             state.teacher = saved.get("teacher")
             state.curve = saved.get("curve", [])
-            self.logger.step = saved.get("global_step", 0)
+            self.logger.resume(saved.get("global_step", 0), saved.get("log_rows"))
             return state, saved["done"] + 1
+        self._model_dir = None
+        self.logger.resume(0, 0)  # nothing was committed: rows a killed start logged are logged again
         model, tokenizer = self.task.load_model(self.cfg.model)
         # the DENSE geometry indexes everything (a pruned export loaded with model.path has lost
         # units: they start out removed, and heads_total / params_dense describe the dense model)
@@ -168,27 +228,58 @@ class Pipeline:
         state.params_dense = dense_params(model)
         return state, 0
 
+    def _load_progress(self, path: Path) -> tuple[dict, torch.nn.Module, object, Path]:
+        """A committed stage: its record and its model folder, both checked (checkpoints.Damaged
+        names the file that is not whole; the folder goes with it)."""
+        from transformers import AutoTokenizer
+
+        saved = json.loads(path.read_text())
+        if not isinstance(saved.get("done"), int):
+            raise checkpoints.Damaged(path, "no stage index in it")
+        model_dir = self.ckpt_dir / Path(saved["model_dir"]).name  # (the run folder may have moved)
+        try:
+            checkpoints.check_folder(model_dir)
+            model = load_pruned(model_dir, auto_class=self.task.auto_class())
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        except checkpoints.Damaged as err:
+            raise checkpoints.Damaged(err.path, err.reason, remove=model_dir) from None
+        except Exception as err:  # noqa: BLE001 - a model folder that does not load
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise checkpoints.Damaged(model_dir, f"unreadable: {type(err).__name__}: {first}",
+                                      remove=model_dir) from None
+        return saved, model, tokenizer, model_dir
+
     def _checkpoint(self, state: State, index: int, changed_model: bool) -> None:
         with distributed.main_writes() as write:
             if write:
                 self._write_checkpoint(state, index, changed_model)
 
     def _write_checkpoint(self, state: State, index: int, changed_model: bool) -> None:
+        """Commit stage `index`: its model folder (when it changed the model) and progress.json,
+        each whole on disk before the state it supersedes goes. Two commits are kept: the latest
+        and, as progress.prev.json, the last one before it that holds ANOTHER model folder (else
+        simply the one before), so a damaged model folder still leaves a commit to go back to."""
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         progress = self.ckpt_dir / "progress.json"
-        previous = json.loads(progress.read_text())["model_dir"] if progress.is_file() else None
-        model_dir = previous
-        if changed_model or previous is None:
-            model_dir = str(self.ckpt_dir / f"model-{index}")
-            save_pruned(state.model, model_dir, state.tokenizer)
+        model_dir = getattr(self, "_model_dir", None)  # (set by _start: the folder the state came from)
+        if changed_model or model_dir is None:
+            model_dir = self.ckpt_dir / f"model-{index}"
+            checkpoints.write_folder(model_dir, lambda folder: save_pruned(state.model, folder, state.tokenizer))
+        latest, before = _model_dir_of(progress), _model_dir_of(checkpoints.previous(progress))
+        rotate = not (latest == model_dir.name and before is not None and before != latest)
         report.write_json(
-            progress, {"done": index, "model_dir": model_dir, "global_step": self.logger.step, **state.to_json()}
+            progress, {"done": index, "model_dir": str(model_dir), "global_step": self.logger.step,
+                       "log_rows": self.logger.rows, **state.to_json()},
+            checksum=True, keep_previous=rotate,
         )
-        # the stage is committed: its mid-stage checkpoint (kept until now, so that a kill between
-        # the end of training and this commit resumes at the stage's last step) is superseded
-        (self.ckpt_dir / f"train-{index}.pt").unlink(missing_ok=True)
-        if previous and previous != model_dir:
-            shutil.rmtree(previous, ignore_errors=True)
+        self._model_dir = model_dir
+        # the stage is committed: its mid-stage checkpoints (kept until now, so that a kill between
+        # the end of training and this commit resumes at the stage's last step) are superseded
+        checkpoints.remove(self.ckpt_dir / f"train-{index}.pt")
+        keep = {model_dir.name, _model_dir_of(checkpoints.previous(progress))}
+        for folder in self.ckpt_dir.glob("model-*"):
+            if folder.name not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ stages
     def _train(self, state: State, index: int, name: str, epochs=None, distill: bool = True, **kw) -> dict:
@@ -573,6 +664,10 @@ class Pipeline:
     def _stage_export(self, state: State, index: int) -> dict:
         if not self.cfg.get("export_model", True):
             return {}
+        bad = [n for n, p in state.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:  # never ship a diverged model (training stops earlier; this guards every other path)
+            raise Diverged("export", None, f"non-finite weights in {len(bad)} tensors (first: {bad[0]}); "
+                           "nothing exported")
         with distributed.main_writes() as write:
             if write:
                 save_pruned(state.model, self.run_dir / "model", state.tokenizer)
@@ -587,6 +682,10 @@ class Pipeline:
     def _finish(self, state: State, seconds: float) -> dict:
         final_eval = next((e["metrics"] for e in reversed(state.evals) if e["stage"] != "prune_curve"), {})
         primary = self.task.primary_metric
+        bad = {k: v for k, v in final_eval.items() if isinstance(v, float) and not math.isfinite(v)}
+        if bad:  # a NaN metric or evaluation loss is a diverged run, not a result
+            raise Diverged("evaluate", None, ", ".join(f"{k} is {v}" for k, v in bad.items())
+                           + "; no metrics.json written")
         metrics = {
             "task": self.cfg.task.name,
             "model": self.cfg.model.name,
@@ -626,7 +725,6 @@ class Pipeline:
 
     def _write_outputs(self, state: State, metrics: dict) -> None:
         final_eval = metrics["eval"]
-        report.write_json(self.run_dir / "metrics.json", metrics)
         if self.task.subset:
             report.write_json(self.run_dir / "subset.json", self.task.subset)
         scores = state.scores
@@ -647,26 +745,9 @@ class Pipeline:
         self.logger.summary({"final/heads_kept": metrics["heads_kept"], "final/params": metrics["params"]})
         self.logger.image("heads", png)
         self.logger.file(self.run_dir / "heads.json")
-
-
-#: keys a resumed run may change: how it is watched, not what it computes
-RESUME_FREE = ("logger", "trainer.progress_bar", "cache")
-
-
-def _flat(cfg) -> dict:
-    container = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
-    out = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            out[prefix[:-1]] = node
-
-    walk(container, "")
-    return {k: v for k, v in out.items() if not k.startswith("hydra") and not any(
-        k == free or k.startswith(free + ".") for free in RESUME_FREE)}
+        rundir.keep_settings(self.run_dir, self.cfg, self.ckpt_dir)  # what a later command on the folder is held to
+        # last: a folder holding metrics.json holds a finished run, which no later command runs over
+        report.write_json(self.run_dir / "metrics.json", metrics)
 
 
 def resume_conflict(run_dir: Path, cfg: DictConfig) -> str | None:
@@ -676,12 +757,20 @@ def resume_conflict(run_dir: Path, cfg: DictConfig) -> str | None:
     saved = Path(run_dir) / "checkpoints" / "config.yaml"
     if not saved.is_file():
         return None
-    old, new = _flat(OmegaConf.load(saved)), _flat(cfg)
+    old, new = rundir.flat(OmegaConf.load(saved)), rundir.flat(cfg)
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if not diff:
         return None
     more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
     return "; ".join(diff[:3]) + more
+
+
+def _model_dir_of(progress: Path) -> str | None:
+    """The model folder a progress record names (its name in checkpoints/), if it reads."""
+    try:
+        return Path(json.loads(progress.read_text())["model_dir"]).name
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _file_digest(path: str) -> str:

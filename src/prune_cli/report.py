@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from prune_cli.checkpoints import atomic_write, writing
+
 
 def heads_record(space, mask: torch.Tensor, scores: torch.Tensor | None, **extra) -> dict:
     """heads.json: which heads were kept, per block, in the ORIGINAL (dense) head layout."""
@@ -72,7 +74,8 @@ def plot_units(path: Path, space, title: str = "") -> Path:
     ax.set_xlabel("FFN neurons kept (fraction)")
     fig.suptitle(title or f"density {summary['density']:.3f}, {summary['heads_left']} heads left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with writing(path):  # a full disk: one line
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
 
@@ -95,11 +98,10 @@ def versions() -> dict:
     return record
 
 
-def write_json(path: Path, obj: dict, indent: int | None = 2) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent, default=_default) + "\n")
-    tmp.replace(path)  # atomic: a crash never leaves half a file
+def write_json(path: Path, obj: dict, indent: int | None = 2, **atomic) -> None:
+    """Atomic (a crash never leaves half a file; a full disk is one line): `atomic` are
+    `checkpoints.atomic_write`'s options (a checksum, the previous generation kept)."""
+    atomic_write(Path(path), json.dumps(obj, indent=indent, default=_default) + "\n", **atomic)
 
 
 def _default(o):
@@ -125,7 +127,8 @@ def plot_curve(path: Path, curve: list[dict], metric: str, title: str = "") -> P
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with writing(path):  # a full disk: one line
+        fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
 
@@ -164,6 +167,7 @@ def plot_heads(path: Path, space, mask: torch.Tensor, scores: torch.Tensor | Non
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with writing(path):  # a full disk: one line
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)

@@ -118,16 +118,20 @@ def apply_record(model: nn.Module) -> nn.Module:
 
 
 def save_pruned(model: nn.Module, path, tokenizer=None) -> Path:
-    """A standard HF folder (config carries the kept heads) plus `heads.json` for humans."""
+    """A standard HF folder (config carries the kept heads) plus `heads.json` for humans. A full
+    disk is `checkpoints.DiskFull` (one line), whatever library was writing."""
+    from prune_cli.checkpoints import writing
+
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
-    space = HeadSpace.from_model(model)
-    (path / "heads.json").write_text(
-        json.dumps({"heads_kept": space.total, "params": count_params(model), "blocks": space.describe()}, indent=1)
-    )
+    with writing(path):
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
+        space = HeadSpace.from_model(model)
+        (path / "heads.json").write_text(
+            json.dumps({"heads_kept": space.total, "params": count_params(model), "blocks": space.describe()}, indent=1)
+        )
     return path
 
 

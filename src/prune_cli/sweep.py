@@ -7,7 +7,9 @@
   the launcher) writes `<sweep>/summary.json` and `summary.md` (one row per job: its overrides,
   status, primary metric or error) and prints the table; `prune-run` then exits 1 if a job failed.
 * The same command again (same `hydra.sweep.dir`) skips the jobs that completed and reruns the
-  others; an interrupted one resumes from its checkpoints, as any run does.
+  others; an interrupted one resumes from its checkpoints, as any run does. A completed job whose
+  settings are not the ones its folder's run finished with (an experiment file edited since) is
+  refused, its folder untouched, and `prune-run` exits 2; `+overwrite=true` reruns such jobs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hydra.experimental.callback import Callback
 
 STATUS = "status.json"
 _failed: list[str] = []  # jobs of the last sweep of this process that failed (read by cli.main)
+_refused: list[str] = []  # jobs whose folder holds a finished run with other settings (cli.main: exit 2)
 
 
 def finished(run_dir: Path) -> dict | None:
@@ -38,6 +41,15 @@ def record(run_dir: Path, status: str, overrides: list[str], **fields) -> None:
         return
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     write_json(Path(run_dir) / STATUS, {"status": status, "overrides": list(overrides), **fields})
+
+
+def refused(num, overrides: list[str], err: Exception) -> None:
+    """A job whose folder holds a run that finished with other settings: said, not run, and its
+    folder -- status.json included -- left as that run wrote it."""
+    import sys
+
+    _refused.append(str(num))
+    print(f"prune-run: error: job {num} ({' '.join(overrides)}): {err}", file=sys.stderr)
 
 
 def error_line(err: BaseException) -> str:

@@ -36,8 +36,11 @@ class RunLogger:
     def __init__(self, cfg: DictConfig, run_dir: Path, main: bool = True):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.run_dir / "log.jsonl", "a", buffering=1) if main else None  # noqa: SIM115 - open for the whole run
+        self._path = self.run_dir / "log.jsonl"
+        self._jsonl = open(self._path, "a", buffering=1) if main else None  # noqa: SIM115 - open for the whole run
         self.step = 0  # global optimisation step across stages (W&B needs it monotone)
+        self.rows = len(_complete_lines(self._path)) if main else 0  # rows in log.jsonl: checkpoints record it
+        self._cut: tuple[int, int | None] | None = None  # where resume() said the redone rows begin
         self.wandb_run = None
         mode = cfg.logger.mode
         if mode != "disabled" and main:
@@ -60,10 +63,41 @@ class RunLogger:
         step = self.step if step is None else step
         if self._jsonl is None:
             return
+        self._apply_cut()
         clean = {k: _plain(v) for k, v in metrics.items()}
         self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        self.rows += 1
         if self.wandb_run is not None:
             self.wandb_run.log(clean, step=step)
+
+    def resume(self, step: int, rows: int | None = None) -> None:
+        """Continue from a checkpoint taken at global `step` when log.jsonl held `rows` rows.
+
+        The killed process may have logged past its last checkpoint; those steps are computed and
+        logged again, so the rows after the checkpoint go (`rows` unknown, as in a checkpoint from
+        an older version: the rows after `step`). Not at once: a later checkpoint found on the way
+        (a stage's own, after the pipeline's) moves the point again before anything is logged."""
+        self.step = step
+        self._cut = (step, rows)
+
+    def _apply_cut(self) -> None:
+        if self._cut is None or self._jsonl is None:
+            return
+        step, rows = self._cut
+        self._cut = None
+        lines = _complete_lines(self._path)
+        if rows is not None:
+            keep = lines[: max(0, rows)]
+        else:
+            keep = [line for line in lines if _step_of(line) <= step]
+        if keep == lines and self._path.stat().st_size == sum(len(line) for line in lines):
+            return  # nothing to cut (and no half-written last row)
+        self._jsonl.close()
+        tmp = self._path.with_name(self._path.name + ".tmp")
+        tmp.write_bytes(b"".join(keep))
+        tmp.replace(self._path)
+        self._jsonl = open(self._path, "a", buffering=1)  # noqa: SIM115 - open for the whole run
+        self.rows = len(keep)
 
     def summary(self, metrics: dict) -> None:
         if self.wandb_run is not None:
@@ -82,11 +116,28 @@ class RunLogger:
             self.wandb_run.save(str(path), base_path=str(self.run_dir), policy="now")
 
     def finish(self, exit_code: int = 0) -> None:
+        if exit_code == 0:  # a resumed run that logged nothing more still drops the rows it redid
+            self._apply_cut()
         if self._jsonl is not None:
             self._jsonl.close()
         if self.wandb_run is not None:
             self.wandb_run.finish(exit_code=exit_code)
             self.wandb_run = None
+
+
+def _complete_lines(path: Path) -> list[bytes]:
+    """The rows of a log.jsonl, each with its newline; a last row a kill cut short is left out."""
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().splitlines(keepends=True)
+    return lines if not lines or lines[-1].endswith(b"\n") else lines[:-1]
+
+
+def _step_of(line: bytes) -> float:
+    try:
+        return float(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return float("inf")  # unreadable: not a row to keep
 
 
 def _plain(v):

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from prune_cli import distributed
+from prune_cli import checkpoints, distributed
 from prune_cli.accounting import METER, batch_examples
 from prune_cli.errors import Diverged
 
@@ -283,8 +283,8 @@ def train(
     losses: list[float] = []
     nonfinite, bad_run = 0, 0  # optimizer steps skipped for a non-finite gradient: all, and in a row
     max_bad = int(tcfg.get("max_nonfinite_steps", 10))
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint, desc, main=accelerator.is_main_process) if checkpoint is not None else None
+    if state is not None:
         accelerator.unwrap_model(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -297,8 +297,8 @@ def train(
         step = state["step"]
         losses = list(state.get("losses", []))
         nonfinite, bad_run = state.get("nonfinite", (0, 0))
-        if logger is not None and "global_step" in state:
-            logger.step = state["global_step"]  # curves continue where the killed run stopped
+        if logger is not None and "global_step" in state:  # curves continue where the killed run stopped,
+            logger.resume(state["global_step"], state.get("log_rows"))  # its rows after this point are cut
         ranks = state.get("rng_ranks")  # several processes: each its own generators (dropout differs per rank)
         set_rng_state(ranks[accelerator.process_index] if ranks and len(ranks) == accelerator.num_processes
                       else state["rng"])
@@ -326,6 +326,7 @@ def train(
         if checkpoint is not None:
             _save(checkpoint, accelerator, model, optimizer, scheduler, pruner, step, losses,
                   global_step=logger.step if logger is not None else step, distiller=distiller,
+                  log_rows=logger.rows if logger is not None else None,
                   nonfinite=(nonfinite, bad_run))
             distributed.barrier()  # no process moves on (or exits on a signal) before rank 0 has written it
 
@@ -449,6 +450,9 @@ def train(
     if gates is not None:
         gates.set(None)
     model = accelerator.unwrap_model(model)
+    bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:  # a stage that ends on non-finite weights has diverged, whatever its last steps did
+        raise Diverged(desc, step, f"non-finite weights at the end of the stage (first: {bad})")
     accelerator.free_memory()
     if freeze_model:
         for p in model.parameters():
@@ -475,7 +479,8 @@ def _set_gates(gates, values) -> None:
 
 
 def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: int, losses: list[float],
-          global_step: int, distiller=None, nonfinite: tuple[int, int] = (0, 0)) -> None:
+          global_step: int, distiller=None, nonfinite: tuple[int, int] = (0, 0),
+          log_rows: int | None = None) -> None:
     ranks = distributed.gather(rng_state()) if accelerator.num_processes > 1 else None
     if not accelerator.is_main_process:
         return
@@ -487,13 +492,21 @@ def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: in
         "distill": distiller.state_dict() if distiller is not None else {},
         "step": step,
         "global_step": global_step,
+        "log_rows": log_rows,  # log.jsonl rows written up to here: a resume drops the later ones
         "losses": losses,
         "nonfinite": nonfinite,
         "rng": rng_state(),
         "rng_ranks": ranks,
         "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    # the checkpoint it replaces is kept (train-N.prev.pt) until this one is whole on disk
+    checkpoints.atomic_write(path, lambda f: torch.save(state, f), checksum=True, keep_previous=True)
+
+
+def load_checkpoint(path: Path, desc: str, main: bool = True) -> dict | None:
+    """The newest good mid-stage checkpoint (`train-N.pt`, else the one it replaced), or None:
+    the stage starts from its beginning. A damaged one is said in one warning line."""
+    return checkpoints.load_newest(
+        path, lambda p: torch.load(p, map_location="cpu", weights_only=False), main=main,
+        fallback=f"stage {desc} starts again from its first step",
+        describe=lambda p, state: f"resuming stage {desc} from {p} (step {state['step']})")

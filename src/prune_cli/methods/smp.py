@@ -132,11 +132,9 @@ def save_pruner(path: Path, net: MapScorer, model_geometry: dict, info: dict) ->
     record = {"format": FORMAT, "state_dict": net.state_dict(),
               "network": {"map_size": net.map_size, "width": net.width},
               "model": model_geometry, **info}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(record, tmp)
-    tmp.replace(path)
+    from prune_cli.checkpoints import atomic_write
+
+    atomic_write(Path(path), lambda f: torch.save(record, f))
 
 
 def read_pruner(path) -> dict:
