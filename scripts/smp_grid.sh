@@ -16,7 +16,8 @@ DATA=${2:-../shared/data}
 SEEDS=${3:-1 2 3}
 TASKS=${4:-sst2 stsb mrpc rte}
 export RECORDS=${RECORDS:-docs/results/runs/smp}
-common="model=minilm data_root=$DATA task.max_train_samples=1000 task.max_length=64 trainer.epochs=3 \
+# task.subsample=first: the file's first N rows, as these records were made (the default since issue 31 is a seeded random draw)
+common="model=minilm data_root=$DATA task.max_train_samples=1000 task.subsample=first task.max_length=64 trainer.epochs=3 \
 trainer.batch_size=32 trainer.lr=1e-4 trainer.progress_bar=false logger.mode=disabled export_model=false \
 cache.dir=$OUT/cache"
 after="pipeline=[prune,finetune,evaluate,export]"
