@@ -16,6 +16,16 @@ class ConfigError(ValueError):
         super().__init__(f"{key}={value!r}: {allowed}")
 
 
+class DataError(ConfigError):
+    """A data or model file that cannot be used as it is (bad bytes, an answer span that is not in
+    its context, weights that do not match their config): the one line names the key the user
+    typed, the file and the row, so the file can be fixed without a debugger."""
+
+    def __init__(self, key: str, value: object, path: object, where: str | None, what: str):
+        self.path, self.where = str(path), where  # where: "line 12", "question 7 (id 5733be28...)"
+        super().__init__(key, value, f"{path}{'' if where is None else ', ' + where}: {what}")
+
+
 class Diverged(RuntimeError):
     """Training went non-finite and cannot go on: the run stops with one line (exit status 1) and
     no result; the checkpoint on disk is the last good one (nothing is saved after the bad steps)."""

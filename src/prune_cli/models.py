@@ -11,8 +11,9 @@ from pathlib import Path
 
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
+from safetensors import SafetensorError
 
-from prune_cli.errors import ConfigError
+from prune_cli.errors import ConfigError, DataError
 from prune_cli.hub import offline as hub_offline
 
 
@@ -88,13 +89,41 @@ def load_pretrained(model_cfg: DictConfig, auto_class, **kwargs):
                             attn_implementation=attn)
         return model.train(), tokenizer
     kwargs.setdefault("dtype", torch.float32)  # a float16 checkpoint still trains in fp32 (+ autocast)
-    model = auto_class.from_pretrained(source, attn_implementation=attn, ignore_mismatched_sizes=bool(change), **kwargs)
+    key = "model.path" if model_cfg.get("path") else "model"
+    try:
+        model, info = auto_class.from_pretrained(source, attn_implementation=attn, output_loading_info=True,
+                                                 ignore_mismatched_sizes=bool(change), **kwargs)
+    except (OSError, SafetensorError) as err:  # a truncated or unreadable weights file
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(key, source, source, None, f"a readable model folder ({reason})") from None
+    check_loaded(model, info, key, source)
     if change:
         fresh_head(model)
     return model, tokenizer
 
 
+def check_loaded(model, info: dict, key: str, source: str) -> None:
+    """Every weight of the base model came from the checkpoint. transformers initialises missing
+    weights at random with a warning, which is right for a new task head and silently wrong for
+    anything else: a config.json declaring more layers than the weights hold would train those
+    layers from scratch and report them as the pretrained model."""
+    head = set(head_keys(model))
+    missing = sorted(k for k in info.get("missing_keys", ()) if k not in head)
+    if missing:
+        raise DataError(key, source, source, None,
+                        f"weights for everything its config.json declares: {len(missing)} tensors are not in the "
+                        f"checkpoint (e.g. {', '.join(missing[:3])}); transformers would initialise them at random")
+
+
 _HEADS = ("ForSequenceClassification", "ForTokenClassification")
+
+
+def trained_head(saved) -> str | None:
+    """The task-head class a checkpoint was saved with (`architectures`), or None for a base
+    model (BertModel, a sentence-transformer): a teacher must be a fine-tuned one."""
+    names = [a for a in (getattr(saved, "architectures", None) or []) if "For" in a and not a.endswith(
+        ("ForPreTraining", "ForMaskedLM", "ForNextSentencePrediction"))]
+    return names[0] if names else None
 
 
 def label_change(saved, auto_class, kwargs: dict) -> str | None:

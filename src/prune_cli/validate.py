@@ -225,6 +225,8 @@ def _check_against_model(cfg: DictConfig, task, stages: list[str], distill: str)
         if all(float(node.get(t, 0) or 0) == 0 for t in terms):
             raise ConfigError(f"distill.{terms[0]}", node.get(terms[0]), "a weight > 0 for at least one of "
                               f"distill.{', distill.'.join(terms)} (all 0: the student would train on nothing)")
+        if node.get("teacher"):
+            _check_teacher(task, str(node.teacher))
     rank = cfg.method.get("embed_rank")
     if rank is not None and width is not None and rank >= width:
         raise ConfigError("method.embed_rank", rank, f"null or a rank below the embedding width {width} of "
@@ -243,6 +245,29 @@ def _check_against_model(cfg: DictConfig, task, stages: list[str], distill: str)
 
         if Path(to_absolute_path(str(cache))).exists() and not Path(to_absolute_path(str(cache))).is_dir():
             raise ConfigError("cache.dir", str(cache), "a folder (or null): this path is a file")
+
+
+def _check_teacher(task, teacher: str) -> None:
+    """`distill.teacher` is fine-tuned for THIS task: a teacher with another head (or none) would get
+    a freshly initialised classifier, and the student would distil from random logits."""
+    from hydra.utils import to_absolute_path
+    from transformers import AutoConfig
+
+    from prune_cli.models import label_change, trained_head
+
+    try:
+        saved = AutoConfig.from_pretrained(to_absolute_path(teacher))
+    except Exception as err:  # noqa: BLE001 - unreadable config.json, unknown model type
+        raise ConfigError("distill.teacher", teacher, f"a loadable model folder ({str(err).splitlines()[0]})") from None
+    wanted = task.auto_class().__name__.replace("AutoModel", "")
+    head = trained_head(saved)
+    if head is None or not head.endswith(wanted):
+        raise ConfigError("distill.teacher", teacher, f"a teacher fine-tuned for {task.name} (a {wanted} head); its "
+                          f"config.json says architectures={getattr(saved, 'architectures', None)}: fine-tune it first "
+                          "(<run>/model of a method=none run), or drop distill.teacher for a teacher stage")
+    change = label_change(saved, task.auto_class(), task.model_kwargs())
+    if change:
+        raise ConfigError("distill.teacher", teacher, f"a teacher fine-tuned for {task.name}'s labels: {change}")
 
 
 #: stages that train the model the run evaluates (the teacher stage trains another one)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -150,6 +151,32 @@ class Task:
 
     def evaluate(self, model, tokenizer, splits: Splits, accelerator, batch_size: int) -> dict[str, float]:
         raise NotImplementedError
+
+
+def read_text(path: Path, key: str = "task.data_dir", given: object = None) -> str:
+    """A local data file as text: UTF-8 (plain or gzipped), a leading byte-order mark dropped (it
+    would otherwise become part of the first token or column name). Bytes that are not UTF-8 are a
+    DataError naming the file, the line and the bytes, raised while validating, before any model
+    loads, instead of a UnicodeDecodeError traceback once training data is tokenised."""
+    import gzip
+
+    from prune_cli.errors import DataError
+
+    path = Path(path)
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise DataError(key, str(given if given is not None else path), path, None,
+                        f"a readable file ({err.strerror or type(err).__name__})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        bad = data[err.start : err.end + 3]
+        raise DataError(key, str(given if given is not None else path), path, f"line {line}",
+                        f"UTF-8 text (bytes {bad!r} at offset {err.start} are not UTF-8: re-encode the file, "
+                        "e.g. iconv -f latin1 -t utf-8)") from None
 
 
 def check_hub_splits(cfg: DictConfig, splits) -> None:

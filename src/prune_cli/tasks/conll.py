@@ -19,8 +19,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from prune_cli.errors import ConfigError
-from prune_cli.tasks.base import Splits, Task, batched_outputs, check_hub_splits, hub_dataset_available
+from prune_cli.errors import ConfigError, DataError
+from prune_cli.tasks.base import (
+    Splits,
+    Task,
+    batched_outputs,
+    check_hub_splits,
+    hub_dataset_available,
+    read_text,
+)
 
 SPLITS = ("train", "validation", "test")
 EVAL_SPLITS = ("validation", "test")
@@ -30,10 +37,7 @@ IGNORE = -100
 def read_conll(path: Path) -> list[dict]:
     """Sentences of a CoNLL file as {"tokens": [...], "tags": [...]}; ConfigError if malformed."""
     sentences, tokens, tags = [], [], []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError("task.data_dir", str(path), f"a readable UTF-8 CoNLL file ({err})") from None
+    lines = read_text(path).split("\n")
     for number, line in enumerate(lines, 1):
         fields = line.split()
         if not fields or fields[0] == "-DOCSTART-":
@@ -42,11 +46,8 @@ def read_conll(path: Path) -> list[dict]:
                 tokens, tags = [], []
             continue
         if len(fields) < 2:
-            raise ConfigError(
-                "task.data_dir",
-                str(path),
-                f"a CoNLL file with 'word ... tag' on every token line (line {number}: {line!r})",
-            )
+            raise DataError("task.data_dir", str(path), path, f"line {number}",
+                            f"a CoNLL token line 'word ... tag' (it reads {line!r})")
         tokens.append(fields[0])
         tags.append(fields[-1])
     if tokens:

@@ -16,6 +16,7 @@ labels, so the dev split(s) are what `evaluate()` scores.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 from collections.abc import Iterator
@@ -27,8 +28,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from prune_cli.errors import ConfigError
-from prune_cli.tasks.base import Splits, Task, hub_dataset_available
+from prune_cli.errors import ConfigError, DataError
+from prune_cli.tasks.base import Splits, Task, hub_dataset_available, read_text
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +85,15 @@ METRICS = {
 
 
 # ---------------------------------------------------------------------- local TSV files
-def read_tsv(path: Path) -> Iterator[list[str]]:
-    """Rows of a GLUE TSV file, header included.
+def read_tsv(path: Path, given: object = None) -> Iterator[list[str]]:
+    """Rows of a GLUE TSV file, header included (row i of the iterator is line i + 1 of the file).
 
     QUOTE_NONE because quotes are part of the text (MRPC: `"The foodservice pie ...`): the default
-    dialect would swallow tab-separated fields into one quoted cell. utf-8-sig drops the byte-order
-    mark that MRPC's header starts with.
+    dialect would swallow tab-separated fields into one quoted cell. `read_text` drops the
+    byte-order mark that MRPC's header starts with and names the line of any non-UTF-8 byte.
     """
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        yield from csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+    yield from csv.reader(io.StringIO(read_text(path, given=given), newline=""), delimiter="\t",
+                          quoting=csv.QUOTE_NONE)
 
 
 class GlueTask(Task):
@@ -102,6 +103,7 @@ class GlueTask(Task):
         super().__init__(cfg)
         self.name = cfg.name
         self.primary_metric = cfg.primary_metric
+        self._parsed: dict = {}  # (split, rows read) -> (text columns, labels)
 
     @property
     def sentence_pair(self) -> bool:
@@ -143,7 +145,7 @@ class GlueTask(Task):
             path = folder / name
             if not path.is_file():
                 raise ConfigError("task.data_dir", given, f"a GLUE {self.name} folder holding {name}")
-            with closing(read_tsv(path)) as rows:
+            with closing(read_tsv(path, given)) as rows:
                 header = next(rows, None) if self.cfg.local.header else None
                 peek = [row for _, row in zip(range(PEEK_ROWS), rows)]
             if not peek:
@@ -157,6 +159,8 @@ class GlueTask(Task):
                     self._example(row, index)
             except ValueError as err:
                 raise ConfigError("task.data_dir", given, f"a GLUE {self.name} folder: {name} {err}") from None
+        for split in self._files():  # every row (labels, scores), named by line, before any model loads
+            self._local_examples(split, self._first(split))
 
     def _validate_hub(self) -> None:
         if not hub_dataset_available(self.cfg):
@@ -226,12 +230,17 @@ class GlueTask(Task):
         return texts, values.index(raw)
 
     def _local_examples(self, split: str, cap: int | None) -> tuple[list[list[str]], list]:
-        """Reads only as far as `cap`: a few dozen SST-2 rows should not cost a 67k-row parse."""
+        """Reads only as far as `cap`: a few dozen SST-2 rows should not cost a 67k-row parse.
+        Parsed once per split (validation reads every file before any model loads)."""
+        if (split, cap) in self._parsed:
+            return self._parsed[split, cap]
         path = self._data_dir() / self._files()[split]
         texts, labels, skipped = [], [], 0
-        with closing(read_tsv(path)) as rows:
-            index = self._column_index(next(rows, None) if self.cfg.local.header else None)
-            for row in rows:
+        given = str(self.cfg.data_dir)
+        with closing(read_tsv(path, given)) as rows:
+            header = self.cfg.local.header
+            index = self._column_index(next(rows, None) if header else None)
+            for line, row in enumerate(rows, 2 if header else 1):
                 if cap and len(labels) >= cap:
                     break
                 if len(row) <= max(index):  # QQP's train.tsv has a few truncated rows: skip, as GLUE's own loaders do
@@ -240,14 +249,20 @@ class GlueTask(Task):
                 try:
                     t, y = self._example(row, index)
                 except ValueError as err:
-                    raise ConfigError("task.data_dir", str(self.cfg.data_dir), f"a GLUE {self.name} folder: {path.name} {err}") from None
+                    raise DataError("task.data_dir", given, path, f"line {line}", f"a GLUE {self.name} row: it {err}") from None
                 texts.append(t)
                 labels.append(y)
         if skipped:
             log.warning("%s: skipped %d rows with too few fields", path, skipped)
         if not labels:
             raise ConfigError("task.data_dir", str(self.cfg.data_dir), f"a GLUE {self.name} folder with examples in {path.name}")
-        return [list(col) for col in zip(*texts)], labels
+        self._parsed[split, cap] = [list(col) for col in zip(*texts)], labels
+        return self._parsed[split, cap]
+
+    def _first(self, split: str) -> int | None:
+        """How many leading rows of a split are read (None = all): the first N when they are the
+        ones kept (evaluation, or `task.subsample=first`); a random draw needs every row."""
+        return self.cap(split) if split != "train" or self.cfg.get("subsample", "random") == "first" else None
 
     def _hub_examples(self, split: str) -> tuple[list[list[str]], list]:
         import datasets
@@ -257,7 +272,7 @@ class GlueTask(Task):
 
     def examples(self, split: str) -> tuple[list[list[str]], list]:
         """(text columns, labels) of a split, capped by max_*_samples (`Task.take` chooses the rows)."""
-        first = self.cap(split) if split != "train" or self.cfg.get("subsample", "random") == "first" else None
+        first = self._first(split)
         if self.cfg.get("data_dir"):  # the first N: no need to parse a 364k-row file to its end
             columns, labels = self._local_examples(split, first)
         else:

@@ -30,7 +30,14 @@ import numpy as np
 from omegaconf import DictConfig
 
 from prune_cli.errors import ConfigError
-from prune_cli.tasks.base import Splits, Task, batched_outputs, check_hub_splits, hub_dataset_available
+from prune_cli.tasks.base import (
+    Splits,
+    Task,
+    batched_outputs,
+    check_hub_splits,
+    hub_dataset_available,
+    read_text,
+)
 
 EVAL = "validation"
 
@@ -164,9 +171,9 @@ def postprocess(
 
 def read_squad_json(path: Path) -> list[dict]:
     """Flatten an official SQuAD JSON file into Hub-style rows; ConfigError if it is not one."""
+    text = read_text(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)["data"]
+        data = json.loads(text)["data"]
         rows = []
         for article in data:
             title = article.get("title", "")
@@ -194,7 +201,29 @@ def read_squad_json(path: Path) -> list[dict]:
         ) from None
     if not rows:
         raise ConfigError("task.data_dir", str(path), "a SQuAD JSON file with at least one question")
+    check_answers(rows, path)
     return rows
+
+
+def check_answers(rows: list[dict], source: object, key: str = "task.data_dir") -> None:
+    """Every answer's `answer_start` points at its text in the context. Training turns the offset
+    into token positions, so an offset that is off (a file whose contexts were re-normalised after
+    the offsets were computed) trains on the wrong span, and one past the context makes the
+    question unanswerable without a word; the official v1.1 and v2.0 files have no such answer."""
+    from prune_cli.errors import DataError
+
+    bad = []
+    for number, row in enumerate(rows, 1):
+        context = row["context"]
+        for text, start in zip(row["answers"]["text"], row["answers"]["answer_start"]):
+            if context[start : start + len(text)] != text or start < 0:
+                bad.append((number, row, text, start))
+    if bad:
+        number, row, text, start = bad[0]
+        there = row["context"][max(start, 0) : max(start, 0) + len(text)]
+        raise DataError(key, str(source), source, f"question {number} (id {row['id']})",
+                        f"an answer at its answer_start: {text!r} is not at offset {start} of the context "
+                        f"(which reads {there!r} there; {len(bad)} of the file's answers are off)")
 
 
 def split_by_article(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -350,7 +379,7 @@ class SquadTask(Task):
             split=self.cfg.hub_splits[split],
             revision=self.cfg.get("hub_revision"),
         )
-        return [
+        rows = [
             {
                 "id": str(r["id"]),
                 "title": r.get("title", ""),
@@ -363,6 +392,8 @@ class SquadTask(Task):
             }
             for r in ds
         ]
+        check_answers(rows, f"{self.cfg.hub}:{self.cfg.hub_splits[split]}", key="task.hub")
+        return rows
 
     def rows(self, split: str) -> list[dict]:
         """Questions of a split after `max_train_samples` / `max_eval_samples` (`Task.take` chooses them)."""

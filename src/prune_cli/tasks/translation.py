@@ -15,7 +15,6 @@ tokenizer learnt on this task's training text and random weights (`prune_cli.scr
 
 from __future__ import annotations
 
-import gzip
 from contextlib import nullcontext
 from numbers import Integral, Real
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from prune_cli.errors import ConfigError
-from prune_cli.tasks.base import Splits, Task, check_hub_splits, hub_dataset_available
+from prune_cli.tasks.base import Splits, Task, check_hub_splits, hub_dataset_available, read_text
 
 SPLITS = ("train", "validation", "test")
 EVAL_SPLITS = ("validation", "test")
@@ -39,10 +38,7 @@ def read_lines(path: Path, remove_bpe: str | None = None) -> list[str]:
     sentences of web-crawled corpora and would silently misalign source and target.
     `remove_bpe` undoes subword-nmt style segmentation (fairseq's --remove-bpe, e.g. "@@ ").
     """
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        text = f.read().decode("utf-8")
-    lines = text.split("\n")
+    lines = read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     lines = [line.rstrip("\r") for line in lines]
