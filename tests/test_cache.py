@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 from conftest import tiny_model
@@ -49,8 +48,7 @@ def test_a_cache_hit_gives_the_metrics_of_the_run_that_computes(tmp_path):
     assert received == {k: plain["compute"][k] for k in FIELDS} and "cached" not in plain["compute"]
     assert warm["compute"]["cached"]["epochs"] == plain["stages"][0]["compute"]["epochs"] > 0
     assert warm["compute"]["cached"]["backward_passes"] > plain["stages"][0]["compute"]["backward_passes"]  # + scoring
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from collect_runs import compute_table, find_runs
+    from prune_cli.reports import compute_table, find_runs
 
     rows = [line.split("|") for line in compute_table(find_runs([tmp_path / "plain", tmp_path / "warm"])).splitlines()
             if line.startswith("| rte |")]

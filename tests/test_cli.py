@@ -14,10 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RTE = DATA / "glue" / "RTE"
 
-TINY = [
-    "model=minilm", "task=rte", f"task.data_dir={RTE}", "task.max_train_samples=32", "task.max_eval_samples=24",
-    "trainer.max_steps=2", "trainer.batch_size=8", "trainer.progress_bar=false",
-]
+# debug=tiny (conf/debug/tiny.yaml): MiniLM, 32 training rows, the first 24 evaluation rows, 2 steps
+# of batch 8, no progress bar; the data is each test's own
+TINY = ["debug=tiny", "task=rte", f"task.data_dir={RTE}"]
 
 
 def prune_run(args, cwd, env_extra=None, timeout=600):
@@ -135,7 +134,7 @@ def test_relative_data_dir_resolves_against_launch_folder(tmp_path):
     (tmp_path / "glue").mkdir()
     (tmp_path / "glue" / "RTE").symlink_to(RTE)
     run_dir = tmp_path / "run"
-    res = prune_run([*TINY[:2], "task.data_dir=glue/RTE", *TINY[3:], "trainer.max_steps=1", "logger.mode=disabled",
+    res = prune_run(["debug=tiny", "task=rte", "task.data_dir=glue/RTE", "trainer.max_steps=1", "logger.mode=disabled",
                      "export_model=false", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -172,7 +171,7 @@ def test_user_config_dir_adds_experiments_without_editing_the_package(tmp_path):
     (conf / "model" / "my_minilm.yaml").write_text(
         "defaults:\n  - minilm\n  - _self_\nname: my_minilm\n")
     run_dir = tmp_path / "run"
-    res = prune_run(["--config-dir", str(conf), "experiment=my_curve", "model=my_minilm", *TINY[1:],
+    res = prune_run(["--config-dir", str(conf), "experiment=my_curve", "model=my_minilm", *TINY,
                      "logger=none", "export_model=false", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -1,9 +1,11 @@
-"""scripts/collect_runs.py's statistics: the two-level (seeds and examples) paired bootstrap, its
-vectorised metrics, and the count of distinct masks among a method's seeds (issue 31, item 4)."""
+"""The collector's statistics (prune_cli.reports): the two-level (seeds and examples) paired
+bootstrap, its vectorised metrics, and the count of distinct masks among a method's seeds (issue 31,
+item 4)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,21 +13,20 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from prune_cli.tasks import get_task
-
-ROOT = Path(__file__).resolve().parents[1]
-RECORDS = ROOT / "docs" / "results" / "runs"
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import collect_runs
-from collect_runs import (
+from prune_cli.reports import (
     Resamples,
     comparison_table,
     distinct_masks,
     find_runs,
     paired_bootstrap,
+    read_json,
     resampled_metric,
 )
+from prune_cli.reports.resampled import _accuracy as resampled_accuracy
+from prune_cli.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDS = ROOT / "docs" / "results" / "runs"
 
 
 def accuracy(p, y) -> float:
@@ -71,7 +72,7 @@ def test_two_level_is_wider_than_examples_only_when_seeds_vary_most():
     """(a) Seeds disagree (+6, -4, +5 points) while the examples barely move the delta: the
     examples-only bootstrap calls +2.3 significant, the two-level one sees the seeds' spread."""
     pairs = seed_noise_pairs()
-    kwargs = {"resamples": 500, "resampled": collect_runs._accuracy}
+    kwargs = {"resamples": 500, "resampled": resampled_accuracy}
     examples = paired_bootstrap(pairs, accuracy, bootstrap="examples", **kwargs)
     two = paired_bootstrap(pairs, accuracy, bootstrap="two_level", **kwargs)
     assert examples["delta"] == two["delta"] == pytest.approx(0.07 / 3)
@@ -92,7 +93,7 @@ def test_observed_delta_and_examples_mode_equal_the_old_bootstrap():
     reproduces the old interval and p (same example draws), vectorised or not."""
     pairs = seed_noise_pairs(500)
     old = old_paired_bootstrap(pairs, accuracy, resamples=200)
-    for resampled in (collect_runs._accuracy, None):
+    for resampled in (resampled_accuracy, None):
         new = paired_bootstrap(pairs, accuracy, resamples=200, bootstrap="examples", resampled=resampled)
         assert {k: new[k] for k in old} == old
         assert paired_bootstrap(pairs, accuracy, resamples=200, resampled=resampled)["delta"] == old["delta"]
@@ -240,7 +241,7 @@ def test_identical_masks_across_seeds_are_counted_and_reported(tmp_path):
         _write_run(tmp_path / "units", f"g{i}", "grain", i, smp_mask, right, labels, units=u)
     assert distinct_masks(find_runs([tmp_path / "units"])) == 2
     (tmp_path / "units" / "g1" / "heads.json").unlink()
-    collect_runs._read_json.cache_clear()
+    read_json.cache_clear()
     assert distinct_masks(find_runs([tmp_path / "units"])) is None
 
     # curve points: the heads the order had removed there, from the scores
@@ -250,3 +251,17 @@ def test_identical_masks_across_seeds_are_counted_and_reported(tmp_path):
                    scores=scores)
     points = [{"run": str(tmp_path / "curves" / f"curve_{s}")} for s in (1, 2)]
     assert [distinct_masks([{**p, "curve_removed": k} for p in points]) for k in (0, 1, 2, 3, 8)] == [1, 2, 1, 1, 1]
+
+
+def test_the_launcher_prints_what_the_package_prints(tmp_path, capsys):
+    """scripts/collect_runs.py, the command of the docs and the grids, only launches
+    prune_cli.reports.collect (`prune-report`): the same records print the same report either way."""
+    from prune_cli.reports.collect import main
+
+    records, out = RECORDS / "smp_controls", tmp_path / "table"
+    main([str(records), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and (tmp_path / "table.png").is_file()
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "collect_runs.py"), str(records), "--out", str(out)],
+                         capture_output=True, text=True, check=True)
+    assert res.stdout == printed

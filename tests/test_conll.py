@@ -106,12 +106,10 @@ def test_entity_metrics_conlleval_semantics():
 def test_metric_on_sentences_equals_entity_metrics_and_bootstraps():
     """predictions.json keeps tag ids per word; the scores of any set of sentences summed from
     per-sentence counts equal seqeval's on them (a bootstrap resample repeats sentences), and
-    collect_runs' paired bootstrap takes these ragged predictions."""
+    the collector's paired bootstrap takes these ragged predictions."""
     import random
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from collect_runs import paired_bootstrap
+    from prune_cli.reports import paired_bootstrap
 
     task = get_task(task_cfg())
     gold = [[LABELS.index(t) for t in s["tags"]] for s in read_conll(CONLL / "valid.txt")[:300]]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import group_cfg
 from omegaconf import OmegaConf
 
 from prune_cli.errors import ConfigError
@@ -18,7 +19,6 @@ from prune_cli.tasks.glue import GlueTask, accuracy, f1, matthews_correlation, p
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 ALL_TASKS = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
 # (config, folder, official dev size, first two train labels as ids/scores read by eye from the files)
@@ -32,7 +32,7 @@ LOCAL = [
 
 
 def task(name: str, data_dir=None, **overrides) -> GlueTask:
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = group_cfg("task", name)
     cfg.data_dir = None if data_dir is None else str(data_dir)
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, merge=False)

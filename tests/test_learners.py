@@ -4,12 +4,11 @@ gradients through the gated model, Voita's controller, heads_scope, determinism,
 from __future__ import annotations
 
 import itertools
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import group_cfg
 from omegaconf import OmegaConf
 from transformers import BertConfig, BertForSequenceClassification
 
@@ -20,7 +19,6 @@ from prune_cli.methods import get_pruner, top_k_mask
 from prune_cli.methods.relaxed import HardConcrete, soft_top_k, straight_through_top_k
 from prune_cli.methods.voita import solve_shift
 
-CONF = Path(str(resources.files("prune_cli.conf"))) / "method"
 LEARNERS = ("dsp", "ste", "voita")
 
 
@@ -49,7 +47,7 @@ def batch(seed: int = 0, n: int = 4, length: int = 9):
 
 
 def method_cfg(name: str, **overrides):
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = group_cfg("method", name)
     return OmegaConf.merge(cfg, overrides)
 
 
@@ -298,7 +296,7 @@ def test_history_records_the_hard_mask_when_it_changes():
 # ------------------------------------------------------------------------------- method yamls
 @pytest.mark.parametrize("name", LEARNERS)
 def test_method_yamls_declare_a_learner_with_both_regimes(name):
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = group_cfg("method", name)
     assert cfg.name == name and cfg.kind == "learner" and cfg.lr > 0 and cfg.regime == "joint"
     assert list(cfg.pipelines.joint) == ["prune_joint", "evaluate", "export"]
     assert list(cfg.pipelines.pipelined) == ["finetune", "learn_gates", "finetune", "evaluate", "export"]
@@ -315,7 +313,7 @@ def test_the_trainer_learns_the_gates_through_the_hooks(freeze_model):
     model in the pipelined regime (learn_gates), trained model in the joint one (prune_joint)."""
     from prune_cli.train import make_accelerator, train
 
-    tcfg = OmegaConf.merge(OmegaConf.load(CONF.parent / "trainer" / "default.yaml"),
+    tcfg = OmegaConf.merge(group_cfg("trainer", "default"),
                            {"max_steps": 3, "batch_size": 4, "progress_bar": False, "warmup_ratio": 0.0})
     data = batch(0, n=12)
     rows = [{k: v[i] for k, v in data.items()} for i in range(12)]

@@ -5,14 +5,12 @@ gates) and `trainer.total_epochs`, the equal budget for methods of different pip
 from __future__ import annotations
 
 import json
-from importlib import resources
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import ENC_DEC, padded_batch, tiny_model
+from conftest import ENC_DEC, group_cfg, padded_batch, tiny_model
 from omegaconf import OmegaConf
-from test_cli import TINY, prune_run
+from test_cli import RTE, TINY, prune_run
 from test_learners import batch, learner, tiny_bert
 
 from prune_cli.errors import ConfigError
@@ -21,11 +19,9 @@ from prune_cli.heads import HeadSpace
 from prune_cli.methods import get_pruner
 from prune_cli.surgery import remove_heads
 
-CONF = Path(str(resources.files("prune_cli.conf")))
-
 
 def trainer_cfg(**overrides):
-    return OmegaConf.merge(OmegaConf.load(CONF / "trainer" / "default.yaml"),
+    return OmegaConf.merge(group_cfg("trainer", "default"),
                            {"batch_size": 4, "progress_bar": False}, overrides)
 
 
@@ -133,7 +129,7 @@ def test_bad_switches_name_the_key(key, value):
 
 # ---------------------------------------------------------------------------------------- Voita
 def voita_by_lambda(space, log_alpha):
-    pruner = get_pruner(OmegaConf.merge(OmegaConf.load(CONF / "method" / "voita.yaml"),
+    pruner = get_pruner(OmegaConf.merge(group_cfg("method", "voita"),
                                         {"controller": "fixed", "ending": "gates"}), space, 0)
     pruner.setup(keep=None)
     with torch.no_grad():
@@ -188,7 +184,7 @@ def test_folded_test_time_gates_equal_the_gated_model_in_forward_and_cached_gene
 def test_ending_gates_needs_the_fixed_penalty():
     space = HeadSpace.from_model(tiny_bert())
     with pytest.raises(ConfigError, match="method.ending"):
-        get_pruner(OmegaConf.merge(OmegaConf.load(CONF / "method" / "voita.yaml"), {"ending": "gates"}), space, 0)
+        get_pruner(OmegaConf.merge(group_cfg("method", "voita"), {"ending": "gates"}), space, 0)
 
 
 # ------------------------------------------------------------------------- the equal budget
@@ -212,7 +208,7 @@ def compose(*overrides):
 def test_total_epochs_is_split_over_the_training_stages(overrides, expected):
     from prune_cli.validate import split_epochs, validate
 
-    cfg = compose("model=minilm", "task=rte", f"task.data_dir={TINY[2].split('=', 1)[1]}", "trainer.total_epochs=4",
+    cfg = compose("model=minilm", "task=rte", f"task.data_dir={RTE}", "trainer.total_epochs=4",
                   *overrides)
     plan = validate(cfg)
     assert plan.epochs == pytest.approx(expected) and split_epochs(cfg, plan.stages) == plan.epochs
@@ -228,8 +224,7 @@ def test_cli_voita_by_lambda_and_an_equal_budget_run(tmp_path):
     assert bad.returncode == 2 and "method.ending=gates" in bad.stderr.strip().splitlines()[-1]
 
     run_dir = tmp_path / "voita"
-    args = [a for a in TINY if not a.startswith("trainer.max_steps")]
-    res = prune_run([*args, "method=voita", "method.controller=fixed", "method.ending=gates", "method.lr=0.25", "method.init_scale=2.0",
+    res = prune_run([*TINY, "trainer.max_steps=null", "method=voita", "method.controller=fixed", "method.ending=gates", "method.lr=0.25", "method.init_scale=2.0",
                      "method.l0_penalty=0.5", "trainer.total_epochs=2", "trainer.eval_batch_size=24",
                      f"hydra.run.dir={run_dir}"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -134,8 +134,7 @@ def test_sweep_job_folder_names_stay_short_and_distinct():
 
 def test_collect_runs_shows_fractions_and_percentages_on_one_scale(tmp_path):
     """GLUE metrics are fractions, SQuAD EM/F1 and BLEU already percentages: the table shows both x1 in %."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from collect_runs import find_runs, table
+    from prune_cli.reports import find_runs, table
 
     for name, family, task, metric, value in [("a", "glue", "rte", "accuracy", 0.625),
                                               ("b", "translation", "multi30k_de_en", "bleu", 39.09)]:
@@ -150,8 +149,7 @@ def test_collect_runs_shows_fractions_and_percentages_on_one_scale(tmp_path):
 
 
 def test_collect_runs_gives_mean_std_and_n_over_seeds(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from collect_runs import find_runs, table
+    from prune_cli.reports import find_runs, table
 
     for seed, value in ((1, 0.70), (2, 0.74), (3, 0.72)):
         run = tmp_path / f"s{seed}"
@@ -168,8 +166,7 @@ def test_collect_runs_gives_mean_std_and_n_over_seeds(tmp_path):
 
 
 def test_collect_runs_labels_ablations_by_config_keys(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from collect_runs import find_runs, table
+    from prune_cli.reports import find_runs, table
 
     for name, method, distill, value in (("a", "apd", "peer", 0.70), ("b", "apd", "none", 0.60),
                                          ("c", "random", "none", 0.5)):
@@ -188,8 +185,7 @@ def test_collect_runs_sets_published_numbers_beside_ours(tmp_path):
     """published/ parses (every entry says paper, task, method, metric, budget, value), and the
     paper-vs-ours table matches runs by task, method and budget, says the model differs, and
     averages a lossless run's heads removed over tasks for the APD abstract's number."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from collect_runs import find_runs, load_published, paper_table
+    from prune_cli.reports import find_runs, load_published, paper_table
 
     published = load_published(ROOT / "published")
     assert published and all({"paper", "task", "method", "metric", "budget", "value", "model"} <= set(p)
@@ -220,8 +216,7 @@ def test_collect_runs_sets_published_numbers_beside_ours(tmp_path):
 def test_collect_runs_curve_has_seed_spread_and_the_published_points(tmp_path):
     """The K-curve plot: mean +- std over seeds per budget on a shared % axis, and the published
     points of the same task and metric over it (GRAIN's Table 1 at 5 % and 10 % density)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from collect_runs import find_runs, load_published, plot
+    from prune_cli.reports import find_runs, load_published, plot
 
     for density, values in ((0.05, (0.80, 0.84)), (0.1, (0.86, 0.88))):
         for seed, value in enumerate(values, 1):
@@ -366,8 +361,7 @@ def test_paired_bootstrap_between_methods_on_the_same_examples(tmp_path):
     interval excludes 0 and p is tiny; B against an identical copy of itself: delta 0, p 1."""
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from collect_runs import comparison_table, find_runs
+    from prune_cli.reports import comparison_table, find_runs
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 400)
@@ -398,8 +392,7 @@ def test_collect_runs_groups_density_runs_by_the_density_asked(tmp_path):
     structure table and the bootstrap's pairs follow the density asked; the teacher sits at 100 %."""
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from collect_runs import comparison_table, find_runs, structure_table, table
+    from prune_cli.reports import comparison_table, find_runs, structure_table, table
 
     labels = np.random.default_rng(0).integers(0, 2, 200)
     runs = {"teacher": ("none", None, 1, 72, 1.0, 0.9), "g1": ("grain", 0.1, 1, 55, 0.1, 0.8),
@@ -456,12 +449,11 @@ def test_prune_curve_scores_once_and_evaluates_every_step_without_retraining(tmp
     for point, step in zip(points, curve):
         split = next(iter(point["splits"].values()))
         assert np.mean(np.equal(split["prediction"], split["label"])) == pytest.approx(step["metrics"]["accuracy"])
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from collect_runs import _budget_x, _predictions, find_runs
+    from prune_cli.reports import budget_x, find_runs, run_predictions
 
     (tmp_path / ".hydra").mkdir()
     OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # what prune-run's Hydra writes
     runs = find_runs([tmp_path])
     assert [(r["method"], r["heads_kept"]) for r in runs] == [("michel/curve", k) for k in (72, 54, 36, 18, 0)]
-    assert [x for _, x in map(_budget_x, runs)] == [100.0, 75.0, 50.0, 25.0, 0.0]  # on the heads axis
-    assert _predictions(runs[3])["prediction"] == next(iter(points[3]["splits"].values()))["prediction"]
+    assert [x for _, x in map(budget_x, runs)] == [100.0, 75.0, 50.0, 25.0, 0.0]  # on the heads axis
+    assert run_predictions(runs[3])["prediction"] == next(iter(points[3]["splits"].values()))["prediction"]

@@ -4,18 +4,17 @@ published number, and Michel et al.'s prunable shares are set beside our committ
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
+from prune_cli.reports import find_runs, load_published, plot, prunable_share, published_source
+from prune_cli.reports.collect import main
+
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "published"
 CURVES = ROOT / "docs" / "results" / "runs" / "curves" / "michel_curve"
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from collect_runs import find_runs, load_published, main, plot, prunable_share
 
 FILES = sorted(PUBLISHED.glob("*.yaml"))
 # where an entry (a number the report may print as the paper's) can come from: the paper itself
@@ -158,3 +157,16 @@ def test_michel_threshold_comparison_prints_for_our_curve_records(tmp_path):
             ours = removed
         assert row["ours_removed"] == [ours, 72] and row["dense"] == pytest.approx(mean[0])
         assert f"is {100 * ours / 72:.1f} % ({ours} of 72 heads removed" in md
+
+
+def test_published_is_found_from_any_folder(tmp_path, monkeypatch):
+    """`--published published` (or one paper's file) as the docs give it works outside a checkout
+    too: the copy shipped as prune_cli.published holds the repository's files; a path that is
+    neither stops with one line instead of an empty paper-vs-ours table."""
+    monkeypatch.chdir(tmp_path)
+    shipped = published_source(Path("published"))
+    assert sorted(p.name for p in shipped.glob("*.yaml")) == [p.name for p in FILES]
+    assert published_source(Path("published/apd.yaml")).read_text() == (PUBLISHED / "apd.yaml").read_text()
+    assert published_source(PUBLISHED) == PUBLISHED  # a path that exists is taken as given
+    with pytest.raises(SystemExit, match="--published nope: no such file or folder"):
+        published_source(Path("nope"))

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from importlib import resources
-from pathlib import Path
 
 import pytest
+from conftest import group_cfg
 from omegaconf import OmegaConf
 
 from prune_cli import schedules
 from prune_cli.errors import ConfigError
 
-CONF = Path(str(resources.files("prune_cli.conf"))) / "schedule"
 H, K, STEPS = 144, 36, 1000
 
 
@@ -105,7 +103,7 @@ def test_bad_schedule_config_names_the_key(cfg, key):
 
 @pytest.mark.parametrize("name", schedules.SCHEDULES)
 def test_every_schedule_yaml_is_valid_and_reaches_k(name):
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+    cfg = group_cfg("schedule", name)
     assert cfg.name == name
     schedules.check(cfg)
     assert schedules.keep_at(cfg, STEPS - 1, STEPS, H, K) == K

@@ -8,40 +8,75 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import group_cfg
 from hydra import compose, initialize_config_module
 
 from prune_cli.errors import ConfigError
-from prune_cli.schema import GROUPS, SCHEMA, keys_of
+from prune_cli.groups import options
+from prune_cli.schema import GROUPS, SCHEMA, keys_of, value_of
 from prune_cli.validate import validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 RTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue" / "RTE"
 
 
+#: folders of conf/ that are no group of keys: whole recipes and size presets written at the top
+#: level (@package _global_; `debug` is checked below), Hydra's own, this machine's settings
+NOT_GROUPS = ("experiment", "debug", "hydra", "local")
+
+
 def packaged_keys() -> set[str]:
-    """`group.key` for every key of every group file (top-level keys of config.yaml as they are)."""
+    """`group.key` for every key of every group option as Hydra composes it (a base file such as
+    task/_glue.yaml merged into the options that extend it; a base is no option of its own), and
+    the top-level keys of config.yaml as they are."""
     keys = set()
-    for path in CONF.rglob("*.yaml"):
-        group = path.relative_to(CONF).parts[0]
-        if group in ("experiment", "hydra"):
+    for key, value in (yaml.safe_load((CONF / "config.yaml").read_text()) or {}).items():
+        if key in ("defaults", "hydra"):
             continue
-        data = yaml.safe_load(path.read_text()) or {}
-        if path.name == "config.yaml" and path.parent == CONF:
-            for key, value in data.items():
-                if key in ("defaults", "hydra"):
-                    continue
-                keys.add(key)
-                if isinstance(value, dict):
-                    keys.update(f"{key}.{k}" for k in value)
+        keys.add(key)
+        if isinstance(value, dict):
+            keys.update(f"{key}.{k}" for k in value)
+    for folder in sorted(p for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_")):
+        if folder.name in NOT_GROUPS:
             continue
-        keys.update(f"{group}.{k}" for k in data if k != "defaults")
+        names = options(folder.name)
+        assert names, folder
+        for name in names:
+            keys.update(f"{folder.name}.{k}" for k in group_cfg(folder.name, name))
     return keys
 
 
 def test_every_key_of_every_group_file_has_a_rule():
-    missing = sorted(k for k in packaged_keys() if k not in SCHEMA)
+    keys = packaged_keys()
+    missing = sorted(k for k in keys if k not in SCHEMA)
     assert not missing, f"keys without a rule in prune_cli/schema.py: {missing}"
     assert set(GROUPS) <= {k.partition(".")[0] for k in SCHEMA}
+    assert {"task.hub", "task.local", "task.max_length"} <= keys  # GLUE keys that only task/_glue.yaml holds
+
+
+def set_keys(data: dict) -> dict:
+    """The dotted keys a @package _global_ file sets, with their values (a group's keys one level down)."""
+    out = {}
+    for top, value in data.items():
+        if top == "defaults":
+            continue
+        if top in GROUPS and isinstance(value, dict):
+            out.update({f"{top}.{k}": v for k, v in value.items()})
+        else:
+            out[top] = value
+    return out
+
+
+@pytest.mark.parametrize("name", options("debug"))
+def test_every_key_a_debug_option_sets_has_a_rule_its_value_passes_and_wins(name):
+    """debug=tiny sets keys of other groups: each has a rule, the composed run passes them all, and
+    the option's values are the run's (it comes after the task, trainer and experiment defaults)."""
+    values = set_keys(yaml.safe_load((CONF / "debug" / f"{name}.yaml").read_text()))
+    assert values and not [k for k in values if k not in SCHEMA]
+    for extra in ([], ["experiment=demo"]):
+        composed = cfg(f"debug={name}", *extra)
+        validate(composed)
+        assert {k: value_of(composed, k) for k in values} == values, extra
 
 
 def cfg(*overrides):
@@ -50,7 +85,7 @@ def cfg(*overrides):
 
 
 def test_every_composed_key_of_every_method_is_known():
-    for method in sorted(p.stem for p in (CONF / "method").glob("*.yaml")):
+    for method in options("method"):
         composed = cfg(f"method={method}")
         unknown = [k for k in keys_of(composed) if k not in SCHEMA and k != "hydra"]
         assert not unknown, (method, unknown)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import group_cfg
 from omegaconf import OmegaConf
 
 from prune_cli.train import budget, make_accelerator, train
@@ -23,7 +24,7 @@ RTE = ROOT.parent / "shared" / "data" / "glue" / "RTE"
 
 
 def tcfg(**kw):
-    base = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "trainer" / "default.yaml"))
+    base = OmegaConf.to_container(group_cfg("trainer", "default"))
     base.update(epochs=2, batch_size=8, lr=1e-3, save_every=0, log_every=1, progress_bar=False)
     base.update(kw)
     return OmegaConf.create(base)
@@ -112,10 +113,10 @@ def test_gate_learning_stays_in_eval_mode_across_evaluations():
     data = Rows(32)
     model = tiny()
     space = HeadSpace.from_model(model)
-    method = OmegaConf.load(ROOT / "conf" / "method" / "dsp.yaml")
+    method = group_cfg("method", "dsp")
     pruner = get_pruner(method, space, 0)
     pruner.setup(keep=4, eligible=torch.ones(space.total, dtype=torch.bool), schedule=OmegaConf.create(
-        OmegaConf.load(ROOT / "conf" / "schedule" / "one_shot.yaml")))
+        group_cfg("schedule", "one_shot")))
     modes = []
     model.register_forward_pre_hook(lambda m, a: modes.append(m.training) if torch.is_grad_enabled() else None)
 

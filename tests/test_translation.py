@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import group_cfg
 from omegaconf import OmegaConf
 
 from prune_cli import scratch
@@ -20,7 +21,6 @@ from prune_cli.tasks.translation import TranslationTask, corpus_bleu, read_lines
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "data" / "translation" / "multi30k-de-en" / "raw"
 
 
@@ -35,7 +35,7 @@ def one_thread():
 
 
 def task_cfg(name: str = "multi30k_de_en", **overrides):
-    cfg = OmegaConf.load(CONF / "task" / f"{name}.yaml")
+    cfg = group_cfg("task", name)
     cfg.data_dir = str(MULTI30K)
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, merge=False)
@@ -43,7 +43,7 @@ def task_cfg(name: str = "multi30k_de_en", **overrides):
 
 
 def model_cfg(name: str = "transformer_tiny", **overrides):
-    cfg = OmegaConf.load(CONF / "model" / f"{name}.yaml")
+    cfg = group_cfg("model", name)
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, merge=False)
     return cfg
@@ -296,7 +296,7 @@ def test_tiny_trains_with_trainer_options_then_beam_searches():
     splits = task.splits(tok)
     batch = task.collate_fn(tok)([splits.train[i] for i in range(40)])
     tcfg = OmegaConf.merge(
-        OmegaConf.load(CONF / "trainer" / "default.yaml"),
+        group_cfg("trainer", "default"),
         {"max_steps": 6, "batch_size": 8, "lr": 1e-3, "lr_scheduler": "inverse_sqrt", "warmup_steps": 2,
          "label_smoothing": 0.1, "progress_bar": False, "save_every": 0},
     )

@@ -274,14 +274,10 @@ def test_ranking_prefers_high_scores_across_kinds():
 
 
 def test_a_recorded_structure_rebuilds_with_the_same_shapes():
-    """scripts/bench_records.py times records that keep no model: the counts of heads.json's
-    `units` entry, laid on the dense model, give a model of exactly the recorded shapes (the same
-    kept weights, heads and per-head dimensions) -- what its speed depends on."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from bench_records import structure_of
+    """prune_cli.reports.bench_records (scripts/bench_records.py) times records that keep no model:
+    the counts of heads.json's `units` entry, laid on the dense model, give a model of exactly the
+    recorded shapes (the same kept weights, heads and per-head dimensions) -- what its speed depends on."""
+    from prune_cli.reports.bench_records import structure_of
 
     model = tiny_model("bert")
     space = UnitSpace.from_model(model)
@@ -302,13 +298,11 @@ def test_bench_records_times_committed_records_per_task(tmp_path):
     """The script end to end on records kept in git (no model in them): one row per run with its
     task, the pruned shapes faster in FLOPs than the dense model, and a table per task."""
     import json
-    import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "scripts"))
-    from bench_records import main
+    from prune_cli.reports.bench_records import main
 
+    root = Path(__file__).resolve().parents[1]
     records = root / "docs" / "results" / "runs" / "grain"
     picked = [records / "sst2" / "grain_d0.05_s1", records / "mrpc" / "heads_ffn_d0.2_s1"]
     out = tmp_path / "speed"

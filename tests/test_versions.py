@@ -43,3 +43,12 @@ def test_installed_versions_are_at_least_the_floors():
         have = tuple(int(x) for x in re.findall(r"\d+", version(name))[:3])
         want = tuple(map(int, pin.split(".")))
         assert have == want if exact else have >= want, f"{name} {version(name)} vs tested floor {pin}"
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """pyproject lists the packages by hand: a new subpackage left out is missing from a
+    non-editable install (what `make test-oldest` and users get) while the editable one works."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    src = ROOT / "src"
+    found = {".".join(p.parent.relative_to(src).parts) for p in (src / "prune_cli").rglob("__init__.py")}
+    assert found <= listed, f"not in pyproject's [tool.setuptools] packages: {sorted(found - listed)}"

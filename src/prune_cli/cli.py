@@ -14,9 +14,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from prune_cli import user_config_dir
 from prune_cli.errors import ConfigError, Diverged
-
-CONF_MODULE = "prune_cli.conf"
+from prune_cli.groups import CONF_MODULE, is_option
 
 
 def _die(message: str, status: int = 2) -> None:
@@ -40,19 +40,25 @@ def user_config_dirs(args: list[str]) -> tuple[list[Path], set[int]]:
 
 
 def _searchpath(dirs: list[Path]) -> list[str]:
-    """The override that adds `--config-dir` folders to what compose() searches (none: nothing)."""
-    return ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in dirs) + "]"] if dirs else []
+    """The override that adds `--config-dir` folders to what compose() searches (none: nothing).
+    It replaces config.yaml's hydra.searchpath, so the user folder (`${user_searchpath:}`) is
+    named again."""
+    if not dirs:
+        return []
+    user = user_config_dir()
+    return ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in [*dirs, *([user] if user else [])]) + "]"]
 
 
 def _group_options(group: str, extra: list[Path] = ()) -> list[str] | None:
-    folders = [resources.files(CONF_MODULE), *extra]
+    user = user_config_dir()
+    folders = [resources.files(CONF_MODULE), *extra, *([user] if user else [])]
     options, found = set(), False
     for folder in folders:
         for part in group.split("/"):
             folder = folder / part
         if folder.is_dir():
             found = True
-            options.update(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+            options.update(p.name[: -len(".yaml")] for p in folder.iterdir() if is_option(p.name))
     return sorted(options) if found else None
 
 

@@ -163,7 +163,9 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
 
 
 def _width(config) -> int:
-    return int(getattr(config, "hidden_size", None) or getattr(config, "dim", None) or config.d_model)
+    from prune_cli.arch import family_of
+
+    return family_of(config).geometry(config).hidden
 
 
 def _identity(d_in: int, d_out: int) -> nn.Linear:

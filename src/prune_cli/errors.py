@@ -34,3 +34,10 @@ class Diverged(RuntimeError):
         self.stage, self.step, self.what = stage, step, what
         where = f"stage {stage}" if step is None else f"stage {stage} at step {step}"
         super().__init__(f"diverged in {where}: {what}")
+
+
+def warn(message: str) -> None:
+    """One line on stderr, in the CLI's own voice (the run goes on)."""
+    import sys
+
+    print(f"prune-run: warning: {message}", file=sys.stderr)

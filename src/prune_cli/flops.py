@@ -33,7 +33,7 @@ Every term but the FFN is linear in h, which is why the FLOP speedup of a mask d
 its per-layer head counts, and two masks with the same total (uniform or uneven over layers)
 have the same FLOPs. A layer that kept no heads still adds its output-projection bias, the
 residual and the LayerNorm, and runs the stock attention kernel once with a zero stand-in head of
-`surgery.STAND_IN_DIM` features (what the pruned model computes: see `surgery._EmptyAttention`;
+`arch.empty.STAND_IN_DIM` features (what the pruned model computes: see `arch.empty.EmptyAttention`;
 0.2 % of the FLOPs of an emptied MiniLM layer at length 128).
 """
 
@@ -64,13 +64,12 @@ class EncoderGeometry:
     def from_config(cls, config, pooler: bool = False, num_labels: int = 0) -> EncoderGeometry:
         if getattr(config, "is_encoder_decoder", False):
             raise ValueError(f"{type(config).__name__}: FLOP counting covers encoder-only models")
-        hidden = int(config.hidden_size)
-        heads = int(config.num_attention_heads)
-        intermediate = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None)
-        if intermediate is None:
-            raise ValueError(f"{type(config).__name__}: no intermediate_size/hidden_dim (FFN size)")
-        head_dim = getattr(config, "head_dim", None) or hidden // heads
-        return cls(hidden, int(config.num_hidden_layers), heads, int(head_dim), int(intermediate), pooler, num_labels)
+        from prune_cli.arch import family_of
+
+        g = family_of(config).geometry(config)
+        if g.ffn is None:
+            raise ValueError(f"{type(config).__name__}: no FFN size in its config")
+        return cls(g.hidden, g.layers, g.heads, g.head_dim, g.ffn, pooler, num_labels)
 
     @classmethod
     def from_model(cls, model) -> EncoderGeometry:
@@ -104,7 +103,7 @@ def layer_flops(g: EncoderGeometry, kept, batch: int, seq_len: int, ffn: int | N
     pruned inside, `prune_cli.units`); `ffn`: FFN neurons left (None = all). These are the TRUE
     kept dimensions: a head with query/key 0 costs no scores and no softmax, only the masked mean
     of its values that uniform attention is (what the pruned model computes in an encoder)."""
-    from prune_cli.surgery import STAND_IN_DIM
+    from prune_cli.arch.empty import STAND_IN_DIM
 
     heads = _heads(g, kept)
     f = g.intermediate if ffn is None else int(ffn)

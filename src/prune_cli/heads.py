@@ -3,11 +3,9 @@
 Everything else in prune-cli (gates, scores, masks, heads.json, `heads=K`) speaks in that flat
 index, so one global top-K covers encoder-only and encoder-decoder models alike.
 
-The walk is driven by the *layout* of the attention modules, not by model class names: a module
-whose q/k/v projections have known attribute names (BERT's query/key/value, DistilBERT's
-q_lin/k_lin/v_lin, BART/Marian's q_proj/k_proj/v_proj, T5's q/k/v) is an attention block, and its
-output projection is found next to them. That covers the encoder families transformers builds from
-these few patterns (BERT, RoBERTa, ELECTRA, XLM-R, DistilBERT, BART, mBART, Marian, Pegasus, T5...).
+Which modules are attention blocks, what kind each is and how its projections are named is the
+model family's declaration (`prune_cli.arch`); a model of an undeclared family is refused, and a
+block its family cannot match is an error, never a silent skip.
 
 A pruned model remembers the ORIGINAL ids of the heads it kept, in `model.config` under
 `RECORD_KEY` (written by `prune_cli.surgery`), keyed by block name relative to the base model
@@ -23,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prune_cli.arch import FAMILIES, AttentionLayout, family_of, layer_index
 from prune_cli.errors import ConfigError
 
 #: config attribute holding {block name relative to the base model: [kept original head ids]}
@@ -31,32 +30,8 @@ RECORD_KEY = "prune_cli_kept_heads"
 SCOPES = ("all", "encoder", "decoder", "cross")
 
 
-@dataclass(frozen=True)
-class Layout:
-    """How one family of attention modules names its parts.
-
-    `o` is relative to the attention module; a leading ".." climbs to its parent (BERT keeps the
-    output projection in the sibling `output` module). `count_attrs` / `width_attrs` are the module
-    attributes holding the head count and heads*head_dim, which surgery keeps up to date.
-    """
-
-    q: str
-    k: str
-    v: str
-    o: str
-    head_dim_attr: str
-    count_attrs: tuple[str, ...]
-    width_attrs: tuple[str, ...] = ()
-
-
-LAYOUTS: tuple[Layout, ...] = (
-    Layout("query", "key", "value", "..output.dense", "attention_head_size", ("num_attention_heads",), ("all_head_size",)),
-    Layout("q_lin", "k_lin", "v_lin", "out_lin", "attention_head_size", ("n_heads",)),
-    Layout("q_proj", "k_proj", "v_proj", "out_proj", "head_dim", ("num_heads",)),
-    Layout("q", "k", "v", "o", "key_value_proj_dim", ("n_heads",), ("inner_dim",)),
-)
-
-_CROSS_NAMES = {"encoder_attn", "EncDecAttention", "crossattention", "cross_attn", "cross_attention"}
+#: the attention layout type and lookup live in the architecture adapters (prune_cli.arch)
+Layout = AttentionLayout
 
 
 @dataclass(frozen=True)
@@ -80,22 +55,10 @@ class Block:
 
 
 def match_layout(module: nn.Module) -> Layout | None:
-    """The layout `module` follows, or None if it is not an attention block."""
-    for layout in LAYOUTS:
-        if all(isinstance(getattr(module, a, None), nn.Linear) for a in (layout.q, layout.k, layout.v)) and isinstance(
-            getattr(module, layout.head_dim_attr, None), int
-        ):
-            return layout
-    return None
-
-
-def resolve(name: str, relative: str) -> str:
-    """Dotted path of `relative` (which may start with '..') seen from module `name`."""
-    parts = name.split(".") if name else []
-    while relative.startswith(".."):
-        parts = parts[:-1]
-        relative = relative[2:].lstrip(".")
-    return ".".join(parts + ([relative] if relative else []))
+    """The layout `module` follows (in its model's family), or None if it is not an attention block."""
+    family = family_of(module.config) if hasattr(module, "config") else None
+    layouts = family.attention if family else tuple(a for f in FAMILIES for a in f.attention)
+    return next((layout for layout in layouts if layout.matches(module)), None)
 
 
 def base_prefix(model: nn.Module) -> str:
@@ -107,26 +70,18 @@ def base_prefix(model: nn.Module) -> str:
     return ""
 
 
+def head_keys(model) -> list[str]:
+    """State-dict keys of the task head: everything outside the base model."""
+    prefix = base_prefix(model)
+    return [k for k in model.state_dict() if prefix and not k.startswith(prefix)]
+
+
 def read_record(model: nn.Module) -> dict[str, list[int]]:
     """{root-relative block name: kept original head ids} stored by surgery (empty if unpruned)."""
     config = getattr(model, "config", None)
     record = getattr(config, RECORD_KEY, None) or {}
     prefix = base_prefix(model)
     return {prefix + name: list(ids) for name, ids in record.items()}
-
-
-def _kind(name: str) -> str:
-    parts = name.split(".")
-    if _CROSS_NAMES.intersection(parts):
-        return "cross"
-    return "decoder" if "decoder" in parts else "encoder"
-
-
-def _layer(name: str) -> int:
-    for part in name.split("."):
-        if part.isdigit():
-            return int(part)
-    return 0
 
 
 class HeadSpace:
@@ -141,16 +96,10 @@ class HeadSpace:
         """`dense=True` ignores the pruning record: the space of the model before any pruning
         (only valid on a model built from its config, whose shapes are still dense)."""
         record = {} if dense else read_record(model)
-        modules = dict(model.named_modules())
+        family = family_of(model)
         blocks, offset = [], 0
-        for name, module in modules.items():
-            layout = match_layout(module)
-            if layout is None:
-                continue
-            o_name = resolve(name, layout.o)
-            if not isinstance(modules.get(o_name), nn.Linear):
-                continue
-            # a block whose heads lost dimensions runs with head size 1 (prune_cli.attention) and
+        for name, module, layout, o_name in family.attention_blocks(model):
+            # a block whose heads lost dimensions runs with head size 1 (prune_cli.arch.uneven) and
             # remembers its dense head size; its widths are sums of uneven heads
             uneven = getattr(module, "_prune_cli_head_dim", None)
             head_dim = uneven or getattr(module, layout.head_dim_attr)
@@ -164,8 +113,8 @@ class HeadSpace:
             blocks.append(
                 Block(
                     name=name,
-                    kind=_kind(name),
-                    layer=_layer(name),
+                    kind=family.kind(name),
+                    layer=layer_index(name),
                     heads=heads,
                     head_dim=head_dim,
                     offset=offset,
@@ -176,8 +125,6 @@ class HeadSpace:
                 )
             )
             offset += len(heads)
-        if not blocks:
-            raise ValueError(f"no attention blocks found in {type(model).__name__} (known layouts: {_layout_names()})")
         return cls(blocks)
 
     @classmethod
@@ -185,17 +132,25 @@ class HeadSpace:
         """The HeadSpace of the model `config` describes, without loading or allocating weights.
 
         The model is built on the meta device (`auto_class` when given, so block names match the
-        task's model, else the class in `config.architectures`). Pruned shapes recorded in the
-        config are applied unless `dense`, which gives the space before any pruning. Validation
-        counts heads this way before anything is downloaded or loaded.
+        task's model, else the class in `config.architectures`); the heads a pruned model kept are
+        read from the record in the config, unless `dense`, which gives the space before any
+        pruning. Validation counts heads this way before anything is downloaded or loaded.
         """
-        from prune_cli.surgery import apply_record, build_model  # surgery imports this module
+        from dataclasses import replace
+
+        from prune_cli.arch import build_model
 
         with torch.device("meta"):
             model = build_model(config, auto_class)
+        space = cls.from_model(model, dense=True)
         if dense:
-            return cls.from_model(model, dense=True)
-        return cls.from_model(apply_record(model))
+            return space
+        record, blocks, offset = read_record(model), [], 0
+        for block in space.blocks:
+            heads = tuple(record.get(block.name, block.heads))
+            blocks.append(replace(block, heads=heads, offset=offset))
+            offset += len(heads)
+        return cls(blocks)
 
     # ---- flat index ----------------------------------------------------
     @property
@@ -259,7 +214,3 @@ class HeadSpace:
 
     def __repr__(self) -> str:
         return f"HeadSpace({len(self.blocks)} blocks, {self.total} heads, {self.kinds()})"
-
-
-def _layout_names() -> str:
-    return ", ".join(f"{lay.q}/{lay.k}/{lay.v}/{lay.o}" for lay in LAYOUTS)

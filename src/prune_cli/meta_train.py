@@ -25,7 +25,6 @@ batch and noise the killed run would have drawn next.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from prune_cli import checkpoints
+from prune_cli import checkpoints, groups
 from prune_cli.accounting import METER
 from prune_cli.errors import ConfigError
 from prune_cli.methods.smp import MapScorer, attention_maps, geometry, model_inputs, save_pruner
@@ -65,18 +64,16 @@ class MetaTask:
 
 
 def task_config(name: str, cfg: DictConfig) -> DictConfig:
-    """The packaged task config `name`, resolved against the run's data_root, with the meta
-    length and row cap."""
-    path = resources.files("prune_cli.conf") / "task" / f"{name}.yaml"
-    options = sorted(p.name[:-5] for p in (resources.files("prune_cli.conf") / "task").iterdir()
-                     if p.name.endswith(".yaml"))
-    if not path.is_file():
+    """The packaged task config `name` as Hydra composes `task=<name>` (its _glue.yaml base
+    included), resolved against the run's data_root, with the meta length and row cap."""
+    options = groups.options("task")
+    if name not in options:
         raise ConfigError("method.meta_tasks", name, f"task names among {', '.join(options)}")
-    node = OmegaConf.create({"data_root": cfg.get("data_root"), "task": OmegaConf.load(str(path))})
+    node = OmegaConf.create({"data_root": cfg.get("data_root"), "task": groups.compose_option("task", name)})
     OmegaConf.resolve(node)
     task = node.task
     if task.get("family") != "glue":
-        glue = [o for o in options if OmegaConf.load(str(path.parent / f"{o}.yaml")).get("family") == "glue"]
+        glue = [o for o in options if groups.compose_option("task", o).get("family") == "glue"]
         raise ConfigError("method.meta_tasks", name, f"GLUE tasks (sentences or sentence pairs): {', '.join(glue)}")
     task.max_length = int(cfg.method.get("meta_max_length") or 128)
     task.max_train_samples = cfg.method.get("meta_max_train_samples")

@@ -13,7 +13,8 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from safetensors import SafetensorError
 
-from prune_cli.errors import ConfigError, DataError
+from prune_cli.errors import ConfigError, DataError, warn
+from prune_cli.heads import head_keys
 from prune_cli.hub import offline as hub_offline
 
 
@@ -78,8 +79,6 @@ def load_pretrained(model_cfg: DictConfig, auto_class, **kwargs):
     attn = model_cfg.get("attn_implementation", "sdpa")
     change = label_change(AutoConfig.from_pretrained(source), auto_class, kwargs)
     if change:
-        from prune_cli.validate import warn
-
         key = "model.path" if model_cfg.get("path") else "model"
         warn(f"{key}={source}: {change}: its classifier is re-initialised for this task")
     if _is_pruned(source):  # a prune-run export: its shapes differ from what the config says
@@ -146,19 +145,11 @@ def label_change(saved, auto_class, kwargs: dict) -> str | None:
     return None
 
 
-def head_keys(model) -> list[str]:
-    """State-dict keys of the task head: everything outside the base model."""
-    from prune_cli.heads import base_prefix
-
-    prefix = base_prefix(model)
-    return [k for k in model.state_dict() if prefix and not k.startswith(prefix)]
-
-
 def fresh_head(model) -> None:
     """Re-initialise the task head the way `from_config` initialises a new model."""
     import torch
 
-    from prune_cli.surgery import build_model
+    from prune_cli.arch import build_model
 
     with torch.no_grad():
         fresh = build_model(model.config, type(model)).state_dict()

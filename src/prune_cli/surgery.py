@@ -13,7 +13,6 @@ the record to get the shapes, then loads the weights.
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 import warnings
@@ -23,28 +22,17 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import prune_linear_layer
 
-from prune_cli.heads import RECORD_KEY, HeadSpace, base_prefix, match_layout
+from prune_cli.arch.build import build_model
+from prune_cli.arch.empty import EmptyAttention
+from prune_cli.arch.t5 import SharedBiasHeads, takes_shared_bias
+from prune_cli.arch.uneven import UnevenConfig, install_guard
+from prune_cli.heads import RECORD_KEY, HeadSpace, base_prefix, head_keys, match_layout
 from prune_cli.units import UNITS_KEY, UnitSpace
 
 
 def count_params(model: nn.Module) -> int:
     """Parameters, counting tied tensors once (`parameters()` already de-duplicates them)."""
     return sum(p.numel() for p in model.parameters())
-
-
-def build_model(config, auto_class=None, **kwargs) -> nn.Module:
-    """A freshly initialised model for `config`: the task's auto class when given, else the class
-    named in `config.architectures`, else the bare AutoModel. Dense shapes (see `apply_record`)."""
-    import transformers
-
-    if auto_class is not None:  # an AutoModelFor... class or a concrete model class
-        build = getattr(auto_class, "from_config", None) or auto_class._from_config
-        return build(config, **kwargs)
-    arch = (getattr(config, "architectures", None) or [None])[0]
-    cls = getattr(transformers, arch, None) if arch else None
-    if cls is not None:
-        return cls._from_config(config, **kwargs)
-    return transformers.AutoModel.from_config(config, **kwargs)
 
 
 def remove_heads(model: nn.Module, keep: torch.Tensor, space: HeadSpace | None = None) -> HeadSpace:
@@ -156,8 +144,6 @@ def load_pruned(path, auto_class=None, config_overrides: dict | None = None, fre
         state.update(load_file(f))
     fresh = set()
     if fresh_head:
-        from prune_cli.models import head_keys
-
         fresh = set(head_keys(model))
         state = {k: v for k, v in state.items() if k not in fresh}
     result = model.load_state_dict(state, strict=False)
@@ -194,7 +180,6 @@ def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int]
     """Keep query/key features `q_index` and value/output features `v_index` (positions in the
     block's current weights) of attention block `block` (a dense Block); `layout` is what it then
     holds [(head, qk dims, vo dims)], `head_index` the kept heads' positions among its current heads."""
-    from prune_cli.attention import UnevenConfig, install_guard
 
     name, o_name = block.name, block.o
     module = modules[name]
@@ -237,11 +222,11 @@ def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int]
     inside = o_name.startswith(name + ".")
     if not heads:
         own_table = getattr(module, "has_relative_attention_bias", False) and not shared_bias
-        empty = _EmptyAttention(module, layout_attrs, o_name[len(name) + 1:] if inside else None, own_table)
+        empty = EmptyAttention(module, layout_attrs, o_name[len(name) + 1:] if inside else None, own_table)
         # a T5 block that kept nothing still hands the stack's bias on (the first one computes it)
-        module.forward = _SharedBiasHeads(module, [0], empty) if shared_bias else empty
+        module.forward = SharedBiasHeads(module, [0], empty) if shared_bias else empty
     elif shared_bias:
-        module.forward = _SharedBiasHeads(module, heads)
+        module.forward = SharedBiasHeads(module, heads)
 
 
 def _reshape_ffn(model, modules, ffn, index: list[int]) -> None:
@@ -252,153 +237,3 @@ def _reshape_ffn(model, modules, ffn, index: list[int]) -> None:
         modules[path] = model.get_submodule(path)
     _set_module(model, ffn.output, _sliced(modules[ffn.output], index, 1))
     modules[ffn.output] = model.get_submodule(ffn.output)
-
-
-def takes_shared_bias(module: nn.Module) -> bool:
-    """T5 and mT5 compute the relative-position bias once per stack (first layer, every head) and
-    pass it down to the later layers through `position_bias`; UMT5 gives each block its own."""
-    return hasattr(module, "has_relative_attention_bias") and "position_bias" in inspect.signature(
-        type(module).forward).parameters
-
-
-def _stock_forward(module: nn.Module):
-    """The class's own forward, bound to `module` (the instance attribute is our stand-in)."""
-    return type(module).forward.__get__(module)
-
-
-class _SharedBiasHeads:
-    """Forward of a T5 block that lost heads: it takes its own heads' rows of the stack's shared
-    position bias and hands the FULL bias on, so later blocks (pruned differently, or not at all)
-    still find every head's row. The first block keeps the whole bias table for the same reason.
-
-    The bias is found by parameter name (`position_bias`, bound through the stock signature, so
-    positional and keyword calls both work) and returned as the second output; both are pinned by
-    `tests/test_stack_contract.py`, and `_check_bias` raises if a release moves it.
-    """
-
-    def __init__(self, module: nn.Module, heads: list[int], run=None):
-        self.module_ref = [module]  # a list keeps this a plain object, not a registered submodule
-        self.heads = torch.tensor(heads, dtype=torch.long)
-        self.run = run  # what computes the block (default: the stock forward)
-        self.signature = inspect.signature(type(module).forward)
-
-    def _mine(self, bias: torch.Tensor) -> torch.Tensor:
-        return bias.index_select(1, self.heads.to(bias.device))
-
-    def __call__(self, *args, **kwargs):
-        module = self.module_ref[0]
-        run = self.run or _stock_forward(module)
-        bound = self.signature.bind(module, *args, **kwargs)
-        incoming = bound.arguments.get("position_bias")
-        if incoming is not None:
-            bound.arguments["position_bias"] = self._mine(incoming)
-            out = run(*bound.args[1:], **bound.kwargs)
-            _check_bias(module, out, self._mine(incoming))
-            return (out[0], incoming, *out[2:])
-        if not module.has_relative_attention_bias:
-            # a zero bias sized to this block: return None so the next block builds its own zeros
-            out = run(*args, **kwargs)
-            return (out[0], None, *out[2:])
-        full = []
-
-        def compute_bias(*a, **k):  # the stock forward asks for the bias at the right positions
-            full.append(type(module).compute_bias(module, *a, **k))
-            return self._mine(full[-1])
-
-        module.compute_bias = compute_bias
-        try:
-            out = run(*args, **kwargs)
-        finally:
-            del module.compute_bias
-        if not full:
-            raise RuntimeError(
-                f"{type(module).__name__}.forward no longer calls compute_bias (transformers "
-                f"{_transformers_version()}): prune-cli's T5 surgery needs updating"
-            )
-        _check_bias(module, out, self._mine(full[0]))
-        return (out[0], full[0], *out[2:])
-
-
-def _check_bias(module: nn.Module, out, mine: torch.Tensor) -> None:
-    """Fail loudly (never compute wrongly) if the stock T5 forward stops returning the bias second."""
-    if not (isinstance(out, tuple) and len(out) >= 2 and isinstance(out[1], torch.Tensor)
-            and out[1].shape == mine.shape):
-        raise RuntimeError(
-            f"{type(module).__name__}.forward no longer returns (output, position_bias, ...) "
-            f"(transformers {_transformers_version()}): prune-cli's T5 surgery needs updating"
-        )
-
-
-def _transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
-
-
-#: width of the stand-in head an empty block runs with: small, and a size every attention kernel takes
-STAND_IN_DIM = 8
-
-
-class _EmptyAttention:
-    """Forward of an attention block that kept no heads.
-
-    The stock forward cannot run with zero heads (`view(..., -1, head_dim)` of an empty tensor is
-    ambiguous), and a hand-written stand-in has to re-implement whatever the release does with its
-    arguments: the KV cache (a decoder self-attention must still advance its cache layer, or the
-    past length later steps read — T5's position bias among them — is wrong), cache positions, the
-    returned tuple. So the STOCK forward runs, with one stand-in head: zero query/key/value
-    projections of width `STAND_IN_DIM` and a zero output weight with the block's real output
-    bias. These are not parameters (nothing is saved, counted or trained, except the real bias).
-    The head's values are 0, so the block outputs exactly its output bias — what the gated model
-    computes with every gate of the block at 0 — whatever the cache, the mask or the attention
-    kernel. The stand-in costs a few tiny ops per call (see docs/benchmarks.md).
-    """
-
-    def __init__(self, module: nn.Module, layout, o_attr: str | None, own_table: bool):
-        self.module_ref = [module]  # a list keeps this a plain object, not a registered submodule
-        self.o_attr = o_attr  # the output projection inside the block (BART, DistilBERT, T5), else None
-        # what the call swaps in, built once: zero projections computing in the dtype/device of
-        # the block's (empty) query projection, the real output bias, one head of STAND_IN_DIM
-        ref = getattr(module, layout.q)
-        width = STAND_IN_DIM
-        self.swaps = {a: _Zeros(width, ref) for a in (layout.q, layout.k, layout.v)}
-        if o_attr is not None:
-            o_proj = getattr(module, o_attr)
-            self.swaps[o_attr] = _Zeros(o_proj.out_features, ref, bias_of=o_proj)
-        if own_table:  # UMT5: the block's own (now empty) relative-position table
-            self.swaps["relative_attention_bias"] = _Zeros(1, ref)
-        self.swaps[layout.head_dim_attr] = width
-        self.swaps.update({a: 1 for a in layout.count_attrs})
-        self.swaps.update({a: width for a in layout.width_attrs if hasattr(module, a)})
-
-    def __call__(self, *args, **kwargs):
-        module = self.module_ref[0]
-        saved = {a: getattr(module, a) for a in self.swaps}
-        for a, value in self.swaps.items():
-            setattr(module, a, value)
-        try:
-            out = type(module).forward(module, *args, **kwargs)
-        finally:
-            for a, value in saved.items():
-                setattr(module, a, value)
-        if self.o_attr is None:  # the output projection lives outside the block (BERT): no features
-            out = (out[0][..., :0], *out[1:]) if isinstance(out, tuple) else out[..., :0]
-        return out
-
-
-class _Zeros(nn.Module):
-    """A stand-in projection (or bias table) that outputs zeros of `width` features, in the dtype
-    and on the device of `like` (a module of the block), plus the bias of `bias_of` (a real
-    parameter, which keeps its gradient). Modules are referenced, not registered, and read at
-    call time, so `model.to(...)` and loaded weights are followed."""
-
-    def __init__(self, width: int, like: nn.Module, bias_of: nn.Module | None = None):
-        super().__init__()
-        self.width, self.refs = width, [like, bias_of]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        like, bias_of = self.refs
-        lead = x.shape[:-1] if x.is_floating_point() else x.shape  # features, or bucket ids (table)
-        out = torch.zeros(*lead, self.width, dtype=like.weight.dtype, device=like.weight.device)
-        bias = None if bias_of is None else bias_of.bias
-        return out if bias is None else out + bias

@@ -28,15 +28,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prune_cli.arch import FAMILIES, FFNLayout, family_of
 from prune_cli.errors import ConfigError
 from prune_cli.heads import RECORD_KEY, Block, HeadSpace, base_prefix
 
 #: config attribute holding {"attention": {block: {"head_dim", "qk", "vo"}}, "ffn": {ffn: ranges}}
 UNITS_KEY = "prune_cli_kept_units"
 KINDS = ("head", "qk", "vo", "ffn")
-#: model types whose attention views q/k/v with -1 heads, which uneven heads need (see
-#: prune_cli.attention); tested on each in tests/test_units.py (UMT5 and LongT5 do not)
-DIM_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "bart", "mbart", "marian", "t5", "mt5")
+#: model types whose heads may lose query/key or value dimensions (their family's `dims`: the
+#: attention views q/k/v with -1 heads, which uneven heads need, see prune_cli.arch.uneven); tested on
+#: each in tests/test_units.py (UMT5 and LongT5 view with their head count)
+DIM_MODEL_TYPES = tuple(t for f in FAMILIES if f.dims for t in f.model_types)
 #: `units=` shorthands (a list of kinds works too): what a prune may remove
 UNIT_SETS = {
     "heads": ("head",),
@@ -45,21 +47,6 @@ UNIT_SETS = {
     "dims_ffn": ("qk", "vo", "ffn"),
     "ffn": ("ffn",),
 }
-
-
-@dataclass(frozen=True)
-class FFNLayout:
-    inputs: tuple[str, ...]  # projections whose ROWS are the neurons (T5's gated FFN has two)
-    output: str  # the projection whose COLUMNS are the neurons
-
-
-FFN_LAYOUTS = (
-    FFNLayout(("intermediate.dense",), "output.dense"),  # BERT, RoBERTa, ELECTRA (on the layer)
-    FFNLayout(("lin1",), "lin2"),  # DistilBERT
-    FFNLayout(("fc1",), "fc2"),  # BART, Marian, mBART, Pegasus
-    FFNLayout(("wi_0", "wi_1"), "wo"),  # T5 v1.1 / mT5 gated FFN
-    FFNLayout(("wi",), "wo"),  # T5
-)
 
 
 @dataclass(frozen=True)
@@ -113,16 +100,8 @@ def unranges(text: str) -> list[int]:
 
 
 def find_ffns(model: nn.Module) -> list[tuple[str, FFNLayout]]:
-    """(module name, layout) of every FFN of `model`, in forward order."""
-    modules = dict(model.named_modules())
-    found = []
-    for name in modules:
-        for layout in FFN_LAYOUTS:
-            parts = [f"{name}.{p}" if name else p for p in (*layout.inputs, layout.output)]
-            if all(isinstance(modules.get(p), nn.Linear) for p in parts):
-                found.append((name, layout))
-                break
-    return found
+    """(module name, layout) of every FFN of `model`, in forward order (its family's declaration)."""
+    return family_of(model).ffns(model)
 
 
 class UnitSpace(HeadSpace):
@@ -156,7 +135,7 @@ class UnitSpace(HeadSpace):
     def from_model(cls, model: nn.Module, dense: bool = False) -> UnitSpace:
         """The space of `model`: dense geometry from its config (a meta-device build, no weights),
         kept state from the record its config carries (`dense=True` ignores the record)."""
-        from prune_cli.surgery import build_model
+        from prune_cli.arch import build_model
 
         with torch.device("meta"):
             meta = build_model(_dense_config(model.config), type(model))
@@ -165,7 +144,7 @@ class UnitSpace(HeadSpace):
 
     @classmethod
     def from_config(cls, config, auto_class=None, dense: bool = False) -> UnitSpace:
-        from prune_cli.surgery import build_model
+        from prune_cli.arch import build_model
 
         with torch.device("meta"):
             meta = build_model(_dense_config(config), auto_class)

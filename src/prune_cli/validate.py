@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prune_cli import schedules, schema, tracking
 from prune_cli.distributed import world_size
-from prune_cli.errors import ConfigError
+from prune_cli.errors import ConfigError, warn
 from prune_cli.schema import is_int as _is_int
 from prune_cli.schema import is_num as _is_num
 
@@ -25,8 +25,6 @@ SCOPES = ("all", "encoder", "decoder", "cross")
 PRECISIONS = ("no", "fp16", "bf16")
 LOGGER_MODES = ("offline", "online", "disabled")
 LR_SCHEDULERS = ("linear", "inverse_sqrt", "constant")
-#: LongT5's local / transient-global attention mixes heads into per-block global tokens: no surgery yet
-NO_SURGERY_MODELS = ("longt5",)
 
 
 @dataclass
@@ -173,7 +171,7 @@ def validate(cfg: DictConfig) -> Plan:
     if cfg.task.get("subsample") == "stratified" and cfg.task.get("family") != "glue":
         raise ConfigError("task.subsample", "stratified", f"random or first: {cfg.task.name} has no labels to "
                           "stratify by (GLUE tasks do)")
-    space, model_type, dense_total = _model_space(cfg, task)
+    space, family, dense_total = _model_space(cfg, task)
     total, in_scope = space.total, int(space.scope_mask(scope).sum())
     if pruning and in_scope == 0:
         raise ConfigError("heads_scope", scope, f"a scope where {cfg.model.name} has heads ("
@@ -182,11 +180,11 @@ def validate(cfg: DictConfig) -> Plan:
     from prune_cli.methods import get_pruner
 
     pruner = get_pruner(method, space, cfg.seed)  # the method checks its own keys (method.lr, tau_start...)
-    if pruning and model_type in NO_SURGERY_MODELS:
-        raise ConfigError("model", cfg.model.name, f"a model whose heads surgery can remove ({model_type}'s local "
+    if pruning and not family.surgery:  # LongT5: local attention mixes heads into per-block global tokens
+        raise ConfigError("model", cfg.model.name, f"a model whose heads surgery can remove ({family.name}'s local "
                           "attention is not supported yet; gates and scoring work without a pruning stage)")
     if density is not None or units != ("head",):
-        _check_units(cfg, task, units, density, scope, model_type)
+        _check_units(cfg, task, units, density, scope, family.name)
     keep = None
     if heads is not None:
         if not 0 <= heads <= in_scope:
@@ -201,6 +199,10 @@ def validate(cfg: DictConfig) -> Plan:
              f"all {in_scope} heads of {cfg.model.name}: nothing is pruned (heads=K counts heads KEPT)")
     task.validate()
     pruner.task = task
+    if "meta_train" in stages:  # SMP's pruner training reads its own keys and the meta tasks' data
+        from prune_cli import meta_train
+
+        meta_train.check(cfg)
     pruner.check_run(cfg, stages, keep, in_scope)
     return Plan(total, in_scope, keep, stages, task, density=None if density is None else float(density), units=units,
                 epochs=split_epochs(cfg, stages))
@@ -211,9 +213,11 @@ def _check_against_model(cfg: DictConfig, task, stages: list[str], distill: str)
     config alone, before any weights load: each of them used to fail only when its stage came."""
     import torch
 
+    from prune_cli.arch import family_of
+
     config = task.model_config(cfg.model)
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", None)
-    width = getattr(config, "hidden_size", None) or getattr(config, "d_model", None) or getattr(config, "dim", None)
+    geometry = family_of(config).geometry(config)
+    layers, width = geometry.layers or None, geometry.hidden
     node = cfg.get("distill")
     if distill != "none":
         chosen = node.get("hidden_layers")
@@ -327,13 +331,6 @@ def _check_units(cfg: DictConfig, task, units: tuple[str, ...], density, scope: 
                           "density before")
 
 
-def warn(message: str) -> None:
-    """One line on stderr, in the CLI's own voice (the run goes on)."""
-    import sys
-
-    print(f"prune-run: warning: {message}", file=sys.stderr)
-
-
 def _check_order(stages: list[str]) -> None:
     """Outputs must describe the final model: nothing is exported, timed or evaluated (as the
     run's result) before the last stage that changes the model."""
@@ -411,11 +408,14 @@ def dense_finetune(stages: list[str]) -> bool:
 
 
 def _model_space(cfg: DictConfig, task):
-    """HeadSpace (as the model is now), model type and the head count before any pruning, from
-    the model's config alone (meta-device model: no weights)."""
+    """HeadSpace (as the model is now), architecture family and the head count before any pruning,
+    from the model's config alone (meta-device model: no weights); an undeclared family is refused
+    here, before anything is built."""
+    from prune_cli.arch import family_of
     from prune_cli.heads import RECORD_KEY, HeadSpace
 
     config = task.model_config(cfg.model)
+    family = family_of(config)
     space = HeadSpace.from_config(config)
     dense = HeadSpace.from_config(config, dense=True).total if getattr(config, RECORD_KEY, None) else space.total
-    return space, getattr(config, "model_type", ""), dense
+    return space, family, dense

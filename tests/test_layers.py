@@ -1,0 +1,134 @@
+"""The package imports one way (README, "How it works"): base -> arch -> space -> ops -> work -> run.
+
+Every module's imports are parsed, the ones inside functions included (a function-level import is
+how a cycle hides), and the test fails on any import cycle, on an import of a higher layer, and on a
+module no layer names (a new module must be placed)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+#: layer of every module, by dotted name or package prefix (longest match wins), lowest first
+LAYERS = {
+    "base": ["prune_cli", "prune_cli.errors", "prune_cli.hub", "prune_cli.schema", "prune_cli.checkpoints",
+             "prune_cli.rundir", "prune_cli.distributed", "prune_cli.tracking", "prune_cli.groups", "prune_cli.cache"],
+    "arch": ["prune_cli.arch"],
+    "space": ["prune_cli.heads", "prune_cli.units", "prune_cli.flops", "prune_cli.factorize"],
+    "ops": ["prune_cli.gates", "prune_cli.surgery", "prune_cli.models", "prune_cli.report", "prune_cli.bench",
+            "prune_cli.bench_units", "prune_cli.accounting"],
+    "work": ["prune_cli.train", "prune_cli.distill", "prune_cli.peer", "prune_cli.meta_train", "prune_cli.schedules",
+             "prune_cli.methods", "prune_cli.tasks", "prune_cli.metrics", "prune_cli.scratch"],
+    "run": ["prune_cli.validate", "prune_cli.pipeline", "prune_cli.cli", "prune_cli.sweep", "prune_cli.reports"],
+}
+RANK = {name: rank for rank, names in enumerate(LAYERS.values()) for name in names}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in (SRC / "prune_cli").rglob("*.py"):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The package's modules `name` imports, anywhere in the file."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    out = set()
+    for target in found:
+        while target and target not in known:
+            target = target.rpartition(".")[0]
+        if target and target != name and target.startswith("prune_cli"):
+            out.add(target)
+    return out
+
+
+def layer(name: str) -> int | None:
+    while name:
+        if name in RANK:
+            return RANK[name]
+        name = name.rpartition(".")[0]
+    return None
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    # `from prune_cli import x` also names the root package; that edge is the import of x
+    return {n: {t for t in imports(n, p, known) if t != "prune_cli" or n == "prune_cli"} for n, p in known.items()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in g[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in g:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_every_module_has_a_layer():
+    missing = sorted(n for n in modules() if layer(n) is None)
+    assert not missing, f"place these modules in a layer of tests/test_layers.py (and README): {missing}"
+
+
+def test_no_import_cycle():
+    found = cycles(graph())
+    assert not found, f"import cycles: {found}"
+
+
+def test_no_module_imports_a_higher_layer():
+    names = list(LAYERS)
+    upward = [f"{a} ({names[layer(a)]}) -> {b} ({names[layer(b)]})" for a, targets in graph().items()
+              for b in targets if layer(b) is not None and layer(a) is not None and layer(b) > layer(a)]
+    assert not upward, "imports of a higher layer:\n" + "\n".join(sorted(upward))
+
+
+def test_the_checker_sees_function_level_imports(tmp_path):
+    """The test itself: an import inside a function is an edge."""
+    pkg = tmp_path / "prune_cli"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from prune_cli import b\n    return b\n")
+    (pkg / "b.py").write_text("from prune_cli.a import f\n")
+    known = {"prune_cli": pkg / "__init__.py", "prune_cli.a": pkg / "a.py", "prune_cli.b": pkg / "b.py"}
+    g = {n: {t for t in imports(n, p, known) if t != "prune_cli"} for n, p in known.items()}
+    assert cycles(g) == [["prune_cli.a", "prune_cli.b"]]
