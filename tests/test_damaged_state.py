@@ -304,8 +304,8 @@ def test_meta_training_resumes_exactly_past_a_damaged_checkpoint(tmp_path, token
     from conftest import tiny_model
     from test_smp import _meta_cfg, _tiny_tasks
 
-    from prune_cli.meta_train import meta_train
     from prune_cli.methods.smp import read_pruner
+    from prune_cli.methods.smp.meta_train import meta_train
 
     def run(steps, ckpt, out):
         meta_train(model=tiny_model("bert", attn="sdpa"), tokenizer=tokenizer, tasks=_tiny_tasks(),

@@ -186,7 +186,8 @@ def test_grain_end_to_end_on_real_rows(tmp_path):
 
 
 def test_embedding_factorisation_saves_and_reloads(tmp_path):
-    from prune_cli.factorize import FactorizedEmbedding, factorize_embeddings
+    from prune_cli.embeddings import FactorizedEmbedding
+    from prune_cli.methods.grain.factorize import factorize_embeddings
     from prune_cli.surgery import count_params, load_pruned, save_pruned
 
     model = tiny_model("bert")

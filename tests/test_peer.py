@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from prune_cli.distill import Distiller
 from prune_cli.gates import Gates
 from prune_cli.heads import HeadSpace
-from prune_cli.peer import PeerLoss, block_widths, tap
+from prune_cli.methods.apd.peer import PeerLoss, block_widths, tap
 from prune_cli.surgery import remove_heads
 from prune_cli.units import UnitSpace
 

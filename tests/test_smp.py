@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 
 from prune_cli.errors import ConfigError
 from prune_cli.gates import Gates
-from prune_cli.meta_train import MetaTask, meta_train, micro_loss, sample_heads, similarity_logits
 from prune_cli.methods.smp import (
     SMP,
     MapScorer,
@@ -23,6 +22,7 @@ from prune_cli.methods.smp import (
     read_pruner,
     save_pruner,
 )
+from prune_cli.methods.smp.meta_train import MetaTask, meta_train, micro_loss, sample_heads, similarity_logits
 from prune_cli.units import UnitSpace
 
 SMALL = {"map_size": 32, "width": 4, "meta_batch_size": 4, "meta_grad_accum": 2, "meta_lr": 0.5,
@@ -172,7 +172,7 @@ def _real_pipeline_cfg(tmp_path, *overrides):
 
 def test_scoring_reads_only_training_batches(tmp_path, monkeypatch, tokenizer):
     """Every example the SMP scorer sees is a training row, none is an evaluation row."""
-    from prune_cli.methods import smp as smp_module
+    from prune_cli.methods.smp import method as smp_module  # where SMP.score looks attention_maps up
     from prune_cli.pipeline import Pipeline
     from prune_cli.tasks import get_task
 
@@ -266,7 +266,7 @@ def test_meta_training_lowers_its_loss_on_real_rows(tokenizer):
     from test_cli import DATA
     from transformers import AutoModel, DataCollatorWithPadding
 
-    from prune_cli.meta_train import TaskStream, load_tasks
+    from prune_cli.methods.smp.meta_train import TaskStream, load_tasks
 
     torch.manual_seed(0)
     cfg = OmegaConf.create({"data_root": str(DATA), "method": {**SMALL, "meta_tasks": ["sst2", "mrpc"],

@@ -206,6 +206,11 @@ def test_sigkilled_run_resumes_to_the_same_weights_metrics_and_curves(tmp_path):
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", cut))
     assert a["eval"] == b["eval"] and a["stages"][0]["train_loss"] == b["stages"][0]["train_loss"]
     assert a["stages"][0]["steps"] == b["stages"][0]["steps"] == 6
+    # the compute it reports is the uninterrupted run's: resumed stages do not forget what they did
+    # before the kill (the redone part is counted once)
+    assert [s["compute"] for s in a["stages"]] == [s["compute"] for s in b["stages"]]
+    assert {k: v for k, v in a["compute"].items() if k != "wall_time_s"} == \
+        {k: v for k, v in b["compute"].items() if k != "wall_time_s"}
     # logged: 1-3, then 3-5 (resumed at 2: its row of step 3 cut), then 5-6 (resumed at 4), then
     # nothing: the stage had ended and its end was saved, so it is not redone although its commit
     # never happened -- every step once, and every row as the uninterrupted run logged it

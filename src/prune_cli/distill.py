@@ -13,7 +13,7 @@ The losses, each with its own weight key:
   code adds them (airaria/GRAIN, PruneDistiller.compute_loss: weight 1 per matched layer), so the
   term grows with the number of matched layers (`hidden_reduce=mean` divides by it instead);
 * ``peer`` (`distill=peer`, APD): each attention block that lost heads, run on the teacher's
-  input with only its kept heads, matches the teacher block's output (`prune_cli.peer`);
+  input with only its kept heads, matches the teacher block's output (`prune_cli.methods.apd.peer`);
 * ``hard``: the task loss on the labels (GRAIN: weight 0).
 
 `losses()` returns the terms in two parts, so that a learner can read its importance from the
@@ -54,7 +54,7 @@ class Distiller(nn.Module):
         self.maps = nn.ModuleList([_identity(d_s, d_t) for _ in self.layers])
         self.peer = None
         if self.weights["peer"] > 0:
-            from prune_cli.peer import PeerLoss
+            from prune_cli.methods.apd.peer import PeerLoss
             from prune_cli.units import UnitSpace
 
             self.peer = PeerLoss(teacher, student, space if space is not None else UnitSpace.from_model(student))

@@ -161,7 +161,7 @@ def fresh_head(model) -> None:
 def _is_pruned(source: str) -> bool:
     import json
 
-    from prune_cli.factorize import EMBED_KEY
+    from prune_cli.embeddings import EMBED_KEY
     from prune_cli.heads import RECORD_KEY
     from prune_cli.units import UNITS_KEY
 

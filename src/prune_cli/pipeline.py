@@ -30,6 +30,7 @@ from prune_cli.errors import ConfigError, Diverged
 from prune_cli.gates import Gates
 from prune_cli.methods import ScoreContext, get_pruner, select_units, top_k_mask
 from prune_cli.schedules import rounds
+from prune_cli.stages import STAGES, given_epochs
 from prune_cli.surgery import count_params, load_pruned, remove_units, save_pruned
 from prune_cli.tracking import RunLogger
 from prune_cli.train import make_accelerator, seed_everything, train, train_loader
@@ -165,7 +166,7 @@ class Pipeline:
                 state.stages.append({"stage": name, "index": i, "seconds": round(time.time() - t, 2), **result,
                                      "compute": accounting.across_processes(METER.snapshot()),
                                      **({"cached_compute": cached} if self._cached_compute else {})})
-                self._checkpoint(state, i, changed_model=name in _MODEL_CHANGING)
+                self._checkpoint(state, i, changed_model=STAGES[name].changes_model)
             metrics = self._finish(state, time.time() - t0)
         except BaseException:
             self.logger.finish(exit_code=1)
@@ -333,7 +334,7 @@ class Pipeline:
 
     def _stage_meta_train(self, state: State, index: int) -> dict:
         """SMP: train the pruner network on the meta tasks' text, the model frozen -> <run>/pruner.pt."""
-        from prune_cli.meta_train import load_tasks, meta_train
+        from prune_cli.methods.smp.meta_train import load_tasks, meta_train
 
         tcfg = self.cfg.trainer
         result = meta_train(
@@ -354,9 +355,8 @@ class Pipeline:
         return self._train(state, index, "train", epochs=self._epochs(index))
 
     def _stage_finetune(self, state: State, index: int) -> dict:
-        recovering = any(s["stage"] in ("prune", "prune_joint", "learn_gates") for s in state.stages)
-        epochs = self._epochs(index, self.cfg.trainer.get("recovery_epochs") if recovering else None)
-        dense = not any(s["stage"] in _MODEL_CHANGING for s in state.stages)
+        epochs = self._epochs(index, given_epochs(self.cfg, self.plan.stages, index))
+        dense = not any(STAGES[s["stage"]].changes_model for s in state.stages)
         peer_teacher = dense and self.cfg.distill.name == "peer" and not state.teacher \
             and not self.cfg.distill.get("teacher")
         if not dense or (self.cfg.distill.name != "none" and not peer_teacher):
@@ -584,7 +584,7 @@ class Pipeline:
                 keep = self.pruner.prepare(ctx, validate=self._holdout_metric(state) if self.holdout is not None else None)
                 keep = distributed.broadcast(keep)
                 self.pruner.load_state_dict(distributed.broadcast(self.pruner.state_dict()))  # rank 0's choice
-            epochs = self._epochs(index, self.cfg.method.get("gate_epochs") if freeze_model else None)
+            epochs = self._epochs(index, given_epochs(self.cfg, self.plan.stages, index))
             result = self._train(state, index, name, epochs=epochs, pruner=self.pruner, gates=gates,
                                  freeze_model=freeze_model)
         mask = distributed.broadcast((self.pruner.final_mask(keep) | ~eligible) & state.mask)
@@ -620,7 +620,7 @@ class Pipeline:
     def _prune_units_joint(self, state: State, index: int) -> dict:
         rank = self.cfg.method.get("embed_rank")
         if rank and not getattr(state.model.config, "prune_cli_embed_rank", None):
-            from prune_cli.factorize import factorize_embeddings
+            from prune_cli.methods.grain.factorize import factorize_embeddings
 
             factorize_embeddings(state.model, int(rank))  # before training, which recovers from it
         self.pruner.setup_units(state.space, self.plan.units, self.plan.density, self.cfg.heads_scope)
@@ -839,7 +839,6 @@ def dense_params(model: torch.nn.Module) -> int:
         return count_params(build_model(_dense_config(model.config), type(model)))
 
 
-_MODEL_CHANGING = {"train", "finetune", "prune", "prune_curve", "prune_joint", "learn_gates"}  # (teacher: its own folder)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:

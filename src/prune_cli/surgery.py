@@ -95,7 +95,7 @@ def remove_units(model: nn.Module, target: UnitSpace, current: UnitSpace | None 
 def apply_record(model: nn.Module) -> nn.Module:
     """Give a dense-built model the shapes of the pruned model its config describes (weights are
     then loaded over them). A no-op for a model that was never pruned."""
-    from prune_cli.factorize import apply_embed_record
+    from prune_cli.embeddings import apply_embed_record
 
     apply_embed_record(model)
     if not (getattr(model.config, RECORD_KEY, None) or getattr(model.config, UNITS_KEY, None)):

@@ -13,6 +13,7 @@ import math
 import random
 import signal
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -299,6 +300,9 @@ def train(
         nonfinite, bad_run = state.get("nonfinite", (0, 0))
         if logger is not None and "global_step" in state:  # curves continue where the killed run stopped,
             logger.resume(state["global_step"], state.get("log_rows"))  # its rows after this point are cut
+        meters = state.get("meter")  # the stage's compute up to the checkpoint (checkpoints before 2026-12-06: none)
+        if meters and len(meters) == accelerator.num_processes:
+            METER.counts = Counter(meters[accelerator.process_index])
         ranks = state.get("rng_ranks")  # several processes: each its own generators (dropout differs per rank)
         set_rng_state(ranks[accelerator.process_index] if ranks and len(ranks) == accelerator.num_processes
                       else state["rng"])
@@ -482,6 +486,10 @@ def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: in
           global_step: int, distiller=None, nonfinite: tuple[int, int] = (0, 0),
           log_rows: int | None = None) -> None:
     ranks = distributed.gather(rng_state()) if accelerator.num_processes > 1 else None
+    # what the stage has computed so far, per process: a resumed stage reports the same compute as
+    # an uninterrupted one (the meter is reset when a stage starts, so the counts before the crash
+    # would otherwise be lost)
+    meters = distributed.gather(dict(METER.counts)) if accelerator.num_processes > 1 else [dict(METER.counts)]
     if not accelerator.is_main_process:
         return
     state = {
@@ -498,6 +506,7 @@ def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: in
         "rng": rng_state(),
         "rng_ranks": ranks,
         "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+        "meter": meters,
     }
     # the checkpoint it replaces is kept (train-N.prev.pt) until this one is whole on disk
     checkpoints.atomic_write(path, lambda f: torch.save(state, f), checksum=True, keep_previous=True)

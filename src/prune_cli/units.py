@@ -406,7 +406,7 @@ def _dense_config(config):
     """A copy of `config` without pruning records: the model before any pruning."""
     import copy
 
-    from prune_cli.factorize import EMBED_KEY
+    from prune_cli.embeddings import EMBED_KEY
 
     dense = copy.deepcopy(config)
     for key in (RECORD_KEY, UNITS_KEY, EMBED_KEY):

@@ -13,14 +13,13 @@ from numbers import Real
 from omegaconf import DictConfig, OmegaConf
 
 from prune_cli import schedules, schema, tracking
+from prune_cli import stages as stages_table
 from prune_cli.distributed import world_size
 from prune_cli.errors import ConfigError, warn
 from prune_cli.schema import is_int as _is_int
 from prune_cli.schema import is_num as _is_num
 
-STAGES = ("teacher", "meta_train", "train", "finetune", "prune", "prune_curve", "prune_joint", "learn_gates",
-          "evaluate", "export", "bench")
-PRUNING_STAGES = ("prune", "prune_curve", "prune_joint", "learn_gates")
+STAGES, PRUNING_STAGES, TRAINING_STAGES = stages_table.NAMES, stages_table.PRUNING, stages_table.TRAINING
 SCOPES = ("all", "encoder", "decoder", "cross")
 PRECISIONS = ("no", "fp16", "bf16")
 LOGGER_MODES = ("offline", "online", "disabled")
@@ -118,7 +117,7 @@ def validate(cfg: DictConfig) -> Plan:
     if method.kind == "none" and wants_pruning:
         raise ConfigError("method", method.name, "a pruning method (e.g. method=michel) when heads=, sparsity= or "
                           "density= is given")
-    single = [s for s in stages if s in ("meta_train", "bench")]
+    single = [s for s in stages if stages_table.STAGES[s].single_process]
     if single and world_size() > 1:
         raise ConfigError("pipeline", stages, f"{single[0]} runs in one process: launch it without torchrun / "
                           f"accelerate launch / several SLURM tasks (this launch has {world_size()})")
@@ -200,7 +199,7 @@ def validate(cfg: DictConfig) -> Plan:
     task.validate()
     pruner.task = task
     if "meta_train" in stages:  # SMP's pruner training reads its own keys and the meta tasks' data
-        from prune_cli import meta_train
+        from prune_cli.methods.smp import meta_train
 
         meta_train.check(cfg)
     pruner.check_run(cfg, stages, keep, in_scope)
@@ -274,8 +273,6 @@ def _check_teacher(task, teacher: str) -> None:
         raise ConfigError("distill.teacher", teacher, f"a teacher fine-tuned for {task.name}'s labels: {change}")
 
 
-#: stages that train the model the run evaluates (the teacher stage trains another one)
-TRAINING_STAGES = ("train", "finetune", "prune_joint", "learn_gates")
 
 
 def split_epochs(cfg: DictConfig, stages: list[str]) -> dict[int, float] | None:
@@ -287,13 +284,10 @@ def split_epochs(cfg: DictConfig, stages: list[str]) -> dict[int, float] | None:
     if total is None:
         return None
     fixed, free = {}, []
-    pruned = False
     for i, stage in enumerate(stages):
         if stage in TRAINING_STAGES:
-            given = (cfg.method.get("gate_epochs") if stage == "learn_gates"
-                     else cfg.trainer.get("recovery_epochs") if stage == "finetune" and pruned else None)
+            given = stages_table.given_epochs(cfg, stages, i)
             (free.append(i) if given is None else fixed.update({i: float(given)}))
-        pruned = pruned or stage in PRUNING_STAGES
     given = sum(fixed.values())
     left = float(total) - given
     if (free and left <= 0) or (not free and abs(left) > 1e-9):
@@ -334,7 +328,7 @@ def _check_units(cfg: DictConfig, task, units: tuple[str, ...], density, scope: 
 def _check_order(stages: list[str]) -> None:
     """Outputs must describe the final model: nothing is exported, timed or evaluated (as the
     run's result) before the last stage that changes the model."""
-    changing = [i for i, s in enumerate(stages) if s in ("train", "finetune", *PRUNING_STAGES)]
+    changing = [i for i, s in enumerate(stages) if stages_table.STAGES[s].changes_model]
     last = changing[-1] if changing else -1
     for i, s in enumerate(stages):
         if s in ("export", "bench") and i < last:
@@ -402,7 +396,7 @@ def dense_finetune(stages: list[str]) -> bool:
     for s in stages:
         if s == "finetune":
             return True
-        if s in ("train", "prune", "prune_curve", "prune_joint", "learn_gates"):
+        if stages_table.STAGES[s].changes_model:
             return False
     return False
 

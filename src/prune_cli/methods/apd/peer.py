@@ -1,4 +1,5 @@
-"""Peer distillation (APD, `distill=peer`): the heads a layer keeps learn what its removed heads did.
+"""Peer distillation (APD, Li et al., IJCAI 2023; `distill=peer`): the heads a layer keeps learn what
+its removed heads did.
 
 For every attention block that has lost heads -- physically (a scorer pruned them) or by gate (a
 learner is fading them out) -- the term is the mean squared error, over real tokens, between
@@ -16,6 +17,9 @@ replaced by the teacher's (forward pre-hooks on the block; "input states" = the 
 the model's width: the hidden states, and for cross-attention the encoder states) and its output
 projection's output is recorded (a forward hook); the pass's logits are discarded. Module call
 conventions are transformers' internals: tests/test_peer.py pins them (a change fails loudly).
+
+It lives with APD because it is half of that method, but it is a `distill=` term that any method's
+training may add (`prune_cli.distill` imports it when `distill=peer`).
 """
 
 from __future__ import annotations

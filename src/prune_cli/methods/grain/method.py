@@ -1,4 +1,5 @@
-"""GRAIN, Yang et al. ACL 2023: gradient-based intra-attention pruning (facts: ../shared/METHODS.md).
+"""GRAIN, Yang et al. ACL 2023 (arXiv:2212.07634; official code airaria/GRAIN): gradient-based
+intra-attention pruning.
 
 A learner over units smaller than heads, pruning WHILE the model trains (with distillation from a
 fine-tuned teacher, `distill=logits_hidden`, and the student starting from the pretrained model):

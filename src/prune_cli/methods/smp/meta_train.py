@@ -1,5 +1,6 @@
-"""SMP's meta-training (the `meta_train` stage): teach the pruner network which heads the
-pretrained model can lose, from unlabelled text of several tasks, once for all later tasks.
+"""SMP's meta-training (the `meta_train` stage; Zhang et al., AI Open 2021, arXiv:2011.03770,
+official code thunlp/SMP): teach the pruner network which heads the pretrained model can lose,
+from unlabelled text of several tasks, once for all later tasks.
 
 Per micro-batch (one task, drawn with probability ~ size^0.2):
 
@@ -20,6 +21,9 @@ reference; every number is a `method.*` key. Labels are never read: the label co
 before batching. Resumable like every stage: the checkpoint holds the network, the optimizer,
 the sampling generator and every task's place in its epoch, so a restart continues on the very
 batch and noise the killed run would have drawn next.
+
+The reference's sampler only works when layers == heads per layer (its `view(-1, L)`); ours
+draws per layer, so any L x H works.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from tqdm.auto import tqdm
 from prune_cli import checkpoints, groups
 from prune_cli.accounting import METER
 from prune_cli.errors import ConfigError
-from prune_cli.methods.smp import MapScorer, attention_maps, geometry, model_inputs, save_pruner
+from prune_cli.methods.smp.network import MapScorer, attention_maps, geometry, model_inputs, save_pruner
 
 #: method.* keys of the loop: (key, test, what is allowed)
 KEYS = (

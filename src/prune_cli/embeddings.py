@@ -1,10 +1,13 @@
-"""Embedding factorisation (GRAIN's `method.embed_rank`): the word embeddings E (vocab x d) become
-E_r (vocab x r) times P (r x d), from the truncated SVD of E, so a pruned encoder is not dwarfed
-by its embedding table (MiniLM: 11.7 M of its 22.7 M parameters are word embeddings).
+"""A factorised word-embedding table and its config record, what loading a model needs.
 
-The rank is recorded in the config (`EMBED_KEY`), so `load_pruned` rebuilds the two factors
-before loading their weights. Factorised at the start of the pruning stage: training then
-recovers what the approximation loses (GRAIN's "w/o EF" ablation turns it off).
+GRAIN (Yang et al., ACL 2023, arXiv:2212.07634; official code airaria/GRAIN), with
+`method.embed_rank`, replaces the word embeddings E (vocab x d) by E_r (vocab x r) times P (r x d),
+so a pruned encoder is not dwarfed by its embedding table (MiniLM: 11.7 M of its 22.7 M parameters
+are word embeddings). The factorising step belongs to the method
+(`prune_cli.methods.grain.factorize`); what stays here is what every later load of such a model
+needs, below the methods: the rank is recorded in the config (`EMBED_KEY`), and
+`apply_embed_record` gives a freshly built model the two factors before their weights load
+(`surgery.apply_record` calls it; `models` and `units` read the key).
 """
 
 from __future__ import annotations
@@ -38,25 +41,6 @@ class FactorizedEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.proj(self.embed(ids))
-
-
-def factorize_embeddings(model: nn.Module, rank: int) -> nn.Module:
-    """Replace `model`'s word embeddings by their rank-`rank` SVD factors (in place)."""
-    table = model.get_input_embeddings()
-    if isinstance(table, FactorizedEmbedding):
-        raise TypeError("the word embeddings are factorised already")
-    weight = table.weight.detach().float()
-    vocab, dim = weight.shape
-    if not 0 < rank < dim:
-        raise ValueError(f"embed_rank must lie in 1..{dim - 1} (the embedding width is {dim}), got {rank}")
-    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
-    new = FactorizedEmbedding(vocab, rank, dim, table.padding_idx).to(table.weight.device)
-    with torch.no_grad():
-        new.embed.weight.copy_((u[:, :rank] * s[:rank]).to(table.weight.dtype))
-        new.proj.weight.copy_(vh[:rank].T.to(table.weight.dtype))
-    model.set_input_embeddings(new)
-    setattr(model.config, EMBED_KEY, int(rank))
-    return model
 
 
 def apply_embed_record(model: nn.Module) -> nn.Module:
