@@ -133,3 +133,16 @@ def test_the_checker_sees_function_level_imports(tmp_path):
     known = {"prune_cli": pkg / "__init__.py", "prune_cli.a": pkg / "a.py", "prune_cli.b": pkg / "b.py"}
     g = {n: {t for t in imports(n, p, known) if t != "prune_cli"} for n, p in known.items()}
     assert cycles(g) == [["prune_cli.a", "prune_cli.b"]]
+
+
+def test_the_loop_and_the_pipeline_call_declared_hooks_never_probe_the_method():
+    """Every hook the training loop and the pipeline use is declared on methods.base.Pruner with
+    a default (issue 33): a getattr/hasattr on the method would hide a hook a method forgot."""
+    probes = []
+    for name in ("train.py", "pipeline.py"):
+        for node in ast.walk(ast.parse((SRC / "prune_cli" / name).read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr"):
+                target = ast.unparse(node.args[0])
+                if target in ("pruner", "self.pruner"):
+                    probes.append(f"{name}:{node.lineno} {ast.unparse(node)}")
+    assert not probes, probes

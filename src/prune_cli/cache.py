@@ -21,10 +21,11 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import torch
+
+from prune_cli.checkpoints import atomic_write, write_folder
 
 #: trainer keys that change how a run is watched, not what it computes
 WATCH_KEYS = ("progress_bar", "log_every", "eval_every", "save_every", "num_workers", "eval_batch_size")
@@ -102,14 +103,11 @@ class Cache:
 
     def put_model(self, name: str, save, result: dict) -> Path:
         """`save(folder)` writes the model; the entry appears whole or not at all."""
-        entry = self.root / "finetune" / name
-        tmp = entry.with_name(f"{name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save(tmp / "model")
-        (tmp / "result.json").write_text(json.dumps(result, indent=1, default=str))
-        shutil.rmtree(entry, ignore_errors=True)
-        tmp.rename(entry)
-        return entry
+        def fill(tmp: Path) -> None:
+            save(tmp / "model")
+            (tmp / "result.json").write_text(json.dumps(result, indent=1, default=str))
+
+        return write_folder(self.root / "finetune" / name, fill)
 
     # ---- scores: one tensor or {kind: tensor} -------------------------------------------------
     def get_scores(self, name: str):
@@ -121,13 +119,8 @@ class Cache:
         path = self.root / "scores" / f"{name}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         if compute is not None:  # before the scores: an entry never lacks it once it is visible
-            side = path.with_suffix(".json")
-            tmp = side.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(compute))
-            tmp.replace(side)
-        tmp = path.with_suffix(".tmp")
-        torch.save(scores, tmp)
-        tmp.replace(path)
+            atomic_write(path.with_suffix(".json"), json.dumps(compute))
+        atomic_write(path, lambda f: torch.save(scores, f))
 
     def scores_compute(self, name: str) -> dict | None:
         path = self.root / "scores" / f"{name}.json"

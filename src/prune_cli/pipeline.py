@@ -194,9 +194,7 @@ class Pipeline:
                 self.ckpt_dir.mkdir(parents=True, exist_ok=True)
                 if hydra_dir.is_dir():
                     shutil.copytree(hydra_dir, self.ckpt_dir / "hydra", dirs_exist_ok=True)
-                tmp = saved.with_suffix(".tmp")
-                tmp.write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
-                tmp.replace(saved)
+                checkpoints.atomic_write(saved, OmegaConf.to_yaml(self.cfg, resolve=True))
 
     def _start(self) -> tuple[State, int]:
         loaded = checkpoints.load_newest(
@@ -578,28 +576,28 @@ class Pipeline:
         name = "learn_gates" if freeze_model else "prune_joint"
         keep = self.plan.keep
         with Gates(state.model, state.space) as gates:
-            if hasattr(self.pruner, "prepare"):  # APD: measures the model, chooses K's allocation (or K)
+            if self.pruner.prepares:  # APD: measures the model, chooses K's allocation (or K)
                 ctx = ScoreContext(state.model, gates, self._score_batches(state), state.mask, self.accelerator,
                                    space=state.space)
-                keep = self.pruner.prepare(ctx, validate=self._holdout_metric(state) if self.holdout is not None else None)
-                keep = distributed.broadcast(keep)
+                chosen = self.pruner.prepare(ctx, validate=self._holdout_metric(state) if self.holdout is not None else None)
+                keep = distributed.broadcast(keep if chosen is None else chosen)
                 self.pruner.load_state_dict(distributed.broadcast(self.pruner.state_dict()))  # rank 0's choice
             epochs = self._epochs(index, given_epochs(self.cfg, self.plan.stages, index))
             result = self._train(state, index, name, epochs=epochs, pruner=self.pruner, gates=gates,
                                  freeze_model=freeze_model)
         mask = distributed.broadcast((self.pruner.final_mask(keep) | ~eligible) & state.mask)
-        scales = self.pruner.final_scales() if hasattr(self.pruner, "final_scales") else None
+        scales = self.pruner.final_scales()
         if scales is not None:  # Voita's ending=gates: the kept heads keep their fractional gates
             with Gates(state.model, state.space) as baked:
                 baked.fold(distributed.broadcast(scales))
         state.scores = self.pruner.scores()
         target = state.space.with_masks({"head": mask})
         result.update({k: v for k, v in self.pruner.log_stats().items() if k == "k_reached"})
-        if hasattr(self.pruner, "report"):
-            result.update(self.pruner.report())
-        if hasattr(self.pruner, "history") and self.main:
+        result.update(self.pruner.report())
+        history = self.pruner.history()
+        if history is not None and self.main:
             trajectory = self.run_dir / "mask_trajectory.json"
-            report.write_json(trajectory, {"space": state.space.describe(), **self.pruner.history()})
+            report.write_json(trajectory, {"space": state.space.describe(), **history})
             self.logger.file(trajectory)
         applied = self._apply(state, target)
         if self.holdout is not None:  # lossless mode: the trained model on the carved holdout

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from prune_cli.checkpoints import atomic_write
 from prune_cli.errors import ConfigError
 
 RECORD = ".prune-run"
@@ -128,9 +129,7 @@ def keep_settings(run_dir: Path, cfg, ckpt_dir: Path) -> None:
     (record / "hydra").mkdir(parents=True, exist_ok=True)
     started = Path(ckpt_dir) / "config.yaml"
     text = started.read_text() if started.is_file() else OmegaConf.to_yaml(cfg, resolve=True)
-    tmp = record / "config.yaml.tmp"
-    tmp.write_text(text)
-    tmp.replace(record / "config.yaml")
+    atomic_write(record / "config.yaml", text)
     source = Path(ckpt_dir) / "hydra"
     source = source if source.is_dir() else Path(run_dir) / ".hydra"
     for f in source.glob("*.yaml"):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from prune_cli.checkpoints import atomic_write
+
 
 def has_wandb_credentials() -> bool:
     """Whether `wandb.init(mode="online")` will find credentials without prompting (environment,
@@ -93,9 +95,7 @@ class RunLogger:
         if keep == lines and self._path.stat().st_size == sum(len(line) for line in lines):
             return  # nothing to cut (and no half-written last row)
         self._jsonl.close()
-        tmp = self._path.with_name(self._path.name + ".tmp")
-        tmp.write_bytes(b"".join(keep))
-        tmp.replace(self._path)
+        atomic_write(self._path, b"".join(keep))
         self._jsonl = open(self._path, "a", buffering=1)  # noqa: SIM115 - open for the whole run
         self.rows = len(keep)
 

@@ -187,7 +187,7 @@ def _scheduler(optimizer, tcfg: DictConfig, total_steps: int, pruner=None):
     # them. `method.lr_schedule=model` follows the model's schedule instead (the official DSP code).
     # Groups marked `constant_lr` (GRAIN's hidden-state maps, as its official code trains them) too.
     model_lambda = schedule.lr_lambdas[0]
-    method_lambda = model_lambda if getattr(pruner, "lr_schedule", "constant") == "model" else _constant
+    method_lambda = model_lambda if pruner is not None and pruner.lr_schedule == "model" else _constant
     lambdas = [method_lambda if g.get("method") else _constant if g.get("constant_lr") else model_lambda
                for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
@@ -275,7 +275,7 @@ def train(
     )
     scheduler = _scheduler(optimizer, tcfg, plan.steps, pruner)  # stepped once per optimizer step, by us
     model, optimizer = accelerator.prepare(model, optimizer)
-    if pruner is not None and hasattr(pruner, "to"):
+    if pruner is not None:
         pruner.to(accelerator.device)
     if distiller is not None:
         distiller.to(accelerator.device)
@@ -314,15 +314,15 @@ def train(
     bar = tqdm(total=plan.steps, initial=step, desc=desc, disable=not tcfg.progress_bar, dynamic_ncols=True)
     # no dropout while only the gates learn on a fixed network, unless the method asks for it
     # (`method.gate_dropout`: the official DSP code's pipelined gate learning keeps model.train())
-    train_mode = not freeze_model or bool(getattr(pruner, "gate_dropout", False))
+    train_mode = not freeze_model or (pruner is not None and pruner.gate_dropout)
     model.train(train_mode)
     extra, parts = 0.0, {}
-    observes = pruner is not None and getattr(pruner, "observes_gradients", False)
-    grad_sep = observes and getattr(pruner, "grad_sep", False) and distiller is not None
+    observes = pruner is not None and pruner.observes_gradients
+    grad_sep = observes and pruner.grad_sep and distiller is not None
     # Two backward passes in one step (gradient separation) are more than DDP's reducer allows:
     # then every micro-batch runs without its sync and the window's gradients are averaged here.
     manual_sync = grad_sep and accelerator.num_processes > 1
-    clip_method = bool(getattr(pruner, "clip_logits", False))
+    clip_method = pruner is not None and pruner.clip_logits
     outside_ddp = ([p for p in pruner.parameters()] if pruner is not None else []) + (
         list(distiller.maps.parameters()) if distiller is not None else [])
 
@@ -387,7 +387,7 @@ def train(
                     for p in synced:                 # distillation maps, and everything under manual_sync
                         if p.grad is not None:
                             p.grad = accelerator.reduce(p.grad, "mean")
-                    if observes and hasattr(pruner, "sync_observed"):  # GRAIN: the global batch's importance
+                    if observes:  # GRAIN: the global batch's importance
                         pruner.sync_observed(lambda t: accelerator.reduce(t, "mean"))
                 finite = _gradients_finite(optimizer, pruner)
                 if finite:
@@ -416,7 +416,7 @@ def train(
 
                 step += 1
                 METER.add(optimizer_steps=1, epochs=1 / plan.steps_per_epoch, examples=sum(sizes))
-                if pruner is not None and hasattr(pruner, "after_step"):
+                if pruner is not None:
                     pruner.after_step(step, plan.steps)  # GRAIN: running importance, masks that shrink
                 if accelerator.num_processes > 1:  # the global window's loss, not this process's share
                     window_loss = accelerator.reduce(torch.as_tensor(window_loss, device=accelerator.device), "mean")

@@ -1,6 +1,6 @@
 """The one protocol every pruning method speaks.
 
-Two kinds, as in DESIGN.md:
+Two kinds:
 
 * **scorers** (random, michel, ...) rank heads: `score(ctx)` returns one number per head (higher =
   more important). The `prune` stage keeps the top-K, in one shot or over several rounds that the
@@ -53,6 +53,20 @@ class Pruner:
     #: whether the task's inputs are sentence pairs from them)
     run_dir = None
     task = None
+    # ---- what the training loop and the pipeline ask of a learner (declared here with the
+    # defaults of a method that does none of it; the loop never probes with getattr) ----
+    #: the method's own lr follows "constant" or the model's schedule ("model": the official DSP code)
+    lr_schedule: str = "constant"
+    #: the method's parameters are clipped with the model's gradients (official DSP code)
+    clip_logits: bool = False
+    #: dropout stays on while only the gates learn on a frozen model (official DSP pipelined setup)
+    gate_dropout: bool = False
+    #: the method reads the model's gradients during each step (GRAIN's running importance)
+    observes_gradients: bool = False
+    #: with distillation, the importance comes from its own backward pass (GRAIN's gradient separation)
+    grad_sep: bool = False
+    #: the method measures the model before training and may choose K itself (APD: `prepare`)
+    prepares: bool = False
 
     def __init__(self, cfg: DictConfig, space, seed: int = 0):
         self.cfg = cfg
@@ -112,6 +126,34 @@ class Pruner:
 
     def discard_observed(self) -> None:
         """The trainer skipped this optimizer step (a non-finite gradient): forget what was read."""
+
+    def to(self, device) -> Pruner:
+        """Move the method's own tensors to the training device."""
+        return self
+
+    def sync_observed(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Several processes: make what this step's gradients told the method global (`reduce`
+        averages a tensor over processes)."""
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called once per optimizer step, after it (GRAIN: running importance, shrinking masks)."""
+
+    def prepare(self, ctx: ScoreContext, validate: Callable[[], float] | None = None) -> int | None:
+        """`prepares` methods: measure the model before training; returns the K to keep (APD's
+        lossless mode chooses it) or None to keep the budget given."""
+        return None
+
+    def final_scales(self) -> torch.Tensor | None:
+        """Fractional values the kept heads keep after training (Voita's ending=gates), or None."""
+        return None
+
+    def report(self) -> dict:
+        """Extra numbers for the stage's entry in metrics.json."""
+        return {}
+
+    def history(self) -> dict | None:
+        """The mask trajectory written to mask_trajectory.json, or None (not recorded)."""
+        return None
 
     def extra_loss(self) -> torch.Tensor | float:
         """A term added to the task loss (e.g. an L0 penalty); 0.0 if none."""

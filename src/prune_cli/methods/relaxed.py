@@ -316,7 +316,8 @@ class GateLearner(Pruner):
         # null: the model's trainer.lr (IWSLT in the official DSP code, where fairseq's scheduler
         # sets every parameter group's rate)
         self._lr = None if "lr" in cfg and cfg.lr is None else number(cfg, "lr", 0.5, positive=True)
-        # The official DSP code's training setup, one switch each (defaults: ours, see METHODS.md):
+        # The official DSP code's training setup (rycolab/differentiable-subset-pruning), one switch
+        # each (the defaults are ours):
         # the logits' lr decays with the model's schedule; their gradient joins the model's clip
         # norm; the pipelined gate learning keeps dropout on.
         self.lr_schedule = choice(cfg, "lr_schedule", "constant", ("constant", "model"))

@@ -34,6 +34,7 @@ from prune_cli.schedules import keep_at
 
 class APD(Pruner):
     kind = "learner"
+    prepares = True  # measures the model and allocates K (or chooses it) before training
     default_pipeline = ("finetune", "prune_joint", "evaluate", "export")
 
     def __init__(self, cfg, space, seed: int = 0):
