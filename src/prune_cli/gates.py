@@ -1,4 +1,5 @@
-"""Gates: one multiplier per unit -- head, query/key dimension, value/output dimension, FFN neuron.
+"""Gates: one multiplier per unit -- head, key/value group, query/key dimension, value/output
+dimension, FFN neuron.
 
 transformers 5 dropped `head_mask`, so the seams are hooks on the projections: a forward pre-hook
 on each block's output projection scales its input (the heads' context vectors, one feature per
@@ -6,7 +7,8 @@ value dimension) by the head gate and the value/output gate of every feature, wh
 what the old `head_mask` did for heads; a forward hook on the query projection scales each
 query/key dimension (a zero query dimension removes that dimension's term from every score, as
 deleting the row of W_q and of W_k does); a pre-hook on the FFN's output projection scales each
-neuron. The hooks work the same under eager, sdpa and flash attention (none is inside the
+neuron. A key/value group's gate multiplies the head gates of every query head reading it (what
+removing the group does: its query heads go with it). The hooks work the same under eager, sdpa and flash attention (none is inside the
 attention kernel) and never touch the padding mask.
 
 |dL/dgate| at gate 1 is the first-order (Taylor) importance of the unit, and equals
@@ -76,6 +78,7 @@ class Gates:
         self._handles = [self._modules[b["o"]].register_forward_pre_hook(self._o_hook(n))
                          for n, b in enumerate(self._blocks)]
         self._q_hooked = self._ffn_hooked = False
+        self._group_of_head = None
 
     # ---- hooks: each returns at once while its gates are unset ------------
     def _o_hook(self, n: int):
@@ -127,11 +130,18 @@ class Gates:
         values = dict(values or {})
         for kind, v in values.items():
             size = self.space.total if kind == "head" else self.units.size(kind)
-            if kind not in ("head", "qk", "vo", "ffn") or v.shape != (size,):
+            if kind not in ("head", "kv", "qk", "vo", "ffn") or v.shape != (size,):
                 raise ValueError(f"{kind} gate values must have shape ({size},), got {tuple(v.shape)}")
         device = _device_of(self.model)
         values = {k: v if v.device == device else v.to(device) for k, v in values.items()}
         self._values = values
+        if "kv" in values:  # a group's gate scales every query head reading it (gradients reach the group)
+            if self.space.total != self.units.total:
+                raise ValueError("kv gates need the dense index: Gates(model, UnitSpace.from_model(model))")
+            if self._group_of_head is None or self._group_of_head.device != device:
+                self._group_of_head = self.units.group_of_head().to(device)
+            by_group = values["kv"][self._group_of_head]
+            values = {**values, "head": by_group if "head" not in values else values["head"] * by_group}
         if "qk" in values and not self._q_hooked:
             self._handles += [self._modules[b["q"]].register_forward_hook(self._q_hook(n))
                               for n, b in enumerate(self._blocks)]

@@ -48,10 +48,18 @@ class Block:
     k: str
     v: str
     o: str
+    #: query heads per key/value head in the DENSE block (1 unless grouped-query attention):
+    #: original query head h reads key/value head h // group_size
+    group_size: int = 1
 
     @property
     def num_heads(self) -> int:
         return len(self.heads)
+
+    def groups(self) -> tuple[int, ...]:
+        """ORIGINAL ids of the key/value heads still present (a group stays while any query head
+        of it is left), in weight order."""
+        return tuple(sorted({h // self.group_size for h in self.heads}))
 
 
 def match_layout(module: nn.Module) -> Layout | None:
@@ -97,6 +105,7 @@ class HeadSpace:
         (only valid on a model built from its config, whose shapes are still dense)."""
         record = {} if dense else read_record(model)
         family = family_of(model)
+        geometry = family.geometry(model.config)
         blocks, offset = [], 0
         for name, module, layout, o_name in family.attention_blocks(model):
             # a block whose heads lost dimensions runs with head size 1 (prune_cli.arch.uneven) and
@@ -122,6 +131,7 @@ class HeadSpace:
                     k=f"{name}.{layout.k}" if name else layout.k,
                     v=f"{name}.{layout.v}" if name else layout.v,
                     o=o_name,
+                    group_size=geometry.heads // geometry.kv_heads if layout.groups_attr else 1,
                 )
             )
             offset += len(heads)
@@ -196,8 +206,10 @@ class HeadSpace:
         return mask
 
     def describe(self) -> list[dict]:
-        """[{name, kind, layer, heads}] with ORIGINAL head ids: the block list of heads.json."""
-        return [{"name": b.name, "kind": b.kind, "layer": b.layer, "heads": list(b.heads)} for b in self.blocks]
+        """[{name, kind, layer, heads}] with ORIGINAL head ids: the block list of heads.json
+        (+ `kv_heads`, the key/value heads left, for grouped-query attention)."""
+        return [{"name": b.name, "kind": b.kind, "layer": b.layer, "heads": list(b.heads),
+                 **({"kv_heads": list(b.groups())} if b.group_size > 1 else {})} for b in self.blocks]
 
     def kinds(self) -> dict[str, int]:
         """Heads per kind, e.g. {'encoder': 24, 'decoder': 24, 'cross': 24}."""

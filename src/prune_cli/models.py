@@ -1,4 +1,5 @@
-"""Where a model comes from: a local folder, an installed package that ships one, or the Hub.
+"""Where a model comes from: a local folder, an installed package that ships one (a folder, or a
+GGUF file converted into one on first load: `prune_cli.gguf_source`), or the Hub.
 
 Resolving the source is separate from loading it so that `validate` can check the source (and read
 its config.json for the head count) before any weights are touched.
@@ -13,6 +14,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from safetensors import SafetensorError
 
+from prune_cli import gguf_source
 from prune_cli.errors import ConfigError, DataError, warn
 from prune_cli.heads import head_keys
 from prune_cli.hub import offline as hub_offline
@@ -25,6 +27,8 @@ def resolve_source(model_cfg: DictConfig) -> str:
         if not (path / "config.json").is_file():
             raise ConfigError("model.path", str(model_cfg.path), "a folder holding config.json (a Hugging Face model folder)")
         return str(path)
+    if model_cfg.get("package") and model_cfg.get("gguf_file"):
+        return str(gguf_source.locate(model_cfg).folder)  # there once load_pretrained has converted it
     if model_cfg.get("package"):
         pkg = model_cfg.package
         try:
@@ -59,7 +63,13 @@ def _in_hub_cache(repo_id: str) -> bool:
 def load_config(model_cfg: DictConfig, **kwargs):
     from transformers import AutoConfig
 
+    if _is_gguf(model_cfg):  # validation reads it before (and without) any conversion
+        return gguf_source.locate(model_cfg).config(**kwargs)
     return AutoConfig.from_pretrained(resolve_source(model_cfg), **kwargs)
+
+
+def _is_gguf(model_cfg: DictConfig) -> bool:
+    return bool(not model_cfg.get("path") and model_cfg.get("package") and model_cfg.get("gguf_file"))
 
 
 def load_pretrained(model_cfg: DictConfig, auto_class, **kwargs):
@@ -72,7 +82,7 @@ def load_pretrained(model_cfg: DictConfig, auto_class, **kwargs):
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    source = resolve_source(model_cfg)
+    source = str(gguf_source.locate(model_cfg).ensure()) if _is_gguf(model_cfg) else resolve_source(model_cfg)
     tokenizer = AutoTokenizer.from_pretrained(source)
     import torch
 
@@ -86,6 +96,7 @@ def load_pretrained(model_cfg: DictConfig, auto_class, **kwargs):
 
         model = load_pruned(source, auto_class, config_overrides=kwargs, fresh_head=bool(change),
                             attn_implementation=attn)
+        pad_as_eos(model, tokenizer)
         return model.train(), tokenizer
     kwargs.setdefault("dtype", torch.float32)  # a float16 checkpoint still trains in fp32 (+ autocast)
     key = "model.path" if model_cfg.get("path") else "model"
@@ -98,7 +109,27 @@ def load_pretrained(model_cfg: DictConfig, auto_class, **kwargs):
     check_loaded(model, info, key, source)
     if change:
         fresh_head(model)
+    pad_as_eos(model, tokenizer)
     return model, tokenizer
+
+
+def pad_as_eos(model, tokenizer) -> None:
+    """Give a decoder-only LM (Llama, GPT-2) that ships without a pad token its EOS token as one.
+
+    Batches are padded, and `...ForSequenceClassification` of these models pools the last token
+    that is not `config.pad_token_id` and refuses a batch of more than one sequence without one
+    (https://huggingface.co/docs/transformers/model_doc/llama#transformers.LlamaForSequenceClassification),
+    so the tokenizer and the config must agree on it; EOS is the usual stand-in. Padding stays on
+    the right, the tokenizer's default, which is what that pooling finds the last real token by;
+    generation pads on the LEFT instead (each sequence continues from its last real token), which
+    a task generating with a decoder-only model sets itself (`tokenizer.padding_side = "left"`)."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        generation = getattr(model, "generation_config", None)
+        if generation is not None and generation.pad_token_id is None:
+            generation.pad_token_id = tokenizer.pad_token_id
 
 
 def check_loaded(model, info: dict, key: str, source: str) -> None:

@@ -479,6 +479,8 @@ class Pipeline:
         batches = self._score_batches(state)
         if self.plan.density is not None:
             return self._prune_units(state, batches)
+        if self.plan.units == ("kv",):
+            return self._prune_groups(state, batches)
         eligible = state.space.scope_mask(self.cfg.heads_scope) & state.mask  # removed heads stay removed
         in_scope = int(eligible.sum())
         mask = state.mask.clone()
@@ -544,6 +546,30 @@ class Pipeline:
         record["points"] = [p for p in record["points"] if p["removed"] != removed]
         record["points"].append({"removed": removed, "heads_kept": heads_kept, "splits": self.task.predictions})
         report.write_json(path, record, indent=None)  # 20+ points of per-example lists: compact
+
+    def _prune_groups(self, state: State, batches) -> dict:
+        """`units=kv` with heads=/sparsity=: whole key/value groups ranked by the scorer, each with
+        every query head reading it; `heads=K` still counts query heads (validated to whole groups)."""
+        space = state.space
+        group_of = space.group_of_head()
+        in_scope = space.scope_mask(self.cfg.heads_scope) & state.mask
+        eligible = torch.zeros(space.size("kv"), dtype=torch.bool)
+        eligible[group_of[in_scope]] = True
+        per_group = torch.bincount(group_of, minlength=space.size("kv"))
+        keep = int(self.plan.keep) // int(per_group[eligible].max()) if bool(eligible.any()) else 0
+        kept = space.kept("kv")
+        steps = rounds(self.cfg.schedule, int(eligible.sum()), keep)
+        with Gates(state.model, space) as gates:
+            for k in steps:
+                ctx = ScoreContext(state.model, gates, batches, state.mask, self.accelerator, units=("kv",),
+                                   space=space, masks={"kv": kept})
+                scores = (self._cached_scores(state, lambda c=ctx: self.pruner.score(c)) if len(steps) == 1
+                          else self._agreed(lambda c=ctx: self.pruner.score(c)))["kv"]
+                kept = distributed.broadcast((top_k_mask(scores, k, eligible & kept) | ~eligible) & kept)
+                self.logger.log({"prune/kv_heads_kept": int(kept.sum()),
+                                 "prune/heads_kept": int((kept[group_of] & state.mask).sum())})
+        state.scores = scores[group_of]  # heads.json: each query head shows its group's score
+        return self._apply(state, space.with_masks({"kv": kept}))
 
     def _prune_units(self, state: State, batches) -> dict:
         """A `density` budget: every kind in `units` ranked together, kept weights counted exactly."""

@@ -98,7 +98,7 @@ _BOOL = _r("bool", "true or false")
 _DICT = _r("dict", "a mapping (see the group's YAML)")
 _DICT_NULL = _r("dict", "a mapping (see the group's YAML), or null", null=True)
 _PIPELINE = _r("list[str]", "a list of stage names, e.g. [finetune,prune,finetune,evaluate]")
-_UNITS = ("head", "qk", "vo", "ffn")
+_UNITS = ("head", "kv", "qk", "vo", "ffn")
 
 #: top-level keys, then `group.key`; method keys are `method.key`, or `method.<name>.key` where one
 #: method means something else by the same name
@@ -170,6 +170,8 @@ SCHEMA: dict[str, Rule] = {
     "model.hub": _STR_NULL,
     "model.package": _STR_NULL,
     "model.package_subdir": _STR_NULL,
+    "model.gguf_file": _r("str", "a .gguf file name inside model.package (e.g. SmolLM2-135M-Instruct.Q4_1.gguf), "
+                          "or null", lambda v: v.endswith(".gguf"), True),
     "model.attn_implementation": _choice("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention",
                                          null=True),
     "model.architecture": _STR,
@@ -179,7 +181,7 @@ SCHEMA: dict[str, Rule] = {
     "model.source_prefix": _STR_NULL,
     # ---- task
     "task.name": _STR,
-    "task.family": _choice("glue", "squad", "conll", "translation"),
+    "task.family": _choice("glue", "squad", "conll", "translation", "lm", "zeroshot"),
     "task.data_dir": _STR_NULL,
     "task.hub": _STR_NULL,
     "task.hub_config": _STR_NULL,
@@ -220,6 +222,8 @@ SCHEMA: dict[str, Rule] = {
     "task.max_new_tokens": _pos_int("tokens"),
     "task.max_source_length": _pos_int("tokens"),
     "task.max_target_length": _pos_int("tokens"),
+    "task.hub_split": _r("str", "a split name of task.hub, or null (lm-evaluation-harness's)", null=True),
+    "task.calibration_dir": _r("str", "a folder holding wiki.train.raw or wiki.valid.raw, or null (the Hub)", null=True),
     # ---- distill
     "distill.name": _choice("none", "logits", "logits_hidden", "peer"),
     "distill.teacher": _STR_NULL,

@@ -79,8 +79,13 @@ def remove_units(model: nn.Module, target: UnitSpace, current: UnitSpace | None 
                 v_pos[(h, j)] = len(v_pos)
         q_index = [q_pos[(h, j)] for h, qd, _ in new for j in qd]
         v_index = [v_pos[(h, j)] for h, _, vd in new for j in vd]
+        kv_index = None
+        if block.group_size > 1:  # key/value rows go by group: a group stays while a query head of it is left
+            old_groups = {g: n for n, g in enumerate(sorted({h // block.group_size for h, _, _ in old}))}
+            kv_index = [old_groups[g] * block.head_dim + j
+                        for g in sorted({h // block.group_size for h, _, _ in new}) for j in range(block.head_dim)]
         _reshape_block(model, modules, block, q_index, v_index, new, [head_pos[h] for h, _, _ in new],
-                       target.is_even(i))
+                       target.is_even(i), kv_index)
     for j, ffn in enumerate(current.ffns):
         old, new = current.ffn_kept(j), target.ffn_kept(j)
         if old != new:
@@ -176,10 +181,12 @@ def _sliced(lin: nn.Linear, index: list[int], dim: int) -> nn.Linear:
 
 
 def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int], layout, head_index: list[int],
-                   even: bool) -> None:
+                   even: bool, kv_index: list[int] | None = None) -> None:
     """Keep query/key features `q_index` and value/output features `v_index` (positions in the
     block's current weights) of attention block `block` (a dense Block); `layout` is what it then
-    holds [(head, qk dims, vo dims)], `head_index` the kept heads' positions among its current heads."""
+    holds [(head, qk dims, vo dims)], `head_index` the kept heads' positions among its current heads.
+    Under grouped-query attention `kv_index` are the rows of W_k and W_v kept (whole groups); groups
+    left with unequal numbers of query heads read their key/value head through `uneven_attention`."""
 
     name, o_name = block.name, block.o
     module = modules[name]
@@ -187,7 +194,8 @@ def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int]
     if hasattr(module, "block_len"):  # LongT5's local attention (validate refuses it up front)
         raise NotImplementedError(f"{name}: head surgery on LongT5 local attention is not supported")
     shared_bias = takes_shared_bias(module)
-    for attr, index in ((layout_attrs.q, q_index), (layout_attrs.k, q_index), (layout_attrs.v, v_index)):
+    k_index, vv_index = (q_index, v_index) if kv_index is None else (kv_index, kv_index)
+    for attr, index in ((layout_attrs.q, q_index), (layout_attrs.k, k_index), (layout_attrs.v, vv_index)):
         setattr(module, attr, _sliced(getattr(module, attr), index, 0))
     _set_module(model, o_name, _sliced(modules[o_name], v_index, 1))
     modules[o_name] = model.get_submodule(o_name)
@@ -196,7 +204,19 @@ def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int]
         module.config = module.config._model_config
     module.__dict__.pop("_prune_cli_groups", None)
     module.__dict__.pop("_prune_cli_head_dim", None)
+    module.__dict__.pop("_prune_cli_kv_index", None)
     head_dim = block.head_dim if even or not heads else 1
+    if layout_attrs.groups_attr:
+        groups = [h // block.group_size for h in heads]
+        sizes = {groups.count(g) for g in groups}
+        if len(sizes) <= 1:  # every group keeps as many query heads: the stock repeat of keys/values
+            setattr(module, layout_attrs.groups_attr, sizes.pop() if sizes else 1)
+        else:  # each query head reads its own group's key/value head by index
+            setattr(module, layout_attrs.groups_attr, 1)
+            order = sorted(set(groups))
+            module._prune_cli_kv_index = torch.tensor([order.index(g) for g in groups], dtype=torch.long)
+            module.config = UnevenConfig(module.config)
+            install_guard(module)
     setattr(module, layout_attrs.head_dim_attr, head_dim)
     for attr in layout_attrs.count_attrs:
         setattr(module, attr, len(heads))

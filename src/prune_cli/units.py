@@ -3,9 +3,16 @@
 Four kinds of unit, one hierarchy:
 
 * ``head``: a whole attention head (the `HeadSpace` index, 0..H-1);
+* ``kv``:   a whole key/value group with every query head reading it (one per head where every
+            query head has its own key/value head);
 * ``qk``:   one query/key dimension of a head (a row of W_q with the same row of W_k, + biases);
 * ``vo``:   one value/output dimension of a head (a row of W_v with the matching column of W_o);
 * ``ffn``:  one feed-forward neuron (a row of each FFN input projection, a column of its output).
+
+Grouped-query attention (GQA: Llama, Qwen2, Mistral...) shares each key/value head among a group of
+query heads. A query head then owns its rows of W_q and columns of W_o; the rows of W_k and W_v
+belong to its group, which stays while any query head of it is left (`Block.group_size`). The
+kept state is still the masks over query heads' dimensions; the groups follow from them.
 
 Each kind has a flat index over the dense model (qk/vo of head h of block b at
 ``dim_offset[b] + h * head_dim + j``, FFN neuron j of FFN f at ``ffn_offset[f] + j``) and a size in
@@ -28,13 +35,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prune_cli.arch import FAMILIES, FFNLayout, family_of
+from prune_cli.arch import FAMILIES, family_of
 from prune_cli.errors import ConfigError
 from prune_cli.heads import RECORD_KEY, Block, HeadSpace, base_prefix
 
 #: config attribute holding {"attention": {block: {"head_dim", "qk", "vo"}}, "ffn": {ffn: ranges}}
 UNITS_KEY = "prune_cli_kept_units"
-KINDS = ("head", "qk", "vo", "ffn")
+KINDS = ("head", "kv", "qk", "vo", "ffn")
 #: model types whose heads may lose query/key or value dimensions (their family's `dims`: the
 #: attention views q/k/v with -1 heads, which uneven heads need, see prune_cli.arch.uneven); tested on
 #: each in tests/test_units.py (UMT5 and LongT5 view with their head count)
@@ -43,6 +50,8 @@ DIM_MODEL_TYPES = tuple(t for f in FAMILIES if f.dims for t in f.model_types)
 UNIT_SETS = {
     "heads": ("head",),
     "heads_ffn": ("head", "ffn"),
+    "kv": ("kv",),
+    "kv_ffn": ("kv", "ffn"),
     "dims": ("qk", "vo"),
     "dims_ffn": ("qk", "vo", "ffn"),
     "ffn": ("ffn",),
@@ -73,6 +82,9 @@ def parse_units(value) -> tuple[str, ...]:
         raise ConfigError("units", list(kinds), allowed)
     if "head" in kinds and ({"qk", "vo"} & set(kinds)):
         raise ConfigError("units", list(kinds), "whole heads OR their dimensions (head with qk/vo is one unit twice)")
+    if "kv" in kinds and ({"head", "qk", "vo"} & set(kinds)):
+        raise ConfigError("units", list(kinds), "whole key/value groups OR their heads or dimensions (a group is "
+                          "its query heads)")
     if ("qk" in kinds) != ("vo" in kinds):
         raise ConfigError("units", list(kinds), "qk and vo together (a head's dimensions are pruned as a pair of kinds)")
     return tuple(k for k in KINDS if k in kinds)
@@ -97,11 +109,6 @@ def unranges(text: str) -> list[int]:
         a, _, b = part.partition("-")
         out.extend(range(int(a), int(b or a) + 1))
     return out
-
-
-def find_ffns(model: nn.Module) -> list[tuple[str, FFNLayout]]:
-    """(module name, layout) of every FFN of `model`, in forward order (its family's declaration)."""
-    return family_of(model).ffns(model)
 
 
 class UnitSpace(HeadSpace):
@@ -160,16 +167,15 @@ class UnitSpace(HeadSpace):
             q, k, v = (modules[p] for p in (b.q, b.k, b.v))
             hidden[b.name] = q.in_features
             biases[b.name] = tuple(lin.bias is not None for lin in (q, k, v))
-        ffns, offset = [], 0
-        for name, layout in find_ffns(meta):
+        ffns, offset, family = [], 0, family_of(meta)
+        for name, layout in family.ffns(meta):
             paths = tuple(f"{name}.{p}" if name else p for p in layout.inputs)
             out = f"{name}.{layout.output}" if name else layout.output
             ins = [modules[p] for p in paths]
             width = ins[0].out_features
             size = sum(lin.in_features for lin in ins) + modules[out].out_features
-            parts = name.split(".")
-            kind = "decoder" if "decoder" in parts else "encoder"
-            layer = next((int(p) for p in parts if p.isdigit()), 0)
+            kind = family.kind(name)
+            layer = next((int(p) for p in name.split(".") if p.isdigit()), 0)
             ffns.append(FFN(name, kind, layer, paths, out, width, offset, size))
             biases[name] = tuple(lin.bias is not None for lin in ins)
             offset += width
@@ -226,7 +232,8 @@ class UnitSpace(HeadSpace):
 
     # ---- masks per kind ------------------------------------------------
     def size(self, kind: str) -> int:
-        return {"head": self.total, "qk": self.dims_total, "vo": self.dims_total, "ffn": self.ffn_total}[kind]
+        return {"head": self.total, "kv": len(self.group_cost()), "qk": self.dims_total, "vo": self.dims_total,
+                "ffn": self.ffn_total}[kind]
 
     def kept(self, kind: str | HeadSpace = "head") -> torch.Tensor:
         """bool mask over the dense index of `kind` (for a HeadSpace argument: which of this
@@ -236,6 +243,8 @@ class UnitSpace(HeadSpace):
         if kind == "head":
             return torch.cat([self.vo[self._dims(i)].view(b.num_heads, b.head_dim).any(-1)
                               for i, b in enumerate(self.blocks)])
+        if kind == "kv":
+            return self.groups_kept()
         return {"qk": self.qk, "vo": self.vo, "ffn": self.ffn}[kind].clone()
 
     def masks(self) -> dict[str, torch.Tensor]:
@@ -244,9 +253,13 @@ class UnitSpace(HeadSpace):
     def with_masks(self, masks: dict[str, torch.Tensor]) -> UnitSpace:
         """Apply kept masks of any kinds ("head" removes whole heads); masks only shrink."""
         qk, vo, ffn = self.qk.clone(), self.vo.clone(), self.ffn.clone()
-        if "head" in masks:
+        head = masks.get("head")
+        if "kv" in masks:  # a group goes with every query head reading it
+            by_group = masks["kv"].bool().cpu()[self.group_of_head()]
+            head = by_group if head is None else head.bool().cpu() & by_group
+        if head is not None:
             dims = torch.cat([m.bool().repeat_interleave(b.head_dim)
-                              for b, m in zip(self.blocks, self.split(masks["head"].cpu()))])
+                              for b, m in zip(self.blocks, self.split(head.cpu()))])
             qk &= dims
             vo &= dims
         if "qk" in masks:
@@ -259,11 +272,18 @@ class UnitSpace(HeadSpace):
 
     def unit_sizes(self, kind: str) -> torch.Tensor:
         """Weights per unit of `kind` (biases excluded, as the density counts)."""
+        # under grouped-query attention a query head's dimensions own a row of W_q / a column of
+        # W_o only; the key/value rows are its group's (`group_cost`)
         if kind == "head":
-            return torch.tensor([4 * self.hidden[b.name] * b.head_dim for b in self.blocks for _ in b.heads],
-                                dtype=torch.long)
+            return torch.tensor([(2 if b.group_size > 1 else 4) * self.hidden[b.name] * b.head_dim
+                                 for b in self.blocks for _ in b.heads], dtype=torch.long)
+        if kind == "kv":  # its query heads and its own key/value rows
+            heads = torch.zeros(self.size("kv"), dtype=torch.long)
+            heads.index_add_(0, self.group_of_head(), self.unit_sizes("head"))
+            return heads + self.group_cost()
         if kind in ("qk", "vo"):
-            return torch.cat([torch.full((b.num_heads * b.head_dim,), 2 * self.hidden[b.name], dtype=torch.long)
+            return torch.cat([torch.full((b.num_heads * b.head_dim,), (1 if b.group_size > 1 else 2) * self.hidden[b.name],
+                                         dtype=torch.long)
                               for b in self.blocks]) if self.blocks else torch.zeros(0, dtype=torch.long)
         return torch.cat([torch.full((f.width,), f.unit_size, dtype=torch.long) for f in self.ffns]) \
             if self.ffns else torch.zeros(0, dtype=torch.long)
@@ -272,6 +292,8 @@ class UnitSpace(HeadSpace):
         """bool over `kind`'s index: units of blocks of this kind ('all' = every unit)."""
         if kind == "head":
             return self.scope_mask(scope)
+        if kind == "kv":
+            return self.group_scope(scope)
         if kind == "ffn":
             return torch.cat([torch.full((f.width,), scope in ("all", f.kind)) for f in self.ffns]) \
                 if self.ffns else torch.zeros(0, dtype=torch.bool)
@@ -285,13 +307,44 @@ class UnitSpace(HeadSpace):
 
     # ---- weights, density, parameters ----------------------------------
     def weights(self, scope: str = "all") -> tuple[int, int]:
-        """(kept, dense) weights of the attention + FFN blocks in `scope`: what `density` counts."""
+        """(kept, dense) weights of the attention + FFN blocks in `scope`: what `density` counts
+        (with grouped-query attention, the key/value rows of the groups still present)."""
         kept = dense = 0
         for kind in ("qk", "vo", "ffn"):
             sizes, inside = self.unit_sizes(kind), self.scope(kind, scope)
             dense += int(sizes[inside].sum())
             kept += int(sizes[inside & self.kept(kind)].sum())
+        cost, inside = self.group_cost(), self.group_scope(scope)
+        dense += int(cost[inside].sum())
+        kept += int(cost[inside & self.groups_kept()].sum())
         return kept, dense
+
+    # ---- key/value groups (grouped-query attention) ---------------------
+    def group_of_head(self) -> torch.Tensor:
+        """long [H]: the flat index of the key/value group each (dense) query head reads; in a
+        block without grouped-query attention every head is its own group."""
+        out, offset = [], 0
+        for b in self.blocks:
+            out.append(torch.arange(b.num_heads) // b.group_size + offset)
+            offset += b.num_heads // b.group_size
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+    def group_cost(self) -> torch.Tensor:
+        """long [G]: weights a group owns beyond its query heads' (its rows of W_k and W_v under
+        grouped-query attention; 0 where key/value rows belong to single heads' dimensions)."""
+        return torch.cat([torch.full((b.num_heads // b.group_size,),
+                                     2 * self.hidden[b.name] * b.head_dim if b.group_size > 1 else 0, dtype=torch.long)
+                          for b in self.blocks]) if self.blocks else torch.zeros(0, dtype=torch.long)
+
+    def group_scope(self, scope: str = "all") -> torch.Tensor:
+        return torch.cat([torch.full((b.num_heads // b.group_size,), scope in ("all", b.kind))
+                          for b in self.blocks]) if self.blocks else torch.zeros(0, dtype=torch.bool)
+
+    def groups_kept(self) -> torch.Tensor:
+        """bool [G]: groups with a query head left."""
+        kept = torch.zeros(len(self.group_cost()), dtype=torch.bool)
+        kept[self.group_of_head()[self.kept("head")]] = True
+        return kept
 
     def density(self, scope: str = "encoder") -> float:
         """Kept fraction of the attention + FFN weights (of the encoder's by default, as GRAIN
@@ -302,11 +355,19 @@ class UnitSpace(HeadSpace):
     def removed_params(self) -> int:
         """Parameters surgery removes for the current masks (weights and biases), exactly."""
         removed = 0
+        groups_kept = self.groups_kept()
+        group_pos = 0
         for i, b in enumerate(self.blocks):
             d, (bq, bk, bv) = self.hidden[b.name], self.biases[b.name]
             sl = self._dims(i)
-            removed += int((~self.qk[sl]).sum()) * (2 * d + bq + bk)
-            removed += int((~self.vo[sl]).sum()) * (2 * d + bv)
+            if b.group_size > 1:  # query rows and output columns per head, key/value rows per group
+                removed += int((~self.qk[sl]).sum()) * (d + bq) + int((~self.vo[sl]).sum()) * d
+                gone = int((~groups_kept[group_pos:group_pos + b.num_heads // b.group_size]).sum())
+                removed += gone * b.head_dim * (2 * d + bk + bv)
+            else:
+                removed += int((~self.qk[sl]).sum()) * (2 * d + bq + bk)
+                removed += int((~self.vo[sl]).sum()) * (2 * d + bv)
+            group_pos += b.num_heads // b.group_size
         for f in self.ffns:
             gone = int((~self.ffn[f.offset:f.offset + f.width]).sum())
             removed += gone * (f.unit_size + sum(self.biases[f.name]))
@@ -350,7 +411,7 @@ class UnitSpace(HeadSpace):
         blocks, offset = [], 0
         for i, b in enumerate(self.blocks):
             heads = tuple(h for h, _, _ in self.block_layout(i))
-            blocks.append(Block(b.name, b.kind, b.layer, heads, b.head_dim, offset, b.q, b.k, b.v, b.o))
+            blocks.append(Block(b.name, b.kind, b.layer, heads, b.head_dim, offset, b.q, b.k, b.v, b.o, b.group_size))
             offset += len(heads)
         return HeadSpace(blocks)
 
@@ -384,11 +445,15 @@ class UnitSpace(HeadSpace):
             sl = self._dims(i)
             q, v = self.qk[sl].view(b.num_heads, b.head_dim), self.vo[sl].view(b.num_heads, b.head_dim)
             blocks.append({"name": b.name, "kind": b.kind, "layer": b.layer, "head_dim": b.head_dim,
-                           "qk": q.sum(-1).tolist(), "vo": v.sum(-1).tolist()})
+                           "qk": q.sum(-1).tolist(), "vo": v.sum(-1).tolist(),
+                           **({"kv_heads": sorted({h // b.group_size for h in range(b.num_heads) if bool(v[h].any())})}
+                              if b.group_size > 1 else {})})
         ffns = [{"name": f.name, "kind": f.kind, "layer": f.layer, "width": f.width, "kept": len(self.ffn_kept(j))}
                 for j, f in enumerate(self.ffns)]
+        grouped = any(b.group_size > 1 for b in self.blocks)
         return {"density": round(self.density(), 6), "weights_kept": kept_w, "weights_dense": dense_w,
-                "heads_left": int(self.kept("head").sum()), "blocks": blocks, "ffns": ffns}
+                "heads_left": int(self.kept("head").sum()),
+                **({"kv_heads_left": int(self.groups_kept().sum())} if grouped else {}), "blocks": blocks, "ffns": ffns}
 
     def __eq__(self, other) -> bool:
         return (isinstance(other, UnitSpace) and self.blocks == other.blocks and self.ffns == other.ffns

@@ -66,9 +66,9 @@ def validate(cfg: DictConfig) -> Plan:
     if OmegaConf.is_list(units_given):
         units_given = list(units_given)
     units = parse_units(units_given if units_given is not None else ("dims_ffn" if density is not None else "heads"))
-    if units != ("head",) and density is None:
-        raise ConfigError("units", units_given, "heads when heads=/sparsity= is the budget (they count whole heads): "
-                          "give density=FRACTION to prune FFN neurons or head dimensions")
+    if units not in (("head",), ("kv",)) and density is None:
+        raise ConfigError("units", units_given, "heads or kv when heads=/sparsity= is the budget (they count whole "
+                          "heads): give density=FRACTION to prune FFN neurons or head dimensions")
     scope = cfg.get("heads_scope", "all")
     if scope not in SCOPES:
         raise ConfigError("heads_scope", scope, f"one of {', '.join(SCOPES)}")
@@ -171,6 +171,8 @@ def validate(cfg: DictConfig) -> Plan:
         raise ConfigError("task.subsample", "stratified", f"random or first: {cfg.task.name} has no labels to "
                           "stratify by (GLUE tasks do)")
     space, family, dense_total = _model_space(cfg, task)
+    if units_given is None and density is not None and not family.dims:
+        units = parse_units("heads_ffn")  # the finest units of a family whose heads keep their dimensions
     total, in_scope = space.total, int(space.scope_mask(scope).sum())
     if pruning and in_scope == 0:
         raise ConfigError("heads_scope", scope, f"a scope where {cfg.model.name} has heads ("
@@ -183,7 +185,7 @@ def validate(cfg: DictConfig) -> Plan:
         raise ConfigError("model", cfg.model.name, f"a model whose heads surgery can remove ({family.name}'s local "
                           "attention is not supported yet; gates and scoring work without a pruning stage)")
     if density is not None or units != ("head",):
-        _check_units(cfg, task, units, density, scope, family.name)
+        _check_units(cfg, task, units, density, scope, family)
     keep = None
     if heads is not None:
         if not 0 <= heads <= in_scope:
@@ -193,6 +195,13 @@ def validate(cfg: DictConfig) -> Plan:
         keep = int(heads)
     elif sparsity is not None:
         keep = round((1 - float(sparsity)) * in_scope)
+    group = max((b.group_size for b in space.blocks), default=1)
+    if units == ("kv",) and keep is not None and keep % group:
+        if heads is not None:  # whole key/value groups: the query heads kept come in groups
+            lower, upper = keep - keep % group, keep - keep % group + group
+            raise ConfigError("heads", heads, f"a multiple of {group} with units=kv ({cfg.model.name}'s key/value "
+                              f"groups hold {group} query heads each), e.g. {lower} or {min(upper, in_scope)}")
+        keep = round(keep / group) * group  # sparsity: the nearest whole number of groups
     if keep is not None and keep == in_scope:
         warn(f"{'heads' if heads is not None else 'sparsity'}={heads if heads is not None else sparsity} keeps "
              f"all {in_scope} heads of {cfg.model.name}: nothing is pruned (heads=K counts heads KEPT)")
@@ -297,13 +306,15 @@ def split_epochs(cfg: DictConfig, stages: list[str]) -> dict[int, float] | None:
     return {**fixed, **{i: left / len(free) for i in free}}
 
 
-def _check_units(cfg: DictConfig, task, units: tuple[str, ...], density, scope: str, model_type: str) -> None:
+def _check_units(cfg: DictConfig, task, units: tuple[str, ...], density, scope: str, family) -> None:
     """Can this model lose these unit kinds, and can they reach the density asked for?"""
     from prune_cli.units import DIM_MODEL_TYPES, UnitSpace
 
     name = cfg.model.name
-    if {"qk", "vo"} & set(units) and model_type not in DIM_MODEL_TYPES:
-        raise ConfigError("units", list(units), f"heads or ffn kinds for {name} ({model_type}): head dimensions are "
+    if {"qk", "vo"} & set(units) and not family.dims:
+        why = f" ({family.no_dims})" if family.no_dims else ""
+        raise ConfigError("units", list(units), f"heads, kv or ffn kinds (e.g. units=heads_ffn) for {name} "
+                          f"({family.name}): its heads cannot lose single dimensions{why}; head dimensions are "
                           f"pruned on {', '.join(DIM_MODEL_TYPES)}")
     attn = cfg.model.get("attn_implementation") or "sdpa"
     if {"qk", "vo"} & set(units) and attn not in ("eager", "sdpa"):
@@ -316,7 +327,7 @@ def _check_units(cfg: DictConfig, task, units: tuple[str, ...], density, scope: 
         return
     kept, dense = space.weights(scope)
     ffn_kept = int(space.unit_sizes("ffn")[space.scope("ffn", scope) & space.kept("ffn")].sum())
-    fixed = (0 if "ffn" in units else ffn_kept) + (0 if {"head", "qk", "vo"} & set(units) else kept - ffn_kept)
+    fixed = (0 if "ffn" in units else ffn_kept) + (0 if {"head", "kv", "qk", "vo"} & set(units) else kept - ffn_kept)
     if density * dense < fixed:
         raise ConfigError("density", density, f">= {fixed / dense:.3f} with units={'+'.join(units)} on {name} (the "
                           "weights of the kinds not pruned stay): add kinds, e.g. units=dims_ffn")

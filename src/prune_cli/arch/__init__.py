@@ -10,12 +10,13 @@ from __future__ import annotations
 from prune_cli.arch.base import KINDS, AttentionLayout, Family, FFNLayout, Geometry, layer_index, resolve
 from prune_cli.arch.build import build_model
 from prune_cli.arch.encoder import BERT, DISTILBERT
+from prune_cli.arch.llama import LLAMA
 from prune_cli.arch.opt import OPT
 from prune_cli.arch.seq2seq import BART, PEGASUS
 from prune_cli.arch.t5 import LONGT5, T5, UMT5
 from prune_cli.errors import ConfigError
 
-FAMILIES: tuple[Family, ...] = (BERT, DISTILBERT, BART, PEGASUS, T5, UMT5, LONGT5, OPT)
+FAMILIES: tuple[Family, ...] = (BERT, DISTILBERT, BART, PEGASUS, T5, UMT5, LONGT5, OPT, LLAMA)
 _BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
 
 __all__ = [

@@ -28,6 +28,10 @@ class AttentionLayout:
     attributes holding the head count and heads*head_dim, which surgery keeps up to date;
     `kv_count_attrs` hold the key/value head count where it differs from the query heads'
     (grouped-query attention), else they are empty and every query head has its own key/value head.
+    `groups_attr` names the attribute holding the query heads per key/value head (Llama's
+    `num_key_value_groups`, which the stock attention functions read to repeat keys and values):
+    a family that sets it is grouped-query attention, and its query head h of a dense block
+    belongs to key/value group h // (heads / kv_heads) (Ainslie et al. 2023, "GQA").
     """
 
     q: str
@@ -38,6 +42,7 @@ class AttentionLayout:
     count_attrs: tuple[str, ...]
     width_attrs: tuple[str, ...] = ()
     kv_count_attrs: tuple[str, ...] = ()
+    groups_attr: str | None = None
 
     def matches(self, module: nn.Module) -> bool:
         return all(isinstance(getattr(module, a, None), nn.Linear) for a in (self.q, self.k, self.v)) and isinstance(
@@ -80,6 +85,8 @@ class Family:
     attention: tuple[AttentionLayout, ...]
     ffn: tuple[FFNLayout, ...]
     dims: bool = True
+    #: why heads of this family cannot lose single dimensions (for the one-line refusal)
+    no_dims: str = ""
     surgery: bool = True
     cross_names: frozenset[str] = frozenset()
     decoder_names: frozenset[str] = frozenset({"decoder"})

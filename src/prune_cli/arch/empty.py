@@ -40,7 +40,7 @@ class EmptyAttention:
         if own_table:  # UMT5: the block's own (now empty) relative-position table
             self.swaps["relative_attention_bias"] = Zeros(1, ref)
         self.swaps[layout.head_dim_attr] = width
-        self.swaps.update({a: 1 for a in layout.count_attrs})
+        self.swaps.update({a: 1 for a in (*layout.count_attrs, *filter(None, [layout.groups_attr]))})
         self.swaps.update({a: width for a in layout.width_attrs if hasattr(module, a)})
 
     def __call__(self, *args, **kwargs):

@@ -13,6 +13,7 @@ OPT = Family(
     attention=(AttentionLayout("q_proj", "k_proj", "v_proj", "out_proj", "head_dim", ("num_heads",)),),
     ffn=(FFNLayout(("fc1",), "fc2"),),  # on the decoder layer
     dims=False,
+    no_dims="its attention views queries, keys and values with its head count",
     ffn_attrs=("ffn_dim",),
     expected_blocks=lambda config: (int(config.num_hidden_layers),),
 )

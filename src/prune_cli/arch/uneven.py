@@ -76,7 +76,8 @@ def _clear(module, args):
 
 
 def _check(module, args, output):
-    if module.__dict__.get("_prune_cli_groups") and not module.__dict__.get("_prune_cli_ran"):
+    uneven = module.__dict__.get("_prune_cli_groups") or module.__dict__.get("_prune_cli_kv_index") is not None
+    if uneven and not module.__dict__.get("_prune_cli_ran"):
         import transformers
 
         raise RuntimeError(
@@ -85,10 +86,17 @@ def _check(module, args, output):
 
 
 def uneven_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """query/key: [b, Dqk, n, 1], value: [b, Dv, n, 1] (head size 1); returns ([b, n, Dv], None)."""
+    """query/key: [b, Dqk, n, 1], value: [b, Dv, n, 1] (head size 1); returns ([b, n, Dv], None).
+    A grouped-query block whose groups kept unequal numbers of query heads instead gets whole heads
+    and its key/value heads (as the cache holds them), each repeated for its own query heads."""
     module.__dict__["_prune_cli_ran"] = True
     base_name = module.config.base_implementation
     base = _eager if base_name == "eager" else ALL_ATTENTION_FUNCTIONS[base_name]
+    kv_index = module.__dict__.get("_prune_cli_kv_index")
+    if kv_index is not None:  # grouped-query attention, groups of unequal sizes: one key/value head per query head
+        kv_index = kv_index.to(key.device)
+        key, value = key.index_select(1, kv_index), value.index_select(1, kv_index)
+        return base(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     bias = kwargs.pop("position_bias", None)
     groups = module._prune_cli_groups
     if len(groups) > 1 and attention_mask is not None and attention_mask.dtype == torch.bool and base_name == "sdpa":

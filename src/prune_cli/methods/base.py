@@ -207,9 +207,14 @@ def select_units(space, scores: dict[str, torch.Tensor], candidates: dict[str, t
     masks = space.masks()
     qk, vo, ffn = masks["qk"].clone(), masks["vo"].clone(), masks["ffn"].clone()
     head_of = space.head_of("qk")
+    # grouped-query attention: a key/value group's rows count once while any query head reads it
+    group_of, group_cost = space.group_of_head(), space.group_cost() * space.group_scope(scope)
     head_dims = {}
-    if "head" in candidates:
-        dims = candidates["head"][head_of]
+    whole = candidates.get("head")
+    if "kv" in candidates:  # a group is pruned as all its query heads at once
+        whole = candidates["kv"][group_of]
+    if whole is not None:
+        dims = whole[head_of]
         head_dims = {"qk": qk & dims, "vo": vo & dims}
         qk &= ~dims
         vo &= ~dims
@@ -217,13 +222,26 @@ def select_units(space, scores: dict[str, torch.Tensor], candidates: dict[str, t
         if kind in candidates:
             mask &= ~candidates[kind]
     sizes = {k: space.unit_sizes(k) * space.scope(k, scope) for k in ("qk", "vo", "ffn")}  # 0 out of scope
-    if "head" in candidates:
+    if whole is not None:
         held = torch.zeros(space.total, dtype=torch.long)
         held.index_add_(0, head_of, head_dims["qk"].long() * sizes["qk"] + head_dims["vo"].long() * sizes["vo"])
         sizes["head"] = held
     alive = torch.zeros(space.total, dtype=torch.bool)
     alive[head_of[vo]] = True
-    total = int(sizes["qk"][qk & alive[head_of]].sum() + sizes["vo"][vo].sum() + sizes["ffn"][ffn].sum())
+    group_alive = torch.zeros(len(group_cost), dtype=torch.bool)
+    group_alive[group_of[alive]] = True
+    total = int(sizes["qk"][qk & alive[head_of]].sum() + sizes["vo"][vo].sum() + sizes["ffn"][ffn].sum()
+                + group_cost[group_alive].sum())
+
+    def revive(h: int) -> int:
+        """A head comes back: the weights of its group's key/value rows if the group was gone."""
+        alive[h] = True
+        g = int(group_of[h])
+        if group_alive[g]:
+            return 0
+        group_alive[g] = True
+        return int(group_cost[g])
+
     order = sorted(((v, n, i, k) for n, k in enumerate(candidates)
                     for i, v in zip(candidates[k].nonzero().flatten().tolist(),
                                     scores[k].detach().double().cpu()[candidates[k]].tolist())),
@@ -233,12 +251,15 @@ def select_units(space, scores: dict[str, torch.Tensor], candidates: dict[str, t
     for score, _, i, kind in order:
         if total >= budget:
             break
-        if kind == "head":
-            mine = head_of == i
-            qk |= head_dims["qk"] & mine
-            vo |= head_dims["vo"] & mine
-            alive[i] = True
-            total += int(sizes["head"][i])
+        if kind in ("head", "kv"):
+            heads = [i] if kind == "head" else (group_of == i).nonzero().flatten().tolist()
+            for h in heads:
+                mine = head_of == h
+                if not bool((head_dims["vo"] & mine).any()):
+                    continue  # a query head the model had already lost
+                qk |= head_dims["qk"] & mine
+                vo |= head_dims["vo"] & mine
+                total += int(sizes["head"][h]) + revive(h)
         elif kind == "ffn":
             ffn[i] = True
             total += int(sizes["ffn"][i])
@@ -254,7 +275,7 @@ def select_units(space, scores: dict[str, torch.Tensor], candidates: dict[str, t
             total += int(sizes["vo"][i])
             h = int(head_of[i])
             if not alive[h]:
-                alive[h] = True
+                total += revive(h)
                 revived = pending.pop(h, [])
                 total += sum(int(sizes["qk"][j]) for _, j in revived)
     for _, j in sorted(revived):  # lowest score first, while the budget still holds

@@ -5,6 +5,8 @@ and its columns of W_o; a query/key dimension its row of W_q and of W_k; a value
 its row of W_v and column of W_o; an FFN neuron its rows of the input projection(s) and column
 of the output projection. Biases are left out (they are not what `density` counts). Read from the
 model as it is (a pruned model's units at their current positions), in the dense index.
+Under grouped-query attention a query head owns only its rows of W_q and columns of W_o; the rows
+of W_k and W_v are its key/value group's, whose norm also counts its query heads'.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from prune_cli.methods.base import Pruner, ScoreContext
 def unit_norms(model, space) -> dict[str, torch.Tensor]:
     """{kind: L2 norm per unit} over the dense index of `space` (0 for units the model lost)."""
     modules = dict(model.named_modules())
-    sq = {k: torch.zeros(space.size(k), dtype=torch.float64) for k in ("qk", "vo", "ffn")}
+    sq = {k: torch.zeros(space.size(k), dtype=torch.float64) for k in ("kv", "qk", "vo", "ffn")}
+    group_offset = 0
     with torch.no_grad():
         for i, b in enumerate(space.blocks):
             layout = space.block_layout(i)
+            groups = b.num_heads // b.group_size
+            group_offset += groups
             if not layout:
                 continue
             rows = lambda path: modules[path].weight.detach().double().cpu().pow(2)
@@ -28,6 +33,11 @@ def unit_norms(model, space) -> dict[str, torch.Tensor]:
             base, d = space.dim_offsets[i], b.head_dim
             qk_index = torch.tensor([base + h * d + j for h, qd, _ in layout for j in qd], dtype=torch.long)
             vo_index = torch.tensor([base + h * d + j for h, _, vd in layout for j in vd], dtype=torch.long)
+            if b.group_size > 1:  # key/value rows belong to the group (whole heads: rows in weight order)
+                kept = sorted({h // b.group_size for h, _, _ in layout})
+                own = (k + v).view(len(kept), d).sum(-1)
+                sq["kv"][torch.tensor(kept, dtype=torch.long) + group_offset - groups] = own
+                k, v = 0, 0
             sq["qk"][qk_index] = q + k
             sq["vo"][vo_index] = v + o
         for j, f in enumerate(space.ffns):
@@ -39,6 +49,7 @@ def unit_norms(model, space) -> dict[str, torch.Tensor]:
             sq["ffn"][torch.tensor(kept, dtype=torch.long) + f.offset] = total
     head = torch.zeros(space.total, dtype=torch.float64)
     head.index_add_(0, space.head_of("qk"), sq["qk"] + sq["vo"])
+    sq["kv"].index_add_(0, space.group_of_head(), head)
     return {"head": head.sqrt(), **{k: v.sqrt() for k, v in sq.items()}}
 
 
