@@ -296,7 +296,9 @@ class Pipeline:
         from prune_cli.distill import Distiller
 
         path = state.teacher or self.cfg.distill.get("teacher")
-        teacher, _ = self.task.load_model(OmegaConf.merge(self.cfg.model, {"path": str(path)}))
+        # `dense`: the model the run starts from (validate.DENSE_TEACHER), loaded as the run loads it
+        source = self.cfg.model if str(path) == "dense" else OmegaConf.merge(self.cfg.model, {"path": str(path)})
+        teacher, _ = self.task.load_model(source)
         METER.watch(teacher)  # its forward passes are this stage's compute too
         return Distiller(self.cfg.distill, teacher, state.model, space=state.space)
 

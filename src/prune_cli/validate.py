@@ -167,6 +167,10 @@ def validate(cfg: DictConfig) -> Plan:
     _check_order(stages)
 
     task = get_task(cfg.task, seed=cfg.get("seed") or 0)
+    smoothing = cfg.trainer.get("label_smoothing") or 0
+    if cfg.task.get("family") in ("lm", "zeroshot") and smoothing:
+        raise ConfigError("trainer.label_smoothing", smoothing, f"0 for task={cfg.task.name}: a causal LM predicts the "
+                          "NEXT token, and the smoothed loss compares logits and labels position by position")
     if cfg.task.get("subsample") == "stratified" and cfg.task.get("family") != "glue":
         raise ConfigError("task.subsample", "stratified", f"random or first: {cfg.task.name} has no labels to "
                           "stratify by (GLUE tasks do)")
@@ -237,7 +241,7 @@ def _check_against_model(cfg: DictConfig, task, stages: list[str], distill: str)
         if all(float(node.get(t, 0) or 0) == 0 for t in terms):
             raise ConfigError(f"distill.{terms[0]}", node.get(terms[0]), "a weight > 0 for at least one of "
                               f"distill.{', distill.'.join(terms)} (all 0: the student would train on nothing)")
-        if node.get("teacher"):
+        if node.get("teacher") and str(node.teacher) != DENSE_TEACHER:
             _check_teacher(task, str(node.teacher))
     rank = cfg.method.get("embed_rank")
     if rank is not None and width is not None and rank >= width:
@@ -355,6 +359,12 @@ def _check_choice(key: str, value, allowed) -> None:
         raise ConfigError(key, value, f"one of {', '.join(allowed)}")
 
 
+#: `distill.teacher=dense`: the model the run starts from, frozen, is the teacher (no teacher stage):
+#: how LLM pruning distils a pruned model from its own dense pretrained model (e.g. Sheared-LLaMA,
+#: Xia et al. 2024; Minitron, Muralidharan et al. 2024)
+DENSE_TEACHER = "dense"
+
+
 def _check_distill(cfg: DictConfig) -> str:
     """The distill group's mode, after checking its keys (before anything loads)."""
     from prune_cli.distill import MODES
@@ -367,14 +377,15 @@ def _check_distill(cfg: DictConfig) -> str:
     if cfg.task.get("family") == "translation":
         raise ConfigError("distill", mode, "none for translation (distillation covers classification, NER and QA)")
     teacher = node.get("teacher")
-    if teacher:
+    if teacher and str(teacher) != DENSE_TEACHER:
         from pathlib import Path
 
         from hydra.utils import to_absolute_path
 
         if not (Path(to_absolute_path(str(teacher))) / "config.json").is_file():
             raise ConfigError("distill.teacher", str(teacher), "a folder holding config.json (the fine-tuned dense "
-                              "teacher, e.g. <run>/model of a method=none run), or null for a teacher stage")
+                              f"teacher, e.g. <run>/model of a method=none run), {DENSE_TEACHER} (the model the run "
+                              "starts from, e.g. a pretrained LLM), or null for a teacher stage")
     return mode
 
 

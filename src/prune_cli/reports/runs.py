@@ -17,9 +17,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-# Task families whose metrics.json already holds percentages (official SQuAD EM/F1, sacreBLEU);
-# every other primary metric is a fraction and is shown x100.
-PERCENT_FAMILIES = {"squad", "translation"}
+# Task families whose primary metric is shown as metrics.json holds it: percentages already
+# (official SQuAD EM/F1, sacreBLEU) or no fraction at all (perplexity); every other primary metric
+# is a fraction and is shown x100.
+PERCENT_FAMILIES = {"squad", "translation", "lm"}
 
 
 def find_runs(roots: list[Path], label_keys: tuple[str, ...] = ()) -> list[dict]:

@@ -14,6 +14,8 @@ FAMILIES = {
     "squad": "prune_cli.tasks.squad:SquadTask",
     "conll": "prune_cli.tasks.conll:ConllTask",
     "translation": "prune_cli.tasks.translation:TranslationTask",
+    "lm": "prune_cli.tasks.lm:PerplexityTask",
+    "zeroshot": "prune_cli.tasks.zeroshot:ZeroShotTask",
 }
 
 
