@@ -429,3 +429,30 @@ def test_prune_run_evaluates_wikitext2_and_zeroshot(llama_dir, tmp_path):
     assert metrics["primary_metric"] == "acc_norm" and metrics["eval"]["samples"] == 5
     predictions = json.loads((run / "predictions.json").read_text())
     assert len(predictions["splits"]["validation"]["label"]) == 5
+
+
+@pytest.mark.slow
+def test_one_shot_pruning_on_calibration_text_and_recovery_from_the_dense_teacher(llama_dir, tmp_path):
+    """LLM pruning's two settings: one-shot on calibration windows with no training
+    (pipeline=[prune,evaluate]; here whole key/value groups), and a short recovery fine-tune
+    distilled from the dense model itself (distill.teacher=dense: no teacher stage trains)."""
+    from test_cli import prune_run
+
+    common = [f"model.path={llama_dir}", "logger.mode=disabled", "task=wikitext2", f"task.data_dir={WIKI}",
+              "task.max_length=64", "task.max_train_samples=8", "task.max_eval_samples=4", "trainer.batch_size=4",
+              "trainer.eval_batch_size=8"]
+    run = tmp_path / "oneshot"
+    res = prune_run([*common, "method=taylor", "units=kv", "sparsity=0.5", "pipeline=[prune,evaluate,export]",
+                     f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["heads_kept"] == metrics["heads_total"] // 2
+    assert [s["stage"] for s in metrics["stages"]] == ["prune", "evaluate", "export"]
+    assert metrics["stages"][0]["compute"]["optimizer_steps"] == 0  # no training: calibration only
+    run = tmp_path / "recovery"
+    res = prune_run([*common, "method=magnitude", "heads=4", "distill=logits", "distill.teacher=dense",
+                     "distill.temperature=1", "pipeline=[prune,finetune,evaluate]", "trainer.max_steps=2",
+                     f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["heads_kept"] == 4 and metrics["primary"] > 1
