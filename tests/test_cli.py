@@ -273,3 +273,11 @@ def test_a_failing_job_does_not_sink_the_sweep_and_a_rerun_redoes_only_it(tmp_pa
     assert "completed before" in res.stdout and "2/2 jobs completed" in res.stdout
     assert (sweep_dir / summary[0]["folder"] / "metrics.json").stat().st_mtime_ns == first
     assert [j["status"] for j in json.loads((sweep_dir / "summary.json").read_text())["jobs"]] == ["completed"] * 2
+
+
+def test_a_hub_id_is_a_model_option(tmp_path):
+    """`model=<owner>/<name>` needs no YAML: offline and uncached, one line naming that id."""
+    res = prune_run(["model=Qwen/Qwen2.5-0.5B", "task=rte", f"task.data_dir={RTE}", "method=taylor", "heads=10"],
+                    cwd=tmp_path, env_extra={"HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("prune-run: error: model='Qwen/Qwen2.5-0.5B': a model in")

@@ -346,7 +346,21 @@ def _run(cfg: DictConfig, run_dir: Path):
     return primary if single else metrics  # a single run: what optuna-style sweepers optimise
 
 
+def hub_model_args(args: list[str]) -> list[str]:
+    """`model=<owner>/<name>` (a Hub id, not a config option) -> the `hub` option with that id, so
+    any Hub model of a declared family is one argument, like the shipped ones."""
+    out = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "model" and "/" in value and "," not in value and not value.startswith(("/", ".")):
+            out += ["model=hub", f"model.hub={value}", f"model.name={value.rsplit('/', 1)[-1]}"]
+        else:
+            out.append(arg)
+    return out
+
+
 def main() -> None:
+    sys.argv[1:] = hub_model_args(sys.argv[1:])
     args = sys.argv[1:]
     check_group_choices(args)
     informational = {"--help", "-h", "--hydra-help", "--info", "--version", "--cfg", "-c", "--shell-completion", "-sc"}
