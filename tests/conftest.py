@@ -59,6 +59,14 @@ def tiny_model(arch: str, attn: str = "eager", seed: int = 0):
         cfg = tf.OPTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, ffn_dim=37,
                            word_embed_proj_dim=32, pad_token_id=1, bos_token_id=2, eos_token_id=2, **common)
         cls = tf.OPTForSequenceClassification if arch == "opt" else tf.OPTForCausalLM
+    elif arch in ("gpt2", "gpt2_lm"):  # decoder-only, fused Conv1D q/k/v: 6 heads of 8
+        cfg = tf.GPT2Config(n_embd=48, n_layer=3, n_head=6, n_inner=37, n_positions=64, vocab_size=99, pad_token_id=0,
+                            bos_token_id=1, eos_token_id=2)
+        cls = tf.GPT2LMHeadModel if arch.endswith("_lm") else tf.GPT2ForSequenceClassification
+    elif arch in ("gpt_neox", "gpt_neox_lm"):  # decoder-only, q/k/v fused per head, partial rotary: 6 heads of 8
+        cfg = tf.GPTNeoXConfig(hidden_size=48, num_hidden_layers=3, num_attention_heads=6, intermediate_size=37,
+                               pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, **common)
+        cls = tf.GPTNeoXForCausalLM if arch.endswith("_lm") else tf.GPTNeoXForSequenceClassification
     elif arch.split("_")[0] in LLMS:  # decoder-only, grouped-query attention: 6 query heads of 8 in 2 groups of 3
         family = arch.split("_")[0]
         config_cls, lm_cls, seq_cls = LLMS[family]
@@ -79,7 +87,7 @@ def tiny_model(arch: str, attn: str = "eager", seed: int = 0):
 #: decoder-only families with grouped-query attention: (config, causal LM, classifier) classes
 LLMS = {family: (f"{name}Config", f"{name}ForCausalLM", f"{name}ForSequenceClassification")
         for family, name in (("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2"), ("qwen3", "Qwen3"),
-                             ("gemma", "Gemma"), ("gemma2", "Gemma2"))}
+                             ("gemma", "Gemma"), ("gemma2", "Gemma2"), ("phi3", "Phi3"))}
 ARCHS = ["bert", "roberta", "distilbert", "bart", "marian", "t5", "umt5"]
 ENC_DEC = {"bart", "marian", "t5", "umt5"}
 SEQ2SEQ = ["bart", "marian", "t5", "mt5", "umt5"]  # every encoder-decoder family generation is tested on

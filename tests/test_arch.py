@@ -39,9 +39,9 @@ def test_blocks_and_kinds_come_from_the_family(arch):
 def test_a_model_of_an_undeclared_family_is_one_line_naming_its_type():
     import transformers as tf
 
-    cfg = tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=99, n_positions=64)
-    model = tf.GPT2LMHeadModel(cfg)
-    with pytest.raises(ConfigError, match=r"^model='gpt2': a model of a family prune-cli declares \("):
+    cfg = tf.GPTJConfig(n_embd=32, n_layer=2, n_head=4, vocab_size=99, n_positions=64, rotary_dim=4)
+    model = tf.GPTJForCausalLM(cfg)
+    with pytest.raises(ConfigError, match=r"^model='gptj': a model of a family prune-cli declares \("):
         HeadSpace.from_model(model)
 
 

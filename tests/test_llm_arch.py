@@ -1,5 +1,6 @@
-"""Decoder-only LLMs with grouped-query attention (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2),
-through their one adapter (prune_cli.arch.llama): a query head belongs to its key/value group, a
+"""Decoder-only LLMs with grouped-query attention (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2, through
+their one adapter prune_cli.arch.llama; and Phi-3, whose q/k/v projection is fused: prune_cli.arch.phi3,
+more in tests/test_fused_arch.py): a query head belongs to its key/value group, a
 group stays while any query head of it is left, groups may keep different numbers of query heads,
 and the gated model equals the physically pruned one in full forward passes over left-padded batches
 AND in cached generation (greedy and beam, every step's logits), with an emptied layer and an
@@ -161,3 +162,56 @@ def test_export_reloads_to_the_same_generations_and_prunes_again_in_the_dense_in
     with torch.no_grad():
         got = again(**batch).logits
     assert (got - want)[batch["attention_mask"].bool()].abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3"])
+def test_an_emptied_layer_runs_at_a_head_size_other_than_the_stand_in(family):
+    """Rotary tables have the dense head size: the stand-in head of an emptied block has it too
+    (a head of 16 rotated by a table of 8 was a shape error)."""
+    import transformers as tf
+
+    config_cls, lm_cls, _ = LLMS[family]
+    torch.manual_seed(0)
+    cfg = getattr(tf, config_cls)(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  head_dim=16, intermediate_size=37, vocab_size=99, max_position_embeddings=64,
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model = getattr(tf, lm_cls)._from_config(cfg, attn_implementation="sdpa").eval()
+    mask = torch.tensor([False] * 4 + [True, False, True, True])  # layer 0 emptied, groups of 1 and 2
+    space, pruned = gated_and_pruned(model, mask)
+    batch = left_padded()
+    with Gates(model, space) as gates:
+        gates.set(mask.float())
+        with torch.no_grad():
+            want = model(**batch).logits
+    with torch.no_grad():
+        got = pruned(**batch).logits
+    assert (got - want)[batch["attention_mask"].bool()].abs().max().item() < 1e-5
+
+
+def test_kv_units_gate_and_score_whole_groups():
+    """A group's gate is the gate of every query head reading it; magnitude and the weight count
+    of a group hold its key/value rows once plus its query heads' own weights."""
+    from prune_cli.methods.magnitude import unit_norms
+
+    model = tiny_model("llama_lm", "sdpa")
+    units = UnitSpace.from_model(model)
+    assert units.size("kv") == 6 and units.group_of_head().tolist() == [g for g in range(6) for _ in range(3)]
+    kv = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    batch = left_padded()
+    with Gates(model, units) as gates:
+        gates.set_units({"kv": kv})
+        with torch.no_grad():
+            by_group = model(**batch).logits
+        gates.set_units({"head": kv[units.group_of_head()]})
+        with torch.no_grad():
+            by_head = model(**batch).logits
+    assert torch.equal(by_group, by_head)
+    norms = unit_norms(model, units)
+    attn = model.model.layers[0].self_attn
+    want = sum(w.pow(2).sum() for w in (attn.q_proj.weight[:24], attn.k_proj.weight[:8], attn.v_proj.weight[:8],
+                                        attn.o_proj.weight[:, :24]))
+    assert norms["kv"][0].item() == pytest.approx(want.sqrt().item(), rel=1e-6)
+    assert units.unit_sizes("kv")[0] == (2 * 3 + 2) * 8 * 48
+    dropped = units.with_masks({"kv": kv.bool()})
+    assert dropped.kept("head").tolist() == kv[units.group_of_head()].bool().tolist()
+    assert units.weights()[0] - dropped.weights()[0] == 3 * int(units.unit_sizes("kv")[0])

@@ -9,7 +9,8 @@ query/key dimension (a zero query dimension removes that dimension's term from e
 deleting the row of W_q and of W_k does); a pre-hook on the FFN's output projection scales each
 neuron. A key/value group's gate multiplies the head gates of every query head reading it (what
 removing the group does: its query heads go with it). The hooks work the same under eager, sdpa and flash attention (none is inside the
-attention kernel) and never touch the padding mask.
+attention kernel) and never touch the padding mask. On a fused q/k/v projection (GPT-2, Phi-3...)
+the query hook scales only its query features (`UnitSpace.qkv_rows`), the key/value ones by 1.
 
 |dL/dgate| at gate 1 is the first-order (Taylor) importance of the unit, and equals
 |sum(grad * W)| over the unit's slice of the gated matrix (W_o column, W_q row + bias, W2 column):
@@ -32,6 +33,7 @@ from typing import Self
 import torch
 from torch import nn
 
+from prune_cli.arch.projections import in_features, out_features, weight
 from prune_cli.heads import HeadSpace
 from prune_cli.units import UnitSpace
 
@@ -58,9 +60,11 @@ class Gates:
             o_proj = self._modules[block.o]
             base, d = units.dim_offsets[i], block.head_dim
             vo = [base + h * d + j for h, _, vd in layout for j in vd]
-            if o_proj.in_features != len(vo):
-                raise ValueError(f"{block.o} takes {o_proj.in_features} features but the UnitSpace gives "
+            if in_features(o_proj) != len(vo):
+                raise ValueError(f"{block.o} takes {in_features(o_proj)} features but the UnitSpace gives "
                                  f"{block.name} {len(vo)} value dimensions")
+            # a fused q/k/v projection: the query features are some of its outputs
+            q_rows = units.qkv_rows(i)[0] if block.fused else None
             pos = head_pos[i]
             self._blocks.append({
                 "o": block.o, "q": block.q, "even": units.is_even(i), "heads": len(layout), "head_dim": d,
@@ -68,6 +72,8 @@ class Gates:
                 "head_feature": torch.tensor([p for p, (_, _, vd) in zip(pos, layout) for _ in vd], dtype=torch.long),
                 "vo": torch.tensor(vo, dtype=torch.long),
                 "qk": torch.tensor([base + h * d + j for h, qd, _ in layout for j in qd], dtype=torch.long),
+                "q_rows": None if q_rows is None else torch.tensor(q_rows, dtype=torch.long),
+                "q_width": out_features(self._modules[block.q]),
             })
         self._ffns = [{"out": f.output, "ffn": torch.tensor([f.offset + n for n in units.ffn_kept(j)], dtype=torch.long)}
                       for j, f in enumerate(units.ffns) if units.ffn_kept(j)]
@@ -152,7 +158,7 @@ class Gates:
             self._ffn_hooked = True
         head, vo, qk, ffn = (values.get(k) for k in ("head", "vo", "qk", "ffn"))
         for n, b in enumerate(self._blocks):
-            for key in ("head", "head_feature", "vo", "qk"):
+            for key in ("head", "head_feature", "vo", "qk", "q_rows"):
                 if isinstance(b[key], torch.Tensor) and b[key].device != device:
                     b[key] = b[key].to(device)
             factor = None
@@ -162,7 +168,11 @@ class Gates:
                 factor = head[b["head_feature"]] if head is not None else None
                 factor = vo[b["vo"]] if factor is None else (factor if vo is None else factor * vo[b["vo"]])
             self._o_scale[n] = factor
-            self._q_scale[n] = None if qk is None else qk[b["qk"]]
+            q_factor = None if qk is None else qk[b["qk"]]
+            if q_factor is not None and b["q_rows"] is not None:  # ones on the key/value features
+                q_factor = torch.ones(b["q_width"], dtype=q_factor.dtype, device=device).index_copy(
+                    0, b["q_rows"], q_factor)
+            self._q_scale[n] = q_factor
         for n, f in enumerate(self._ffns):
             if f["ffn"].device != device:
                 f["ffn"] = f["ffn"].to(device)
@@ -176,9 +186,9 @@ class Gates:
         if values.shape != (self.space.total,):
             raise ValueError(f"head gate values must have shape ({self.space.total},), got {tuple(values.shape)}")
         for b in self._blocks:
-            weight = self._modules[b["o"]].weight
-            factor = values.to(weight.device, torch.float64)[b["head_feature"].to(weight.device)]
-            weight.copy_((weight.double() * factor).to(weight.dtype))
+            w = weight(self._modules[b["o"]])  # [out, in]: a head's features are columns
+            factor = values.to(w.device, torch.float64)[b["head_feature"].to(w.device)]
+            w.copy_((w.double() * factor).to(w.dtype))
 
     def remove(self) -> None:
         for handle in self._handles:

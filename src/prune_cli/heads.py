@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from prune_cli.arch import FAMILIES, AttentionLayout, family_of, layer_index
+from prune_cli.arch.projections import in_features, out_features
 from prune_cli.errors import ConfigError
 
 #: config attribute holding {block name relative to the base model: [kept original head ids]}
@@ -51,6 +52,8 @@ class Block:
     #: query heads per key/value head in the DENSE block (1 unless grouped-query attention):
     #: original query head h reads key/value head h // group_size
     group_size: int = 1
+    #: q, k and v are one projection (q == k == v) laid out this way (`AttentionLayout.fused`)
+    fused: str | None = None
 
     @property
     def num_heads(self) -> int:
@@ -112,7 +115,10 @@ class HeadSpace:
             # remembers its dense head size; its widths are sums of uneven heads
             uneven = getattr(module, "_prune_cli_head_dim", None)
             head_dim = uneven or getattr(module, layout.head_dim_attr)
-            width = getattr(module, layout.q).out_features
+            # query features: of the query projection, or (q/k/v fused, heads whole) the output
+            # projection's input features
+            width = in_features(model.get_submodule(o_name)) if layout.fused else out_features(
+                getattr(module, layout.q))
             heads = tuple(record[name]) if name in record else tuple(range(width // head_dim))
             if not uneven and len(heads) * head_dim != width:
                 raise ValueError(
@@ -132,6 +138,7 @@ class HeadSpace:
                     v=f"{name}.{layout.v}" if name else layout.v,
                     o=o_name,
                     group_size=geometry.heads // geometry.kv_heads if layout.groups_attr else 1,
+                    fused=layout.fused,
                 )
             )
             offset += len(heads)

@@ -3,7 +3,9 @@
 `remove_heads` slices the query/key/value rows and the output-projection columns of every head
 that is not kept, so the pruned model does less work (the point of pruning), and layers may keep
 different numbers of heads, zero included. Invariant, tested on every supported architecture: the
-pruned model computes what the dense model computes with those heads gated to 0.
+pruned model computes what the dense model computes with those heads gated to 0. A fused q/k/v
+projection (GPT-2, GPT-NeoX, Phi-3) is sliced once, keeping each part's features where the family's
+layout places them (`arch.projections`, which also handles GPT-2's transposed Conv1D weights).
 
 A checkpoint of such a model cannot be reloaded by `from_pretrained` (its shapes differ from
 what the config says), so the kept ORIGINAL head ids of every pruned block are stored in the
@@ -15,17 +17,16 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import prune_linear_layer
 
 from prune_cli.arch.build import build_model
 from prune_cli.arch.empty import EmptyAttention
+from prune_cli.arch.projections import chunk_rows, fused_index, out_features, sliced
 from prune_cli.arch.t5 import SharedBiasHeads, takes_shared_bias
-from prune_cli.arch.uneven import UnevenConfig, install_guard
+from prune_cli.arch.uneven import BlockConfig, UnevenConfig, install_guard
 from prune_cli.heads import RECORD_KEY, HeadSpace, base_prefix, head_keys, match_layout
 from prune_cli.units import UNITS_KEY, UnitSpace
 
@@ -80,12 +81,14 @@ def remove_units(model: nn.Module, target: UnitSpace, current: UnitSpace | None 
         q_index = [q_pos[(h, j)] for h, qd, _ in new for j in qd]
         v_index = [v_pos[(h, j)] for h, _, vd in new for j in vd]
         kv_index = None
+        counts = (len(old), len(old)), (len(new), len(new))  # (query heads, key/value heads) before, after
         if block.group_size > 1:  # key/value rows go by group: a group stays while a query head of it is left
             old_groups = {g: n for n, g in enumerate(sorted({h // block.group_size for h, _, _ in old}))}
-            kv_index = [old_groups[g] * block.head_dim + j
-                        for g in sorted({h // block.group_size for h, _, _ in new}) for j in range(block.head_dim)]
+            new_groups = sorted({h // block.group_size for h, _, _ in new})
+            kv_index = [old_groups[g] * block.head_dim + j for g in new_groups for j in range(block.head_dim)]
+            counts = (len(old), len(old_groups)), (len(new), len(new_groups))
         _reshape_block(model, modules, block, q_index, v_index, new, [head_pos[h] for h, _, _ in new],
-                       target.is_even(i), kv_index)
+                       target.is_even(i), kv_index, counts)
     for j, ffn in enumerate(current.ffns):
         old, new = current.ffn_kept(j), target.ffn_kept(j)
         if old != new:
@@ -118,7 +121,9 @@ def save_pruned(model: nn.Module, path, tokenizer=None) -> Path:
     path = Path(path)
     with writing(path):
         path.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(path)
+        # the model's own parameter names, which `load_pruned` reads back as they are (by default
+        # transformers 5 renames some to a legacy checkpoint's, e.g. GPT-NeoX's lm_head to embed_out)
+        model.save_pretrained(path, save_original_format=False)
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
         space = HeadSpace.from_model(model)
@@ -171,22 +176,19 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
-def _sliced(lin: nn.Linear, index: list[int], dim: int) -> nn.Linear:
-    """`lin` keeping rows (dim 0) or columns (dim 1) `index`, in that order, in its own dtype
-    (prune_linear_layer builds the new layer in the default dtype)."""
-    with warnings.catch_warnings():  # "Initializing zero-element tensors is a no-op" for empty blocks
-        warnings.simplefilter("ignore", UserWarning)
-        idx = torch.tensor(index, dtype=torch.long, device=lin.weight.device)
-        return prune_linear_layer(lin, idx, dim=dim).to(lin.weight.dtype)
+#: a projection keeping output features (dim 0) or input features (dim 1), Linear or Conv1D
+_sliced = sliced
 
 
 def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int], layout, head_index: list[int],
-                   even: bool, kv_index: list[int] | None = None) -> None:
+                   even: bool, kv_index: list[int] | None = None, counts=None) -> None:
     """Keep query/key features `q_index` and value/output features `v_index` (positions in the
     block's current weights) of attention block `block` (a dense Block); `layout` is what it then
     holds [(head, qk dims, vo dims)], `head_index` the kept heads' positions among its current heads.
     Under grouped-query attention `kv_index` are the rows of W_k and W_v kept (whole groups); groups
-    left with unequal numbers of query heads read their key/value head through `uneven_attention`."""
+    left with unequal numbers of query heads read their key/value head through `uneven_attention`.
+    `counts`: (query heads, key/value heads) the block holds before and after, which place the parts
+    of a fused q/k/v projection (`projections.fused_index`)."""
 
     name, o_name = block.name, block.o
     module = modules[name]
@@ -195,12 +197,18 @@ def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int]
         raise NotImplementedError(f"{name}: head surgery on LongT5 local attention is not supported")
     shared_bias = takes_shared_bias(module)
     k_index, vv_index = (q_index, v_index) if kv_index is None else (kv_index, kv_index)
-    for attr, index in ((layout_attrs.q, q_index), (layout_attrs.k, k_index), (layout_attrs.v, vv_index)):
-        setattr(module, attr, _sliced(getattr(module, attr), index, 0))
-    _set_module(model, o_name, _sliced(modules[o_name], v_index, 1))
+    if layout_attrs.fused:  # one projection: its q, k and v features, placed as the layout says
+        index = fused_index(layout_attrs.fused, block.head_dim, *counts, q_index, k_index, vv_index)
+        setattr(module, layout_attrs.q, sliced(getattr(module, layout_attrs.q), index, 0))
+    else:
+        for attr, index in ((layout_attrs.q, q_index), (layout_attrs.k, k_index), (layout_attrs.v, vv_index)):
+            setattr(module, attr, sliced(getattr(module, attr), index, 0))
+    _set_module(model, o_name, sliced(modules[o_name], v_index, 1))
     modules[o_name] = model.get_submodule(o_name)
     heads = [h for h, _, _ in layout]
-    if isinstance(module.__dict__.get("config"), UnevenConfig):
+    # the block's own values of what its forward reads from the shared model config (Phi-3)
+    overrides = {a: len(heads) for a in layout_attrs.config_count_attrs} if heads else {}
+    if isinstance(module.__dict__.get("config"), BlockConfig):
         module.config = module.config._model_config
     module.__dict__.pop("_prune_cli_groups", None)
     module.__dict__.pop("_prune_cli_head_dim", None)
@@ -215,11 +223,14 @@ def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int]
             setattr(module, layout_attrs.groups_attr, 1)
             order = sorted(set(groups))
             module._prune_cli_kv_index = torch.tensor([order.index(g) for g in groups], dtype=torch.long)
-            module.config = UnevenConfig(module.config)
+            module.config = UnevenConfig(module.config, overrides)
             install_guard(module)
     setattr(module, layout_attrs.head_dim_attr, head_dim)
     for attr in layout_attrs.count_attrs:
         setattr(module, attr, len(heads))
+    for attr in layout_attrs.kv_count_attrs:  # the key/value heads left (Phi-3 slices its keys by them)
+        if hasattr(module, attr):
+            setattr(module, attr, counts[1][1] if counts else len(heads))
     for attr in layout_attrs.width_attrs:
         if hasattr(module, attr):
             setattr(module, attr, len(v_index))
@@ -232,8 +243,10 @@ def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int]
                 groups.append([1, len(qd), len(vd)])
         module._prune_cli_groups = tuple(tuple(g) for g in groups)
         module._prune_cli_head_dim = block.head_dim
-        module.config = UnevenConfig(module.config)
+        module.config = UnevenConfig(module.config, overrides)
         install_guard(module)
+    if overrides and not isinstance(module.__dict__.get("config"), BlockConfig):
+        module.config = BlockConfig(module.config, overrides)
     if getattr(module, "has_relative_attention_bias", False) and not shared_bias:
         # UMT5: every block owns its bias table, one column per head: keep the kept heads' columns
         table = module.relative_attention_bias
@@ -251,9 +264,11 @@ def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int]
 
 def _reshape_ffn(model, modules, ffn, index: list[int]) -> None:
     """Keep neurons `index` (positions in the FFN's current weights): rows of its input
-    projections, columns of its output projection. Width 0 leaves the output bias alone."""
+    projections (of every chunk of a fused one), columns of its output projection. Width 0 leaves
+    the output bias alone."""
     for path in ffn.inputs:
-        _set_module(model, path, _sliced(modules[path], index, 0))
+        rows = chunk_rows(ffn.chunks, out_features(modules[path]) // ffn.chunks, index)
+        _set_module(model, path, sliced(modules[path], rows, 0))
         modules[path] = model.get_submodule(path)
-    _set_module(model, ffn.output, _sliced(modules[ffn.output], index, 1))
+    _set_module(model, ffn.output, sliced(modules[ffn.output], index, 1))
     modules[ffn.output] = model.get_submodule(ffn.output)

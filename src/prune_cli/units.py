@@ -9,6 +9,10 @@ Four kinds of unit, one hierarchy:
 * ``vo``:   one value/output dimension of a head (a row of W_v with the matching column of W_o);
 * ``ffn``:  one feed-forward neuron (a row of each FFN input projection, a column of its output).
 
+Where a family fuses projections (GPT-2's c_attn, GPT-NeoX's query_key_value, Phi-3's qkv_proj and
+gate_up_proj), the rows above are rows of the one fused projection, where its adapter's layout puts
+them (`qkv_rows`, `FFN.chunks`; prune_cli.arch.projections); sizes, biases and counts are the same.
+
 Grouped-query attention (GQA: Llama, Qwen2, Mistral...) shares each key/value head among a group of
 query heads. A query head then owns its rows of W_q and columns of W_o; the rows of W_k and W_v
 belong to its group, which stays while any query head of it is left (`Block.group_size`). The
@@ -29,6 +33,7 @@ masks alone (as compact ranges), and a pruned model of any shape reloads from it
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +41,7 @@ import torch
 from torch import nn
 
 from prune_cli.arch import FAMILIES, family_of
+from prune_cli.arch.projections import in_features, out_features, qkv_positions
 from prune_cli.errors import ConfigError
 from prune_cli.heads import RECORD_KEY, Block, HeadSpace, base_prefix
 
@@ -68,6 +74,7 @@ class FFN:
     width: int  # dense number of neurons
     offset: int  # flat index of its first neuron
     unit_size: int  # weights per neuron
+    chunks: int = 1  # projections stacked in each input's rows ([gate | up]: `FFNLayout.chunks`)
 
 
 def parse_units(value) -> tuple[str, ...]:
@@ -164,20 +171,20 @@ class UnitSpace(HeadSpace):
         modules = dict(meta.named_modules())
         hidden, biases = {}, {}
         for b in heads.blocks:
-            q, k, v = (modules[p] for p in (b.q, b.k, b.v))
-            hidden[b.name] = q.in_features
+            q, k, v = (modules[p] for p in (b.q, b.k, b.v))  # one module thrice where they are fused
+            hidden[b.name] = in_features(q)
             biases[b.name] = tuple(lin.bias is not None for lin in (q, k, v))
         ffns, offset, family = [], 0, family_of(meta)
         for name, layout in family.ffns(meta):
             paths = tuple(f"{name}.{p}" if name else p for p in layout.inputs)
             out = f"{name}.{layout.output}" if name else layout.output
-            ins = [modules[p] for p in paths]
-            width = ins[0].out_features
-            size = sum(lin.in_features for lin in ins) + modules[out].out_features
+            ins, chunks = [modules[p] for p in paths], layout.chunks
+            width = out_features(ins[0]) // chunks
+            size = chunks * sum(in_features(lin) for lin in ins) + out_features(modules[out])
             kind = family.kind(name)
             layer = next((int(p) for p in name.split(".") if p.isdigit()), 0)
-            ffns.append(FFN(name, kind, layer, paths, out, width, offset, size))
-            biases[name] = tuple(lin.bias is not None for lin in ins)
+            ffns.append(FFN(name, kind, layer, paths, out, width, offset, size, chunks))
+            biases[name] = tuple(lin.bias is not None for lin in ins for _ in range(chunks))
             offset += width
         return cls(heads.blocks, ffns, hidden, biases)
 
@@ -401,6 +408,22 @@ class UnitSpace(HeadSpace):
         """Nothing smaller than a head was removed: every kept head whole, every FFN full."""
         return bool(self.ffn.all()) and all(self.is_even(i) for i in range(len(self.blocks)))
 
+    def qkv_rows(self, i: int) -> tuple[list[int], list[int], list[int]]:
+        """Where block i's current query, key and value features sit among the output features of
+        their projection(s): each part in weight order (heads as `block_layout`, key/value heads of
+        the groups left). Separate projections hold their part alone; a fused one all three
+        (`projections.qkv_positions`)."""
+        b, layout = self.blocks[i], self.block_layout(i)
+        q = sum(len(qd) for _, qd, _ in layout)
+        if b.group_size > 1:
+            kv_heads = len({h // b.group_size for h, _, _ in layout})
+            k = v = kv_heads * b.head_dim
+        else:
+            kv_heads, k, v = len(layout), q, sum(len(vd) for _, _, vd in layout)
+        if b.fused:
+            return qkv_positions(b.fused, len(layout), kv_heads, b.head_dim)
+        return list(range(q)), list(range(k)), list(range(v))
+
     def ffn_kept(self, j: int) -> list[int]:
         f = self.ffns[j]
         return self.ffn[f.offset:f.offset + f.width].nonzero().flatten().tolist()
@@ -411,7 +434,7 @@ class UnitSpace(HeadSpace):
         blocks, offset = [], 0
         for i, b in enumerate(self.blocks):
             heads = tuple(h for h, _, _ in self.block_layout(i))
-            blocks.append(Block(b.name, b.kind, b.layer, heads, b.head_dim, offset, b.q, b.k, b.v, b.o, b.group_size))
+            blocks.append(dataclasses.replace(b, heads=heads, offset=offset))
             offset += len(heads)
         return HeadSpace(blocks)
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from prune_cli.arch.projections import QKV_ORDERS, is_projection
+
 KINDS = ("encoder", "decoder", "cross")
 
 
@@ -26,12 +28,21 @@ class AttentionLayout:
     `o` is relative to the attention module; a leading ".." climbs to its parent (BERT keeps the
     output projection in the sibling `output` module). `count_attrs` / `width_attrs` are the module
     attributes holding the head count and heads*head_dim, which surgery keeps up to date;
-    `kv_count_attrs` hold the key/value head count where it differs from the query heads'
-    (grouped-query attention), else they are empty and every query head has its own key/value head.
+    `kv_count_attrs` hold the key/value head count where the forward reads it (Phi-3 slices its
+    fused projection by it), which surgery sets to the key/value heads left.
     `groups_attr` names the attribute holding the query heads per key/value head (Llama's
     `num_key_value_groups`, which the stock attention functions read to repeat keys and values):
     a family that sets it is grouped-query attention, and its query head h of a dense block
     belongs to key/value group h // (heads / kv_heads) (Ainslie et al. 2023, "GQA").
+
+    `fused` (one of `projections.QKV_ORDERS`) declares q, k and v ONE projection (then q, k and v
+    name the same module) and how its output features hold the parts: "concat" ([q | k | v]) or
+    "per_head" ([q_h | k_h | v_h] per head); `projections.qkv_positions` is the one reading of it.
+    `config_count_attrs` are attributes of the MODEL config that the block's forward reads as its
+    own query head count (Phi-3 slices its fused output at `config.num_attention_heads * head_dim`):
+    surgery gives such a block a view of the config with its own count (`uneven.BlockConfig`).
+    `rotary`: queries and keys are rotated by a table of the dense head size (Su et al. 2021,
+    "RoFormer"), so the stand-in head of an emptied block has that size (`empty.EmptyAttention`).
     """
 
     q: str
@@ -43,9 +54,17 @@ class AttentionLayout:
     width_attrs: tuple[str, ...] = ()
     kv_count_attrs: tuple[str, ...] = ()
     groups_attr: str | None = None
+    fused: str | None = None
+    config_count_attrs: tuple[str, ...] = ()
+    rotary: bool = False
+
+    def __post_init__(self):
+        if self.fused is not None and (self.fused not in QKV_ORDERS or not self.q == self.k == self.v):
+            raise ValueError(f"a fused attention layout names one projection for q, k and v and one of "
+                             f"{', '.join(QKV_ORDERS)}, not {self.q}/{self.k}/{self.v} {self.fused!r}")
 
     def matches(self, module: nn.Module) -> bool:
-        return all(isinstance(getattr(module, a, None), nn.Linear) for a in (self.q, self.k, self.v)) and isinstance(
+        return all(is_projection(getattr(module, a, None)) for a in (self.q, self.k, self.v)) and isinstance(
             getattr(module, self.head_dim_attr, None), int)
 
 
@@ -53,6 +72,9 @@ class AttentionLayout:
 class FFNLayout:
     inputs: tuple[str, ...]  # projections whose ROWS are the neurons (T5's gated FFN has two)
     output: str  # the projection whose COLUMNS are the neurons
+    #: projections stacked in each input's rows (Phi-3's gate_up_proj = [gate | up]: 2): neuron n
+    #: of width w is row c * w + n of every chunk c (`projections.chunk_rows`)
+    chunks: int = 1
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,9 @@ class Family:
     #: the attention-block counts a model of this config may hold (the whole model, or one stack
     #: for the head classes that keep one, e.g. T5EncoderModel); None: not checked
     expected_blocks: Callable | None = field(default=None, compare=False)
+    #: config -> None, or (config attribute, value, what is allowed) for an option of this family
+    #: that pruning cannot keep exact: `family_of` refuses such a model in one line
+    unsupported: Callable | None = field(default=None, compare=False)
 
     # ---- blocks ---------------------------------------------------------
     def layout_of(self, module: nn.Module) -> AttentionLayout | None:
@@ -127,8 +152,8 @@ class Family:
             if layout is None:
                 continue
             o_name = resolve(name, layout.o)
-            if not isinstance(modules.get(o_name), nn.Linear):
-                raise ValueError(  # noqa: TRY004 - a model that does not match its declaration
+            if not is_projection(modules.get(o_name)):
+                raise ValueError(  # a model that does not match its declaration
                     f"{type(model).__name__}.{name} ({type(module).__name__}): the {self.name} adapter "
                     f"expects its output projection at {o_name}; transformers may have renamed it")
             found.append((name, module, layout, o_name))
@@ -149,7 +174,7 @@ class Family:
         for name in modules:
             for layout in self.ffn:
                 parts = [f"{name}.{p}" if name else p for p in (*layout.inputs, layout.output)]
-                if all(isinstance(modules.get(p), nn.Linear) for p in parts):
+                if all(is_projection(modules.get(p)) for p in parts):
                     found.append((name, layout))
                     break
         return found

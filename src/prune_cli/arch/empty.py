@@ -7,6 +7,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prune_cli.arch.projections import out_features
+from prune_cli.arch.uneven import BlockConfig
+
 #: width of the stand-in head an empty block runs with: small, and a size every attention kernel takes
 STAND_IN_DIM = 8
 
@@ -31,17 +34,24 @@ class EmptyAttention:
         self.o_attr = o_attr  # the output projection inside the block (BART, DistilBERT, T5), else None
         # what the call swaps in, built once: zero projections computing in the dtype/device of
         # the block's (empty) query projection, the real output bias, one head of STAND_IN_DIM
+        # (of the block's dense head size where rotary tables of that size turn queries and keys)
         ref = getattr(module, layout.q)
-        width = STAND_IN_DIM
-        self.swaps = {a: Zeros(width, ref) for a in (layout.q, layout.k, layout.v)}
+        width = getattr(module, layout.head_dim_attr) if layout.rotary else STAND_IN_DIM
+        if layout.fused:  # one projection outputs the head's query, key and value features
+            self.swaps = {layout.q: Zeros(3 * width, ref)}
+        else:
+            self.swaps = {a: Zeros(width, ref) for a in (layout.q, layout.k, layout.v)}
         if o_attr is not None:
             o_proj = getattr(module, o_attr)
-            self.swaps[o_attr] = Zeros(o_proj.out_features, ref, bias_of=o_proj)
+            self.swaps[o_attr] = Zeros(out_features(o_proj), ref, bias_of=o_proj)
         if own_table:  # UMT5: the block's own (now empty) relative-position table
             self.swaps["relative_attention_bias"] = Zeros(1, ref)
         self.swaps[layout.head_dim_attr] = width
         self.swaps.update({a: 1 for a in (*layout.count_attrs, *filter(None, [layout.groups_attr]))})
+        self.swaps.update({a: 1 for a in layout.kv_count_attrs if hasattr(module, a)})
         self.swaps.update({a: width for a in layout.width_attrs if hasattr(module, a)})
+        if layout.config_count_attrs:  # the head count the forward reads from the (shared) model config
+            self.swaps["config"] = BlockConfig(module.config, {a: 1 for a in layout.config_count_attrs})
 
     def __call__(self, *args, **kwargs):
         module = self.module_ref[0]

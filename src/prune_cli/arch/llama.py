@@ -19,7 +19,7 @@ LLAMA = Family(
     model_types=("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"),
     structure="decoder",
     attention=(AttentionLayout("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", (),
-                               groups_attr="num_key_value_groups"),),
+                               groups_attr="num_key_value_groups", rotary=True),),
     ffn=(FFNLayout(("gate_proj", "up_proj"), "down_proj"),),  # on the decoder layer's `mlp`
     dims=False,
     no_dims="rotary embeddings rotate query/key dimensions in pairs and a value head is shared by a group of "

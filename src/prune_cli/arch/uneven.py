@@ -28,13 +28,36 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 UNEVEN = "prune_cli_uneven"
 
 
-class UnevenConfig:
-    """The model config as an uneven block sees it: every attribute is the model's (read at call
-    time, so `set_attn_implementation` and config edits still reach the block) except the
-    attention implementation, which routes the block through `uneven_attention`."""
+class BlockConfig:
+    """The model config as one pruned block sees it: every attribute is the model's (read at call
+    time, so `set_attn_implementation` and config edits still reach the block) except `overrides`,
+    the block's own values of attributes its forward reads from the shared config (Phi-3's query
+    head count: `AttentionLayout.config_count_attrs`)."""
 
-    def __init__(self, config):
+    def __init__(self, config, overrides: dict | None = None):
         object.__setattr__(self, "_model_config", config)
+        object.__setattr__(self, "_overrides", dict(overrides or {}))
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_model_config", "_overrides"):
+            raise AttributeError(name)
+        overrides = self.__dict__["_overrides"]
+        return overrides[name] if name in overrides else getattr(self._model_config, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._model_config, name, value)
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return type(self)(copy.deepcopy(self._model_config, memo), self._overrides)
+
+    def __reduce__(self):
+        return type(self), (self._model_config, self._overrides)
+
+
+class UnevenConfig(BlockConfig):
+    """A block config whose attention implementation routes the block through `uneven_attention`."""
 
     @property
     def _attn_implementation(self) -> str:
@@ -43,22 +66,6 @@ class UnevenConfig:
     @property
     def base_implementation(self) -> str:
         return self._model_config._attn_implementation
-
-    def __getattr__(self, name):
-        if name.startswith("__") or name == "_model_config":
-            raise AttributeError(name)
-        return getattr(self._model_config, name)
-
-    def __setattr__(self, name, value):
-        setattr(self._model_config, name, value)
-
-    def __deepcopy__(self, memo):
-        import copy
-
-        return UnevenConfig(copy.deepcopy(self._model_config, memo))
-
-    def __reduce__(self):
-        return UnevenConfig, (self._model_config,)
 
 
 def install_guard(module) -> None:

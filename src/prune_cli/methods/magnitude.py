@@ -6,13 +6,16 @@ its row of W_v and column of W_o; an FFN neuron its rows of the input projection
 of the output projection. Biases are left out (they are not what `density` counts). Read from the
 model as it is (a pruned model's units at their current positions), in the dense index.
 Under grouped-query attention a query head owns only its rows of W_q and columns of W_o; the rows
-of W_k and W_v are its key/value group's, whose norm also counts its query heads'.
+of W_k and W_v are its key/value group's, whose norm also counts its query heads'. Fused projections
+(GPT-2's c_attn, Phi-3's qkv_proj and gate_up_proj) are read part by part where the family's layout
+places them (`UnitSpace.qkv_rows`, `FFN.chunks`).
 """
 
 from __future__ import annotations
 
 import torch
 
+from prune_cli.arch.projections import weight
 from prune_cli.methods.base import Pruner, ScoreContext
 
 
@@ -28,8 +31,8 @@ def unit_norms(model, space) -> dict[str, torch.Tensor]:
             group_offset += groups
             if not layout:
                 continue
-            rows = lambda path: modules[path].weight.detach().double().cpu().pow(2)
-            q, k, v, o = rows(b.q).sum(1), rows(b.k).sum(1), rows(b.v).sum(1), rows(b.o).sum(0)
+            q, k, v = (_sq(modules[p]).sum(1)[rows] for p, rows in zip((b.q, b.k, b.v), space.qkv_rows(i)))
+            o = _sq(modules[b.o]).sum(0)
             base, d = space.dim_offsets[i], b.head_dim
             qk_index = torch.tensor([base + h * d + j for h, qd, _ in layout for j in qd], dtype=torch.long)
             vo_index = torch.tensor([base + h * d + j for h, _, vd in layout for j in vd], dtype=torch.long)
@@ -44,13 +47,18 @@ def unit_norms(model, space) -> dict[str, torch.Tensor]:
             kept = space.ffn_kept(j)
             if not kept:
                 continue
-            total = sum(modules[p].weight.detach().double().cpu().pow(2).sum(1) for p in f.inputs)
-            total = total + modules[f.output].weight.detach().double().cpu().pow(2).sum(0)
+            total = sum(_sq(modules[p]).sum(1).view(f.chunks, -1).sum(0) for p in f.inputs)  # every chunk's row
+            total = total + _sq(modules[f.output]).sum(0)
             sq["ffn"][torch.tensor(kept, dtype=torch.long) + f.offset] = total
     head = torch.zeros(space.total, dtype=torch.float64)
     head.index_add_(0, space.head_of("qk"), sq["qk"] + sq["vo"])
     sq["kv"].index_add_(0, space.group_of_head(), head)
     return {"head": head.sqrt(), **{k: v.sqrt() for k, v in sq.items()}}
+
+
+def _sq(module) -> torch.Tensor:
+    """Squared weights of a projection as [out, in] (Linear or Conv1D), float64 on the CPU."""
+    return weight(module).detach().double().cpu().pow(2)
 
 
 class Magnitude(Pruner):

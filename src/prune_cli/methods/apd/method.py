@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 
 from prune_cli.accounting import METER, batch_examples
+from prune_cli.arch.projections import weight
 from prune_cli.errors import ConfigError
 from prune_cli.methods.apd.allocation import LayerStats, allocate, elimination, head_features
 from prune_cli.methods.base import Pruner, ScoreContext
@@ -182,7 +183,7 @@ class APD(Pruner):
                 o = modules[block.o]
                 feats = head_features(keep, block.head_dim)
                 saved[block.o] = o.weight.detach().clone()
-                o.weight[:, feats] = self._stats[block.name].refit(feats).to(o.weight)
+                weight(o)[:, feats] = self._stats[block.name].refit(feats).to(o.weight)  # [out, in] view
         ctx.gates.set(mask.float())
         try:
             return float(validate())

@@ -29,6 +29,7 @@ import contextlib
 import torch
 from torch import nn
 
+from prune_cli.arch.projections import in_features
 from prune_cli.heads import HeadSpace
 
 
@@ -91,7 +92,7 @@ def tap(model: nn.Module, blocks: dict[str, tuple[str, int]], inputs: dict | Non
 def block_widths(model: nn.Module, space: HeadSpace) -> dict[str, tuple[str, int]]:
     """{block name: (output projection name, input width)} of every attention block of `model`."""
     modules = dict(model.named_modules())
-    return {b.name: (b.o, modules[b.q].in_features) for b in space.blocks}
+    return {b.name: (b.o, in_features(modules[b.q])) for b in space.blocks}
 
 
 class PeerLoss:
