@@ -198,3 +198,29 @@ def test_classification_without_a_pad_token_pads_with_eos(raced, tmp_path):
         batch = model(**tokenizer([short, long], padding=True, return_tensors="pt")).logits
         alone = model(**tokenizer([short], return_tensors="pt")).logits
     assert torch.allclose(batch[0], alone[0], atol=1e-4), (batch[0], alone[0])
+
+
+@needs_package
+@pytest.mark.slow
+def test_every_llm_task_runs_end_to_end_on_smollm2(raced, cache, tmp_path):
+    """`model=smollm2` through prune-run, offline, on each kind of task, each run a prune on the
+    real model (tiny budgets: the point is that every path runs on the real architecture): one-shot
+    Taylor over whole key/value groups on WikiText-2 calibration windows, Michel scoring heads for
+    zero-shot PIQA, and DSP learning gates for SST-2 through LlamaForSequenceClassification."""
+    from test_cli import prune_run
+
+    env = {gguf_source.CACHE_ENV: str(cache)}
+    common = ["model=smollm2", f"data_root={DATA}", "logger.mode=disabled", "trainer.progress_bar=false",
+              "task.max_length=48", "task.max_train_samples=4", "task.max_eval_samples=4", "trainer.batch_size=2",
+              "trainer.eval_batch_size=4"]
+    runs = {
+        "wikitext2": ["task=wikitext2", "method=taylor", "units=kv", "sparsity=0.5", "pipeline=[prune,evaluate]"],
+        "piqa": ["task=zeroshot", "task.name=piqa", "method=michel", "heads=135", "pipeline=[prune,evaluate]"],
+        "sst2": ["task=sst2", "method=dsp", "heads=90", "trainer.max_steps=2"],
+    }
+    for name, args in runs.items():
+        run = tmp_path / name
+        res = prune_run([*common, *args, f"hydra.run.dir={run}"], cwd=tmp_path, env_extra=env)
+        assert res.returncode == 0, f"{name}: {res.stderr[-3000:]}"
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["heads_total"] == 270 and metrics["heads_kept"] == {"wikitext2": 135, "piqa": 135, "sst2": 90}[name]
