@@ -281,3 +281,11 @@ def test_a_hub_id_is_a_model_option(tmp_path):
                     cwd=tmp_path, env_extra={"HF_HUB_OFFLINE": "1"})
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("prune-run: error: model='Qwen/Qwen2.5-0.5B': a model in")
+
+
+def test_help_lists_the_options_a_user_can_choose(tmp_path):
+    res = prune_run(["--help"], cwd=tmp_path)
+    assert res.returncode == 0
+    task = next(line for line in res.stdout.splitlines() if line.startswith("task: "))
+    assert "_glue" not in task and "wikitext2" in task and "zeroshot" in task
+    assert "hydra/launcher: basic, local, parallel, slurm" in res.stdout

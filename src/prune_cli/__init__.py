@@ -55,7 +55,16 @@ def _job_dirname(num, overrides, limit: int = 160):
     return f"{name[:limit - 9]}~{digest}"
 
 
+def _config_groups() -> str:
+    """`${config_groups:}`, the group list of `prune-run --help` (hydra.help.template): the options
+    a user can choose, packaged or in the user folder; Hydra's own list also shows the bases a
+    group's files extend (task/_glue.yaml), which are no options."""
+    from prune_cli.groups import help_groups
+
+    return help_groups()
+
+
 for _name, _fn in (("data_path", _data_path), ("job_dirname", _job_dirname), ("package_data", _package_data),
-                   ("user_searchpath", _user_searchpath)):
+                   ("user_searchpath", _user_searchpath), ("config_groups", _config_groups)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)

@@ -8,7 +8,6 @@ Hydra's errors (unknown key, bad override syntax) become one line with exit stat
 from __future__ import annotations
 
 import sys
-from importlib import resources
 from pathlib import Path
 
 import hydra
@@ -16,7 +15,7 @@ from omegaconf import DictConfig
 
 from prune_cli import user_config_dir
 from prune_cli.errors import ConfigError, Diverged
-from prune_cli.groups import CONF_MODULE, is_option
+from prune_cli.groups import CONF_MODULE, group_options
 
 
 def _die(message: str, status: int = 2) -> None:
@@ -49,19 +48,6 @@ def _searchpath(dirs: list[Path]) -> list[str]:
     return ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in [*dirs, *([user] if user else [])]) + "]"]
 
 
-def _group_options(group: str, extra: list[Path] = ()) -> list[str] | None:
-    user = user_config_dir()
-    folders = [resources.files(CONF_MODULE), *extra, *([user] if user else [])]
-    options, found = set(), False
-    for folder in folders:
-        for part in group.split("/"):
-            folder = folder / part
-        if folder.is_dir():
-            found = True
-            options.update(p.name[: -len(".yaml")] for p in folder.iterdir() if is_option(p.name))
-    return sorted(options) if found else None
-
-
 def check_group_choices(args: list[str]) -> None:
     """`method=foo` where method/foo.yaml exists neither in the package nor in a --config-dir ->
     one line naming the options."""
@@ -75,7 +61,7 @@ def check_group_choices(args: list[str]) -> None:
         key = key.lstrip("+~")
         if key.startswith("hydra") or "." in key:
             continue
-        options = _group_options(key, extra)
+        options = group_options(key, extra)
         if options is None:
             continue
         for choice in _sweep_values(value):

@@ -26,6 +26,34 @@ def options(group: str) -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if is_option(p.name))
 
 
+def group_options(group: str, extra=()) -> list[str] | None:
+    """The options of `group` in the packaged configs, the folders `extra` (--config-dir) and the
+    user folder together; None when no such group exists anywhere."""
+    from importlib import resources
+
+    from prune_cli import user_config_dir
+
+    user = user_config_dir()
+    found = None
+    for folder in [resources.files(CONF_MODULE), *extra, *([user] if user else [])]:
+        folder = folder.joinpath(*group.split("/"))
+        if folder.is_dir():
+            found = (found or set()) | {p.name[: -len(".yaml")] for p in folder.iterdir() if is_option(p.name)}
+    return None if found is None else sorted(found)
+
+
+def help_groups() -> str:
+    """`group: option, option...` for every config group a run composes (hydra/launcher included):
+    `prune-run --help`'s list (hydra.help.template); Hydra's own shows the bases too."""
+    from importlib import resources
+
+    root = resources.files(CONF_MODULE)
+    groups = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in ("hydra", "local", "__pycache__"))
+    builtin = {"hydra/launcher": ["basic"]}  # Hydra's own default launcher
+    return "\n".join(f"{g}: {', '.join(builtin.get(g, []) + options)}" for g in [*groups, "hydra/launcher"]
+                     if (options := group_options(g)))
+
+
 def compose_option(group: str, name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The node `group=name` puts in a run's config (e.g. the `task` node of `task=cola`, its
     _glue.yaml base merged in), as a config of its own: interpolations such as
