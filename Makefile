@@ -31,6 +31,7 @@ bench:  ## pruned-vs-dense speed (whole heads, then units inside heads + FFN) + 
 	$(PYTHON) scripts/bench_speed.py --out outputs/bench $(BENCH_ARGS)
 	$(PYTHON) scripts/bench_units.py --out outputs/bench/units
 	$(PYTHON) scripts/bench_runner.py --quick --out outputs/bench $(BENCH_ARGS)
+	$(PYTHON) scripts/bench_llm.py --out outputs/bench/llm
 
 lint:
 	$(PYTHON) -m ruff check src tests scripts

@@ -19,7 +19,7 @@ LAYERS = {
     "arch": ["prune_cli.arch"],
     "space": ["prune_cli.heads", "prune_cli.units", "prune_cli.flops", "prune_cli.embeddings"],
     "ops": ["prune_cli.gates", "prune_cli.surgery", "prune_cli.models", "prune_cli.report", "prune_cli.bench",
-            "prune_cli.bench_units", "prune_cli.accounting"],
+            "prune_cli.bench_units", "prune_cli.bench_llm", "prune_cli.accounting"],
     "work": ["prune_cli.train", "prune_cli.distill", "prune_cli.schedules",
              "prune_cli.methods", "prune_cli.tasks", "prune_cli.metrics", "prune_cli.scratch"],
     "run": ["prune_cli.validate", "prune_cli.pipeline", "prune_cli.cli", "prune_cli.sweep", "prune_cli.reports"],
