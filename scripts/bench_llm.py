@@ -6,8 +6,8 @@ over the layers or drawn at random over the model), query heads inside groups (`
 kept; 1 of 3 per group = 33 %, or a random 25 / 50 %), and groups + FFN neurons (`kv+ffn`). Each is
 checked against the gated dense model before it is timed. fp32, 1 thread, one process, round-robin.
 
-    python3 scripts/bench_llm.py --out outputs/bench/llm          # make bench (~20 min on a quiet core)
-    python3 scripts/bench_llm.py --quick --out outputs/bench/llm  # dense, kv-50-even, head-50-random, 1 repeat
+    python3 scripts/bench_llm.py --out outputs/bench/llm          # make bench (~25 min on a quiet core)
+    python3 scripts/bench_llm.py --quick --out outputs/bench/llm  # dense, kv-50-even, head-50-random, 1 repeat (~4 min)
 
 Writes <out>/llm.json ({"env", "results"}) and <out>/llm.md; prints the table.
 """

@@ -12,14 +12,15 @@ This measures what each buys where an LLM spends its time, and against which lim
   (weight bytes + KV bytes read per step) dense / pruned at the decode's mean context length.
 
 Every model is physically pruned (`surgery.remove_units`) and checked against the gated dense model
-(`gates.Gates`) on one prompt before anything is timed. All variants are timed in one process,
-fp32, `torch.set_num_threads(1)`, `torch.inference_mode()`, round-robin (the order rotating each
-round) after warm-up rounds; medians of `repeats`. Decode is a loop of
-`model(input_ids=next, cache=..., use_cache=True)` from a copy of the variant's prompt cache, so
-only the decode steps are timed. Peak memory comes from a fresh subprocess per variant (`memory`):
-the process's resident-set high-water mark (VmHWM, reset through /proc/self/clear_refs; the
-`ru_maxrss` of the run alone) above what was resident before the run. `scripts/bench_llm.py` is the
-command line; docs/benchmarks.md has the numbers.
+(`gates.Gates`) on one prompt, in float64, before anything is timed. All variants are timed in one
+process, fp32, `torch.set_num_threads(1)`, `torch.inference_mode()`, after warm-up rounds, medians
+of `repeats`: prefills round-robin (the order rotating each round); decodes in lockstep (step j of
+every model, the order rotating each step) from a copy of each variant's prompt cache, so only
+decode steps are timed and a shared machine's drift hits every variant alike. Both the wall clock
+and the computing thread's CPU time are recorded (`CLOCKS`). Peak memory comes from a fresh
+subprocess per variant (`measure_memory`): the resident-set high-water mark (VmHWM, reset through
+/proc/self/clear_refs) above what was resident before the run. A `dense-copy` variant measures the
+noise floor. `scripts/bench_llm.py` is the command line; docs/benchmarks.md has the numbers.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ BATCHES = (1, 4)
 PREFILL_REPEATS = 5
 #: context each decode step attends over, averaged over the steps (step j: prompt + j + 1 keys)
 MEAN_CONTEXT = PROMPT_LEN + (NEW_TOKENS + 1) / 2
+#: the memory subprocess's glibc settings: large blocks mmapped and unmapped at free, nothing retained
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024), "MALLOC_TRIM_THRESHOLD_": "0"}
 #: the variants of `make bench` (labels: units-percent of query heads removed-layout)
 DEFAULT = ("dense", "dense-copy", "kv-25-even", "kv-25-random", "head-25-random", "kv-33-even", "head-33-even",
            "kv-50-even", "kv-50-random", "head-50-random", "kv+ffn-50-even")
@@ -397,9 +400,12 @@ def memory_worker(label: str, seed: int = 0) -> dict:
 
 def measure_memory(label: str, seed: int = 0) -> dict:
     """`memory_worker` in a subprocess (a high-water mark is per process, and models built before
-    would be in it)."""
+    would be in it). glibc serves every allocation of >= 64 KiB by its own mmap there, returned to
+    the system when freed, so the resident set follows the live tensors: with its default, adaptive
+    threshold, the same variant's peak moved by up to 60 MB from run to run with what the heap kept."""
     src = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
+           **MALLOC_ENV}
     code = ("import json, sys; from prune_cli.bench_llm import memory_worker; "
             "print(json.dumps(memory_worker(sys.argv[1], int(sys.argv[2]))))")
     run = subprocess.run([sys.executable, "-c", code, label, str(seed)], env=env, capture_output=True, text=True,
@@ -476,7 +482,8 @@ def run(labels: Sequence[str] = DEFAULT, repeats: int = 5, warmup: int = 1, seed
                      warmup=warmup, prompt_len=PROMPT_LEN, new_tokens=NEW_TOKENS, batches=list(BATCHES),
                      mean_context=MEAN_CONTEXT, seconds=round(time.time() - t0, 1),
                      load_average_start=[round(x, 2) for x in load_start], clocks=list(CLOCKS),
-                     memory_method="VmHWM (reset via /proc/self/clear_refs) in a fresh subprocess per variant")
+                     memory_method="VmHWM (reset via /proc/self/clear_refs) in a fresh subprocess per variant, "
+                                   f"glibc {MALLOC_ENV}")
     return {"env": env, "results": results}
 
 
