@@ -3,10 +3,10 @@
 (`query_key_value` interleaved per head, partial rotary) and Phi-3 (`qkv_proj` = [q | k | v] with
 grouped-query attention, fused gated FFN `gate_up_proj` = [gate | up]).
 
-The invariants of tests/test_llm_arch.py (whose helpers these tests reuse; Phi-3 also runs in its
-CASES): the gated model equals the physically pruned one in full forward passes over left-padded
-batches (eager and sdpa, an emptied layer, an emptied group, groups of unequal sizes) and in cached
-generation (greedy and beam, every step's logits); the KV cache holds only the kept heads; FFN
+The forward-pass and cached-generation invariants run for these families in tests/test_llm_arch.py
+(its CASES: gated == physically pruned over left-padded batches, eager and sdpa, an emptied layer,
+an emptied group, groups of unequal sizes; greedy and beam, every step's logits). Here: the KV cache
+holds only the kept heads; FFN
 neurons and heads removed together equal the masked model; an export reloads identically with its
 exact parameter count and prunes again in the dense index. Plus what the fused layouts themselves
 promise: the weight counts, the magnitude of every unit, query gates that scale only query
@@ -21,7 +21,7 @@ import inspect
 import pytest
 import torch
 from conftest import tiny_model
-from test_llm_arch import gated_and_pruned, gqa_mask, left_padded
+from test_llm_arch import gated_and_pruned, gated_logits, gqa_mask, left_padded
 
 from prune_cli.arch import family_of
 from prune_cli.arch.projections import weight
@@ -33,15 +33,6 @@ from prune_cli.surgery import count_params, load_pruned, remove_units, save_prun
 from prune_cli.units import UnitSpace
 
 FUSED = ["gpt2", "gpt_neox", "phi3"]
-CASES = [(f, a) for f in FUSED for a in ("eager", "sdpa")]
-IDS = [f"{f}-{a}" for f, a in CASES]
-
-
-def _gated(model, space, masks: dict, batch):
-    with Gates(model, space) as gates:
-        gates.set_units({k: v.float() for k, v in masks.items()})
-        with torch.no_grad():
-            return model(**batch).logits
 
 
 def test_the_fused_layouts_are_what_the_spaces_count():
@@ -60,49 +51,6 @@ def test_the_fused_layouts_are_what_the_spaces_count():
         assert [f.width for f in space.ffns] == [37, 37, 37]
         assert space.weights() == (3 * size, 3 * size), family
         assert all(b.group_size == (3 if family == "phi3" else 1) for b in space.blocks)
-
-
-@pytest.mark.parametrize(("family", "attn"), CASES, ids=IDS)
-def test_gated_equals_pruned_in_a_forward_pass(family, attn):
-    model = tiny_model(f"{family}_lm", attn)
-    batch = left_padded()
-    keep = batch["attention_mask"].bool()
-    with torch.no_grad():
-        dense = model(**batch).logits
-    for seed in range(3):
-        mask = gqa_mask(HeadSpace.from_model(model), seed)
-        space, pruned = gated_and_pruned(model, mask)
-        want = _gated(model, space, {"head": mask}, batch)
-        assert (want - dense)[keep].abs().max().item() > 1e-3  # the mask matters
-        with torch.no_grad():
-            got = pruned(**batch).logits
-        diff = (got - want)[keep].abs().max().item()
-        assert diff < 1e-5, f"seed {seed}: gated vs pruned differ by {diff}"
-        assert count_params(pruned) == count_params(model) - UnitSpace.from_model(model).with_masks(
-            {"head": mask}).removed_params()
-
-
-@pytest.mark.parametrize("beams", [1, 3], ids=["greedy", "beam"])
-@pytest.mark.parametrize(("family", "attn"), CASES, ids=IDS)
-def test_pruned_decodes_like_gated_with_and_without_cache(family, attn, beams):
-    model = tiny_model(f"{family}_lm", attn)
-    mask = gqa_mask(HeadSpace.from_model(model), 4)
-    space, pruned = gated_and_pruned(model, mask)
-    batch = left_padded(1)
-
-    def decode(m, use_cache):
-        out = m.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False, num_beams=beams,
-                         output_logits=True, return_dict_in_generate=True, use_cache=use_cache, pad_token_id=0)
-        return out.sequences, torch.stack(out.logits)
-
-    with Gates(model, space) as gates:
-        gates.set(mask.float())
-        want_ids, want = decode(model, True)
-    for use_cache in (True, False):
-        ids, logits = decode(pruned, use_cache)
-        assert torch.equal(ids, want_ids), f"cache={use_cache}: other tokens"
-        diff = (logits - want).abs().max().item()
-        assert diff < 1e-5, f"cache={use_cache}: logits differ by {diff}"
 
 
 @pytest.mark.parametrize(("family", "kv_heads"), [("gpt2", [2, 4]), ("phi3", [1, 2])])
@@ -144,9 +92,9 @@ def test_ffn_neurons_and_heads_together_equal_the_masked_model_and_reload(family
     batch = left_padded(2)
     keep = batch["attention_mask"].bool()
     ref = _masked_reference(model, units, target)
-    want = _gated(ref, UnitSpace.from_model(ref), {"head": masks["head"]}, batch)
+    want = gated_logits(ref, UnitSpace.from_model(ref), {"head": masks["head"]}, batch)
     # the same with FFN gates instead of zeroed weights
-    assert (_gated(model, units, masks, batch) - want)[keep].abs().max().item() < 1e-5
+    assert (gated_logits(model, units, masks, batch) - want)[keep].abs().max().item() < 1e-5
     before = unit_norms(model, units)
     dense_params = count_params(model)
     remove_units(model, target, units)
@@ -173,7 +121,7 @@ def test_ffn_neurons_and_heads_together_equal_the_masked_model_and_reload(family
     second = UnitSpace.from_model(again).with_masks({"head": head})
     remove_units(again, second)
     assert UnitSpace.from_model(again) == second
-    want = _gated(ref, UnitSpace.from_model(ref), {"head": head}, batch)
+    want = gated_logits(ref, UnitSpace.from_model(ref), {"head": head}, batch)
     with torch.no_grad():
         assert (again(**batch).logits - want)[keep].abs().max().item() < 1e-5
 
@@ -203,7 +151,7 @@ def test_query_gates_scale_only_the_query_features_of_a_fused_projection(family)
     space = UnitSpace.from_model(model)
     batch = left_padded()
     factor = torch.full((space.size("qk"),), 0.5)
-    gated = _gated(model, space, {"qk": factor}, batch)
+    gated = gated_logits(model, space, {"qk": factor}, batch)
     scaled = copy.deepcopy(model)
     with torch.no_grad():  # the same: the query rows of every fused projection (and their biases) halved
         for i, b in enumerate(space.blocks):
@@ -221,7 +169,7 @@ def test_folded_head_gates_equal_set_ones_on_conv1d():
     space = HeadSpace.from_model(model)
     values = torch.linspace(0.1, 1.0, space.total)
     batch = left_padded()
-    want = _gated(model, space, {"head": values}, batch)
+    want = gated_logits(model, space, {"head": values}, batch)
     with Gates(model, space) as gates:
         gates.fold(values)
     with torch.no_grad():
@@ -239,7 +187,7 @@ def test_gpt2_options_prune_exactly(option):
     batch = left_padded()
     mask = gqa_mask(HeadSpace.from_model(model), 1)
     space, pruned = gated_and_pruned(model, mask)
-    want = _gated(model, space, {"head": mask}, batch)
+    want = gated_logits(model, space, {"head": mask}, batch)
     with torch.no_grad():
         got = pruned(**batch).logits
     assert (got - want)[batch["attention_mask"].bool()].abs().max().item() < 1e-5

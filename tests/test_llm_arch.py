@@ -21,8 +21,18 @@ from prune_cli.heads import HeadSpace
 from prune_cli.surgery import count_params, load_pruned, remove_heads, remove_units, save_pruned
 from prune_cli.units import UnitSpace
 
-CASES = [(f, a) for f in LLMS for a in ("eager", "sdpa") if not (f == "gemma2" and a == "sdpa")]
+#: every decoder-only family: grouped-query attention (LLMS) and the fused-q/k/v ones of tests/test_fused_arch.py
+FAMILIES = [*LLMS, "gpt2", "gpt_neox"]
+CASES = [(f, a) for f in FAMILIES for a in ("eager", "sdpa") if not (f == "gemma2" and a == "sdpa")]
 IDS = [f"{f}-{a}" for f, a in CASES]
+
+
+def gated_logits(model, space, masks: dict, batch):
+    """Logits of `model` with the gates of `masks` ({kind: 0/1 over the dense index}) set."""
+    with Gates(model, space) as gates:
+        gates.set_units({k: v.float() for k, v in masks.items()})
+        with torch.no_grad():
+            return model(**batch).logits
 
 
 def left_padded(seed: int = 0) -> dict:
@@ -72,16 +82,16 @@ def test_llm_blocks_are_decoder_blocks_with_their_groups():
 def test_gated_equals_pruned_in_a_forward_pass(family, attn):
     model = tiny_model(f"{family}_lm", attn)
     batch = left_padded()
+    keep = batch["attention_mask"].bool()
+    with torch.no_grad():
+        dense = model(**batch).logits
     for seed in range(3):
         mask = gqa_mask(HeadSpace.from_model(model), seed)
         space, pruned = gated_and_pruned(model, mask)
-        with Gates(model, space) as gates:
-            gates.set(mask.float())
-            with torch.no_grad():
-                want = model(**batch).logits
+        want = gated_logits(model, space, {"head": mask}, batch)
+        assert (want - dense)[keep].abs().max().item() > 1e-3  # the mask matters
         with torch.no_grad():
             got = pruned(**batch).logits
-        keep = batch["attention_mask"].bool()
         diff = (got - want)[keep].abs().max().item()
         assert diff < 1e-5, f"seed {seed}: gated vs pruned differ by {diff}"
         # parameters: exactly what the kept units own (q rows, o columns per head; k/v rows per group)
@@ -179,10 +189,7 @@ def test_an_emptied_layer_runs_at_a_head_size_other_than_the_stand_in(family):
     mask = torch.tensor([False] * 4 + [True, False, True, True])  # layer 0 emptied, groups of 1 and 2
     space, pruned = gated_and_pruned(model, mask)
     batch = left_padded()
-    with Gates(model, space) as gates:
-        gates.set(mask.float())
-        with torch.no_grad():
-            want = model(**batch).logits
+    want = gated_logits(model, space, {"head": mask}, batch)
     with torch.no_grad():
         got = pruned(**batch).logits
     assert (got - want)[batch["attention_mask"].bool()].abs().max().item() < 1e-5

@@ -45,7 +45,7 @@ def run(folder, tmp_path, *args):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["random", "magnitude", "taylor", "michel", "dsp", "ste", "voita"])
+@pytest.mark.parametrize("method", ["random", "magnitude", "taylor", "michel", "dsp", "ste", "voita", "apd"])
 def test_methods_keep_exactly_k_query_heads(llama_folder, tmp_path, method):
     args = ["method.ending=top_k"] if method == "voita" else []
     run_dir = run(llama_folder, tmp_path, f"method={method}", "heads=7", *args)

@@ -27,9 +27,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from prune_cli.arch.projections import sliced
 from prune_cli.bench import DTYPES, Protocol, compare
 from prune_cli.flops import EncoderGeometry, encoder_flops, kept_geometry
-from prune_cli.surgery import _reshape_ffn, _sliced, remove_units
+from prune_cli.surgery import _reshape_ffn, remove_units
 from prune_cli.units import UnitSpace
 
 #: the variant with every head and FFN neuron removed: what pruning can never make faster
@@ -135,9 +136,9 @@ def padded_copy(model: nn.Module, space: UnitSpace, target: UnitSpace) -> nn.Mod
         module, attrs = modules[b.name], match_layout(modules[b.name])
         index = [h * b.head_dim + j for h, _, _ in layout for j in range(size)]
         for attr in (attrs.q, attrs.k, attrs.v):
-            setattr(module, attr, _sliced(getattr(module, attr), index, 0))
+            setattr(module, attr, sliced(getattr(module, attr), index, 0))
         parent, _, name = b.o.rpartition(".")
-        setattr(padded.get_submodule(parent), name, _sliced(modules[b.o], index, 1))
+        setattr(padded.get_submodule(parent), name, sliced(modules[b.o], index, 1))
         setattr(module, attrs.head_dim_attr, size)  # module.scaling keeps 1/sqrt(dense head size)
         for attr in attrs.count_attrs:
             setattr(module, attr, len(layout))

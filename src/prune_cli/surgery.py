@@ -176,10 +176,6 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, new)
 
 
-#: a projection keeping output features (dim 0) or input features (dim 1), Linear or Conv1D
-_sliced = sliced
-
-
 def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int], layout, head_index: list[int],
                    even: bool, kv_index: list[int] | None = None, counts=None) -> None:
     """Keep query/key features `q_index` and value/output features `v_index` (positions in the

@@ -101,7 +101,8 @@ def uneven_attention(module, query, key, value, attention_mask, scaling=None, dr
     base = _eager if base_name == "eager" else ALL_ATTENTION_FUNCTIONS[base_name]
     kv_index = module.__dict__.get("_prune_cli_kv_index")
     if kv_index is not None:  # grouped-query attention, groups of unequal sizes: one key/value head per query head
-        kv_index = kv_index.to(key.device)
+        if kv_index.device != key.device:  # moved once, not copied to the device at every call
+            kv_index = module.__dict__["_prune_cli_kv_index"] = kv_index.to(key.device)
         key, value = key.index_select(1, kv_index), value.index_select(1, kv_index)
         return base(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
     bias = kwargs.pop("position_bias", None)

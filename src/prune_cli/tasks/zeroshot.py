@@ -125,20 +125,15 @@ def _piqa(rows, labels):
     return [{"goal": r["goal"], "sol1": r["sol1"], "sol2": r["sol2"], "label": int(y)} for r, y in zip(rows, labels)]
 
 
-def _arc(rows, labels):
-    out = []
-    for r in rows:
-        stem, choices = _stem_choices(r)
-        out.append({"id": r["id"], "question": stem, "choices": choices, "answerKey": r["answerKey"]})
-    return out
+def _multiple_choice(question_key: str):
+    """ARC and OpenBookQA share the release format; their Hub rows name the question differently."""
+    def convert(rows, labels):
+        return [{"id": r["id"], question_key: stem, "choices": choices, "answerKey": r["answerKey"]}
+                for r in rows for stem, choices in [_stem_choices(r)]]
+    return convert
 
 
-def _openbookqa(rows, labels):
-    out = []
-    for r in rows:
-        stem, choices = _stem_choices(r)
-        out.append({"id": r["id"], "question_stem": stem, "choices": choices, "answerKey": r["answerKey"]})
-    return out
+_arc, _openbookqa = _multiple_choice("question"), _multiple_choice("question_stem")
 
 
 def _same(rows, labels):
