@@ -3,7 +3,7 @@
 A pruned model must decode what the gated model decodes, with the KV cache and without it, in
 greedy and beam search. Tokens are not enough: on tiny random models they agree by luck while the
 logits are off, so every step's logits are compared (`output_logits=True`). The masks empty the
-blocks that need stand-ins (`arch.empty.EmptyAttention`, `arch.t5.SharedBiasHeads`): decoder layer 0's
+blocks that need stand-ins (`arch.runtime.EmptyAttention`, `arch.runtime.SharedBiasHeads`): decoder layer 0's
 self-attention (its cache layer still has to advance, and T5 reads its past length from it),
 every decoder self-attention, every cross-attention, and an encoder layer.
 """

@@ -18,7 +18,7 @@ LAYERS = {
              "prune_cli.stages"],
     "arch": ["prune_cli.arch"],
     "space": ["prune_cli.heads", "prune_cli.units", "prune_cli.flops", "prune_cli.embeddings"],
-    "ops": ["prune_cli.gates", "prune_cli.surgery", "prune_cli.models", "prune_cli.report", "prune_cli.bench",
+    "ops": ["prune_cli.gates", "prune_cli.surgery", "prune_cli.standalone", "prune_cli.models", "prune_cli.report", "prune_cli.bench",
             "prune_cli.bench_units", "prune_cli.bench_llm", "prune_cli.accounting"],
     "work": ["prune_cli.train", "prune_cli.distill", "prune_cli.schedules",
              "prune_cli.methods", "prune_cli.tasks", "prune_cli.metrics", "prune_cli.scratch"],
@@ -41,7 +41,16 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     """The package's modules `name` imports, anywhere in the file."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    facade = set()
+    if name == "prune_cli":  # the package's public names (load_pruned, prune...), imported on first use by
+        # its module-level __getattr__: the API facade sits above every layer, the package below them
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":
+                facade.update(id(n) for n in ast.walk(node))
+    for node in ast.walk(tree):
+        if id(node) in facade:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -22,7 +22,7 @@ def test_which_blocks_share_the_position_bias(arch, shared):
     model = tiny_model(arch)
     attn = [m for m in model.modules() if match_layout(m) is not None]
     assert attn and all(takes_shared_bias(m) is shared for m in attn)
-    if shared:  # the bias goes in by this name and comes back second (arch.t5.SharedBiasHeads)
+    if shared:  # the bias goes in by this name and comes back second (arch.runtime.SharedBiasHeads)
         assert "position_bias" in inspect.signature(type(attn[0]).forward).parameters
         hidden = torch.randn(2, 5, model.config.d_model)
         out = attn[0](hidden)
@@ -115,7 +115,7 @@ def test_uneven_blocks_run_through_the_attention_interface(arch):
 def test_a_release_that_bypasses_the_attention_interface_is_an_error(monkeypatch):
     """If a block stopped reading config._attn_implementation, the stock kernel would treat every
     dimension as a head: the guard raises instead."""
-    from prune_cli.arch import uneven as attention
+    from prune_cli.arch import runtime as attention
     from prune_cli.surgery import remove_units
     from prune_cli.units import UnitSpace
 

@@ -7,6 +7,17 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "load_pruned", "save_pruned"]
+
+
+def __getattr__(name):
+    """`prune_cli.load_pruned` / `save_pruned` (surgery's), imported on first use: `import prune_cli`
+    stays light for the command line."""
+    if name in ("load_pruned", "save_pruned"):
+        from prune_cli import surgery
+
+        return getattr(surgery, name)
+    raise AttributeError(f"module 'prune_cli' has no attribute {name!r}")
 
 
 def _data_path(root, relative):

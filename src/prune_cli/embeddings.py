@@ -12,35 +12,13 @@ needs, below the methods: the rank is recorded in the config (`EMBED_KEY`), and
 
 from __future__ import annotations
 
-import torch
 from torch import nn
+
+from prune_cli.arch.runtime import FactorizedEmbedding
 
 EMBED_KEY = "prune_cli_embed_rank"
 
-
-class FactorizedEmbedding(nn.Module):
-    """ids -> proj(embed(ids)): an nn.Embedding of width r followed by a bias-free r -> d map."""
-
-    def __init__(self, num_embeddings: int, rank: int, dim: int, padding_idx: int | None = None):
-        super().__init__()
-        self.embed = nn.Embedding(num_embeddings, rank, padding_idx=padding_idx)
-        self.proj = nn.Linear(rank, dim, bias=False)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The full table the factors stand for (for code that reads `.weight`, e.g. its dtype)."""
-        return self.embed.weight @ self.proj.weight.T
-
-    @property
-    def num_embeddings(self) -> int:
-        return self.embed.num_embeddings
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.proj.out_features
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.embed(ids))
+__all__ = ["EMBED_KEY", "FactorizedEmbedding", "apply_embed_record"]
 
 
 def apply_embed_record(model: nn.Module) -> nn.Module:

@@ -33,7 +33,7 @@ Every term but the FFN is linear in h, which is why the FLOP speedup of a mask d
 its per-layer head counts, and two masks with the same total (uniform or uneven over layers)
 have the same FLOPs. A layer that kept no heads still adds its output-projection bias, the
 residual and the LayerNorm, and runs the stock attention kernel once with a zero stand-in head of
-`arch.empty.STAND_IN_DIM` features (what the pruned model computes: see `arch.empty.EmptyAttention`;
+`arch.empty.STAND_IN_DIM` features (what the pruned model computes: see `arch.runtime.EmptyAttention`;
 0.2 % of the FLOPs of an emptied MiniLM layer at length 128).
 """
 

@@ -111,7 +111,7 @@ class HeadSpace:
         geometry = family.geometry(model.config)
         blocks, offset = [], 0
         for name, module, layout, o_name in family.attention_blocks(model):
-            # a block whose heads lost dimensions runs with head size 1 (prune_cli.arch.uneven) and
+            # a block whose heads lost dimensions runs with head size 1 (prune_cli.arch.runtime) and
             # remembers its dense head size; its widths are sums of uneven heads
             uneven = getattr(module, "_prune_cli_head_dim", None)
             head_dim = uneven or getattr(module, layout.head_dim_attr)

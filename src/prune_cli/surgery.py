@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prune_cli import standalone
 from prune_cli.arch.build import build_model
-from prune_cli.arch.empty import EmptyAttention
+from prune_cli.arch.empty import stand_in
 from prune_cli.arch.projections import chunk_rows, fused_index, out_features, sliced
-from prune_cli.arch.t5 import SharedBiasHeads, takes_shared_bias
-from prune_cli.arch.uneven import BlockConfig, UnevenConfig, install_guard
+from prune_cli.arch.runtime import BlockConfig, SharedBiasHeads, UnevenConfig, install_guard
+from prune_cli.arch.t5 import takes_shared_bias
 from prune_cli.heads import RECORD_KEY, HeadSpace, base_prefix, head_keys, match_layout
 from prune_cli.units import UNITS_KEY, UnitSpace
 
@@ -114,8 +115,10 @@ def apply_record(model: nn.Module) -> nn.Module:
 
 
 def save_pruned(model: nn.Module, path, tokenizer=None) -> Path:
-    """A standard HF folder (config carries the kept heads) plus `heads.json` for humans. A full
-    disk is `checkpoints.DiskFull` (one line), whatever library was writing."""
+    """A HF folder that loads with plain transformers (`standalone`: `modeling_pruned.py` and
+    `auto_map` where the shapes differ from the stock model's; `trust_remote_code=True`) and with
+    `load_pruned` (the config carries the kept units), plus `heads.json` for humans. A full disk is
+    `checkpoints.DiskFull` (one line), whatever library was writing."""
     from prune_cli.checkpoints import writing
 
     path = Path(path)
@@ -124,6 +127,7 @@ def save_pruned(model: nn.Module, path, tokenizer=None) -> Path:
         # the model's own parameter names, which `load_pruned` reads back as they are (by default
         # transformers 5 renames some to a legacy checkpoint's, e.g. GPT-NeoX's lm_head to embed_out)
         model.save_pretrained(path, save_original_format=False)
+        standalone.write(model, path)
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
         space = HeadSpace.from_model(model)
@@ -145,6 +149,7 @@ def load_pruned(path, auto_class=None, config_overrides: dict | None = None, fre
 
     path = Path(path)
     config = AutoConfig.from_pretrained(path, **(config_overrides or {}))
+    standalone.forget(config)  # this folder's remote-code keys: save_pruned writes them afresh
     model = apply_record(build_model(config, auto_class, **kwargs))
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -251,7 +256,7 @@ def _reshape_block(model, modules, block, q_index: list[int], v_index: list[int]
     inside = o_name.startswith(name + ".")
     if not heads:
         own_table = getattr(module, "has_relative_attention_bias", False) and not shared_bias
-        empty = EmptyAttention(module, layout_attrs, o_name[len(name) + 1:] if inside else None, own_table)
+        empty = stand_in(module, layout_attrs, o_name[len(name) + 1:] if inside else None, own_table)
         # a T5 block that kept nothing still hands the stack's bias on (the first one computes it)
         module.forward = SharedBiasHeads(module, [0], empty) if shared_bias else empty
     elif shared_bias:

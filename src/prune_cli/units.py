@@ -49,7 +49,7 @@ from prune_cli.heads import RECORD_KEY, Block, HeadSpace, base_prefix
 UNITS_KEY = "prune_cli_kept_units"
 KINDS = ("head", "kv", "qk", "vo", "ffn")
 #: model types whose heads may lose query/key or value dimensions (their family's `dims`: the
-#: attention views q/k/v with -1 heads, which uneven heads need, see prune_cli.arch.uneven); tested on
+#: attention views q/k/v with -1 heads, which uneven heads need, see prune_cli.arch.runtime); tested on
 #: each in tests/test_units.py (UMT5 and LongT5 view with their head count)
 DIM_MODEL_TYPES = tuple(t for f in FAMILIES if f.dims for t in f.model_types)
 #: `units=` shorthands (a list of kinds works too): what a prune may remove

@@ -98,7 +98,7 @@ class Family:
     (blocks under `decoder_names` are decoder self-attention, those named in `cross_names`
     cross-attention, the rest encoder). `dims`: whether a head may lose query/key or value
     dimensions (the attention views its projections with -1 heads, which uneven heads need:
-    prune_cli.arch.uneven); `surgery`: whether heads can be removed physically at all.
+    prune_cli.arch.runtime); `surgery`: whether heads can be removed physically at all.
     """
 
     name: str

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The LLM table (docs/results/llm.md): SmolLM2-135M-Instruct (model=smollm2) pruned by every head
+# method at 50 % and ~25 % of its 270 query heads removed, as scattered query heads (units=heads)
+# and as whole key/value groups (units=kv), one-shot on WikiText-2 calibration text and with a short
+# recovery fine-tune; each pruned model scored in the LLM-Pruner layout (Ma et al. 2023, Table 1):
+# WikiText-2 perplexity + seven zero-shot accuracies, on the same fixed subsets for every cell.
+#
+#   bash scripts/llm_grid.sh [OUT=outputs/llm_grid] [DATA=../shared/data] [EXAMPLES=100] [WINDOWS=10]
+#   prune-report --llm docs/results/runs/llm --out docs/results/llm_runs     # the table, from the records
+#
+# A cell is one prune run (pipeline=[prune,export] or [prune,finetune,export], calibration windows of
+# 512 tokens) and eight evaluation runs of its exported model (method=none pipeline=[evaluate]):
+# wikitext2 (the first $WINDOWS windows of 2048 tokens of the test split) and the first $EXAMPLES
+# examples of each zero-shot task. Records: $RECORDS/<cell>/{prune,wikitext2,piqa,...}; exported
+# models stay under $OUT (rebuilt from the seed when a later machine lacks one). Several workers may
+# share a grid (grid_common.sh locks each run); OMP_NUM_THREADS sets torch's threads per worker.
+set -uo pipefail
+OUT=${1:-outputs/llm_grid}
+DATA=${2:-../shared/data}
+EXAMPLES=${3:-100}
+WINDOWS=${4:-10}
+export RECORDS=${RECORDS:-docs/results/runs/llm}
+source "$(dirname "$0")/grid_common.sh"
+ZEROSHOT="piqa boolq arc_easy arc_challenge openbookqa winogrande hellaswag"
+quiet="logger.mode=disabled trainer.progress_bar=false data_root=$DATA"
+calib="task=wikitext2 task.max_length=512 task.max_train_samples=32 task.subsample=first"
+# recovery: one pass over 64 calibration windows (of wiki.valid.raw: the shared data has no
+# wiki.train.raw), full fine-tuning, the same for every method
+recover="task.max_train_samples=64 trainer.epochs=1 trainer.batch_size=8 trainer.lr=5e-5 trainer.warmup_ratio=0.1"
+
+evaluate() {  # evaluate <cell> [model.path=...]: the eight scores of one model
+  local cell=$1; shift
+  run "$cell/wikitext2" model=smollm2 "$@" method=none "pipeline=[evaluate]" $quiet \
+    task=wikitext2 task.max_length=2048 task.max_eval_samples=$WINDOWS
+  for t in $ZEROSHOT; do
+    run "$cell/$t" model=smollm2 "$@" method=none "pipeline=[evaluate]" $quiet \
+      task=zeroshot task.name=$t task.max_eval_samples=$EXAMPLES
+  done
+}
+
+cell() {  # cell <cell> <prune-run overrides of the prune run>
+  local name=$1; shift
+  run "$name/prune" model=smollm2 $quiet $calib "$@"
+  local missing=0
+  for t in wikitext2 $ZEROSHOT; do [ -f "$RECORDS/$name/$t/metrics.json" ] || missing=1; done
+  [ $missing = 1 ] || return 0
+  if [ ! -f "$OUT/$name/prune/model/config.json" ]; then  # recorded elsewhere: rebuild the model here
+    [ -f "$RECORDS/$name/prune/metrics.json" ] || return 0  # the prune run failed: see its log
+    mkdir "$OUT/$name/prune.lock" 2>/dev/null || return 0
+    prune-run model=smollm2 $quiet $calib "$@" hydra.run.dir="$OUT/$name/prune.rebuilt" > "$OUT/$name/prune.rebuilt.log" 2>&1 \
+      && mkdir -p "$OUT/$name/prune" && rm -rf "$OUT/$name/prune/model" && mv "$OUT/$name/prune.rebuilt/model" "$OUT/$name/prune/model"
+    rmdir "$OUT/$name/prune.lock"
+  fi
+  [ -f "$OUT/$name/prune/model/config.json" ] && evaluate "$name" model.path="$(realpath "$OUT/$name/prune/model")"
+}
+
+evaluate dense
+
+oneshot="pipeline=[prune,export]"
+tuned="pipeline=[prune,finetune,export] $recover"
+for budget in 135 204; do  # query heads kept of 270: 50 % and 24.4 % removed (204: whole groups of 3)
+  for units in heads kv; do
+    for m in taylor magnitude $([ $units = heads ] && echo michel); do  # michel ranks whole query heads only
+      cell "oneshot/$units$budget/$m" $oneshot method=$m heads=$budget units=$units
+    done
+    for s in 1 2 3; do
+      cell "oneshot/$units$budget/random_s$s" $oneshot method=random heads=$budget units=$units seed=$s
+    done
+  done
+done
+for units in heads kv; do
+  for m in taylor magnitude $([ $units = heads ] && echo michel); do
+    cell "tuned/${units}135/$m" $tuned method=$m heads=135 units=$units
+  done
+  for s in 1 2 3; do
+    cell "tuned/${units}135/random_s$s" $tuned method=random heads=135 units=$units seed=$s
+  done
+done
