@@ -20,9 +20,9 @@ LAYERS = {
     "space": ["prune_cli.heads", "prune_cli.units", "prune_cli.flops", "prune_cli.embeddings"],
     "ops": ["prune_cli.gates", "prune_cli.surgery", "prune_cli.standalone", "prune_cli.models", "prune_cli.report", "prune_cli.bench",
             "prune_cli.bench_units", "prune_cli.bench_llm", "prune_cli.accounting"],
-    "work": ["prune_cli.train", "prune_cli.distill", "prune_cli.schedules",
+    "work": ["prune_cli.train", "prune_cli.distill", "prune_cli.schedules", "prune_cli.oneshot",
              "prune_cli.methods", "prune_cli.tasks", "prune_cli.metrics", "prune_cli.scratch"],
-    "run": ["prune_cli.validate", "prune_cli.pipeline", "prune_cli.cli", "prune_cli.sweep", "prune_cli.reports"],
+    "run": ["prune_cli.api", "prune_cli.validate", "prune_cli.pipeline", "prune_cli.cli", "prune_cli.sweep", "prune_cli.reports"],
 }
 RANK = {name: rank for rank, names in enumerate(LAYERS.values()) for name in names}
 

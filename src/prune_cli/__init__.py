@@ -7,12 +7,16 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load_pruned", "save_pruned"]
+__all__ = ["PruneCallback", "__version__", "load_pruned", "prune", "save_pruned"]
 
 
 def __getattr__(name):
-    """`prune_cli.load_pruned` / `save_pruned` (surgery's), imported on first use: `import prune_cli`
-    stays light for the command line."""
+    """The Python API, imported on first use (`import prune_cli` stays light for the command line):
+    `prune` and `PruneCallback` (prune_cli.api), `load_pruned` and `save_pruned` (prune_cli.surgery)."""
+    if name in ("prune", "PruneCallback"):
+        from prune_cli import api
+
+        return getattr(api, name)
     if name in ("load_pruned", "save_pruned"):
         from prune_cli import surgery
 

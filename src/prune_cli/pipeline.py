@@ -24,12 +24,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prune_cli import accounting, checkpoints, distributed, report, rundir
+from prune_cli import accounting, checkpoints, distributed, oneshot, report, rundir
 from prune_cli.accounting import METER
 from prune_cli.errors import ConfigError, Diverged
 from prune_cli.gates import Gates
-from prune_cli.methods import ScoreContext, get_pruner, select_units, top_k_mask
-from prune_cli.schedules import rounds
+from prune_cli.methods import ScoreContext, get_pruner, top_k_mask
 from prune_cli.stages import STAGES, given_epochs
 from prune_cli.surgery import count_params, load_pruned, remove_units, save_pruned
 from prune_cli.tracking import RunLogger
@@ -478,25 +477,20 @@ class Pipeline:
 
     def _stage_prune(self, state: State, index: int) -> dict:
         """Score, keep the best (in rounds if the schedule says so), then remove what is not kept."""
+        common = {"kept_now": state.mask, "schedule": self.cfg.schedule, "scope": self.cfg.heads_scope,
+                  "accelerator": self.accelerator, "log": self.logger.log, "run_score": lambda compute, single: (
+                      self._cached_scores(state, compute) if single else self._agreed(compute))}
         batches = self._score_batches(state)
         if self.plan.density is not None:
-            return self._prune_units(state, batches)
-        if self.plan.units == ("kv",):
-            return self._prune_groups(state, batches)
-        eligible = state.space.scope_mask(self.cfg.heads_scope) & state.mask  # removed heads stay removed
-        in_scope = int(eligible.sum())
-        mask = state.mask.clone()
-        steps = rounds(self.cfg.schedule, in_scope, self.plan.keep)
-        with Gates(state.model, state.space) as gates:
-            for kept in steps:
-                ctx = ScoreContext(state.model, gates, batches, mask, self.accelerator, space=state.space)
-                scores = (self._cached_scores(state, lambda c=ctx: self.pruner.score(c)) if len(steps) == 1
-                          else self._agreed(lambda c=ctx: self.pruner.score(c)))
-                mask = (self.pruner.select(scores, kept, eligible & mask) | ~eligible) & state.mask
-                mask = distributed.broadcast(mask)  # `random` draws, ties: one choice for every process
-                self.logger.log({"prune/heads_kept": int(mask.sum()), "prune/heads_kept_in_scope": kept})
-        state.scores = scores
-        return self._apply(state, state.space.with_masks({"head": mask}))
+            target, state.scores = oneshot.keep_density(state.model, state.space, self.pruner, batches,
+                                                        self.plan.density, self.plan.units, **common)
+        elif self.plan.units == ("kv",):
+            target, state.scores = oneshot.keep_groups(state.model, state.space, self.pruner, batches,
+                                                       self.plan.keep, **common)
+        else:
+            target, state.scores = oneshot.keep_heads(state.model, state.space, self.pruner, batches,
+                                                      self.plan.keep, **common)
+        return self._apply(state, target)
 
     def _stage_prune_curve(self, state: State, index: int) -> dict:
         """Michel et al.'s main figure in one run: score ONCE, then gate off the lowest-scored
@@ -548,52 +542,6 @@ class Pipeline:
         record["points"] = [p for p in record["points"] if p["removed"] != removed]
         record["points"].append({"removed": removed, "heads_kept": heads_kept, "splits": self.task.predictions})
         report.write_json(path, record, indent=None)  # 20+ points of per-example lists: compact
-
-    def _prune_groups(self, state: State, batches) -> dict:
-        """`units=kv` with heads=/sparsity=: whole key/value groups ranked by the scorer, each with
-        every query head reading it; `heads=K` still counts query heads (validated to whole groups)."""
-        space = state.space
-        group_of = space.group_of_head()
-        in_scope = space.scope_mask(self.cfg.heads_scope) & state.mask
-        eligible = torch.zeros(space.size("kv"), dtype=torch.bool)
-        eligible[group_of[in_scope]] = True
-        per_group = torch.bincount(group_of, minlength=space.size("kv"))
-        keep = int(self.plan.keep) // int(per_group[eligible].max()) if bool(eligible.any()) else 0
-        kept = space.kept("kv")
-        steps = rounds(self.cfg.schedule, int(eligible.sum()), keep)
-        with Gates(state.model, space) as gates:
-            for k in steps:
-                ctx = ScoreContext(state.model, gates, batches, state.mask, self.accelerator, units=("kv",),
-                                   space=space, masks={"kv": kept})
-                scores = (self._cached_scores(state, lambda c=ctx: self.pruner.score(c)) if len(steps) == 1
-                          else self._agreed(lambda c=ctx: self.pruner.score(c)))["kv"]
-                kept = distributed.broadcast((top_k_mask(scores, k, eligible & kept) | ~eligible) & kept)
-                self.logger.log({"prune/kv_heads_kept": int(kept.sum()),
-                                 "prune/heads_kept": int((kept[group_of] & state.mask).sum())})
-        state.scores = scores[group_of]  # heads.json: each query head shows its group's score
-        return self._apply(state, space.with_masks({"kv": kept}))
-
-    def _prune_units(self, state: State, batches) -> dict:
-        """A `density` budget: every kind in `units` ranked together, kept weights counted exactly."""
-        scope, kinds = self.cfg.heads_scope, self.plan.units
-        kept_now, dense = state.space.weights(scope)
-        target = -(-round(self.plan.density * dense * 1e6) // 1_000_000)  # ceil, immune to float noise
-        current = state.space
-        steps = rounds(self.cfg.schedule, kept_now, target)
-        with Gates(state.model, state.space) as gates:
-            for budget in steps:
-                masks = current.masks()
-                ctx = ScoreContext(state.model, gates, batches, masks["head"], self.accelerator, units=kinds,
-                                   space=state.space, masks={k: masks[k] for k in kinds})
-                scores = (self._cached_scores(state, lambda c=ctx: self.pruner.score(c)) if len(steps) == 1
-                          else self._agreed(lambda c=ctx: self.pruner.score(c)))
-                if not isinstance(scores, dict):
-                    scores = {"head": scores}
-                candidates = {k: masks[k] & current.scope(k, scope) for k in kinds}
-                current = distributed.broadcast(select_units(current, scores, candidates, budget, scope))
-                self.logger.log({"prune/density": current.density(scope), "prune/heads_kept": int(current.kept("head").sum())})
-        state.scores = scores
-        return self._apply(state, current)
 
     def _stage_prune_joint(self, state: State, index: int, freeze_model: bool = False) -> dict:
         """Learner methods: gates learned while training; then the exact top-K and surgery."""
@@ -694,10 +642,35 @@ class Pipeline:
         if bad:  # never ship a diverged model (training stops earlier; this guards every other path)
             raise Diverged("export", None, f"non-finite weights in {len(bad)} tensors (first: {bad[0]}); "
                            "nothing exported")
+        result = {"path": "model"}
         with distributed.main_writes() as write:
             if write:
                 save_pruned(state.model, self.run_dir / "model", state.tokenizer)
-        return {"path": "model"}
+                result.update(self._ship(state, self.run_dir / "model"))
+        return result
+
+    def _ship(self, state: State, folder: Path) -> dict:
+        """The saved model's card, its ONNX graph (export.onnx) and its push (export.push_to_hub).
+        A failure is one line (shipping.ShippingError) and the stage is not committed: the same
+        command resumes here, saves the model again and retries."""
+        from prune_cli import __version__, shipping
+
+        options = self.cfg.get("export") or {}
+        repo, out = options.get("push_to_hub"), {}
+        if options.get("onnx"):
+            METER.unwatch()  # its counting hook reads the batch size, which the export must leave symbolic
+            out["onnx"] = shipping.write_onnx(state.model, state.tokenizer, folder / shipping.ONNX_FILE)
+        card = shipping.model_card(folder, self.cfg, self._outcome(state), command=shipping.command_of(self.run_dir),
+                                   version=__version__, stages=self.plan.stages, units=self.plan.units,
+                                   onnx=out.get("onnx"), repo_id=repo, auto_class=self.task.auto_class().__name__)
+        (folder / "README.md").write_text(card, encoding="utf-8")
+        if repo is not None:
+            asked = shipping.budget(self.cfg, self.plan.units) or "dense"
+            message = (f"prune-cli {__version__}: {self.cfg.model.name} {self.cfg.task.name} {self.cfg.method.name} "
+                       f"{asked}, {int(state.mask.sum())}/{state.space.total} heads")
+            out["hub"] = shipping.push(folder, str(repo), bool(options.get("hub_private", True)), message)
+            print(f"prune-run: pushed {folder} to {out['hub']}")
+        return out
 
     def _stage_bench(self, state: State, index: int) -> dict:
         from prune_cli.bench import bench_run_model
@@ -705,18 +678,12 @@ class Pipeline:
         return bench_run_model(self.cfg, state, self.run_dir)
 
     # ------------------------------------------------------------------ outputs
-    def _finish(self, state: State, seconds: float) -> dict:
+    def _outcome(self, state: State) -> dict:
+        """What the model is and scored, as metrics.json says it and the model card repeats it
+        (one function for both: they cannot disagree)."""
         final_eval = next((e["metrics"] for e in reversed(state.evals) if e["stage"] != "prune_curve"), {})
         primary = self.task.primary_metric
-        bad = {k: v for k, v in final_eval.items() if isinstance(v, float) and not math.isfinite(v)}
-        if bad:  # a NaN metric or evaluation loss is a diverged run, not a result
-            raise Diverged("evaluate", None, ", ".join(f"{k} is {v}" for k, v in bad.items())
-                           + "; no metrics.json written")
-        metrics = {
-            "task": self.cfg.task.name,
-            "model": self.cfg.model.name,
-            "method": self.cfg.method.name,
-            "seed": self.cfg.seed,
+        return {
             "primary_metric": primary,
             "primary": final_eval.get(primary),
             "eval": final_eval,
@@ -725,6 +692,20 @@ class Pipeline:
             "params": count_params(state.model),
             "params_dense": state.params_dense,
             **unit_metrics(state.model, state.space, self.cfg.heads_scope),
+        }
+
+    def _finish(self, state: State, seconds: float) -> dict:
+        outcome = self._outcome(state)
+        bad = {k: v for k, v in outcome["eval"].items() if isinstance(v, float) and not math.isfinite(v)}
+        if bad:  # a NaN metric or evaluation loss is a diverged run, not a result
+            raise Diverged("evaluate", None, ", ".join(f"{k} is {v}" for k, v in bad.items())
+                           + "; no metrics.json written")
+        metrics = {
+            "task": self.cfg.task.name,
+            "model": self.cfg.model.name,
+            "method": self.cfg.method.name,
+            "seed": self.cfg.seed,
+            **outcome,
             "evals": state.evals,
             "stages": state.stages,
             "wall_time_s": round(seconds, 2),

@@ -54,7 +54,7 @@ class RunLogger:
                 entity=cfg.logger.get("entity"),
                 group=cfg.logger.get("group"),
                 tags=list(cfg.logger.get("tags") or []),
-                name=f"{cfg.task.name}-{cfg.method.name}-k{cfg.get('heads')}-s{cfg.seed}",
+                name=run_name(cfg),
                 mode=mode,
                 dir=str(self.run_dir),
                 config=OmegaConf.to_container(cfg, resolve=True),
@@ -146,3 +146,19 @@ def _plain(v):
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
     return v
+
+
+def run_name(cfg) -> str:
+    """The W&B run's name: task, method, the budget as the user gave it, seed
+    (`sst2-taylor-k36-s42`, `sst2-grain-density0.1-s42`, `mnli-dsp-sparsity0.5-s1`, `sst2-none-dense-s42`)."""
+    if cfg.get("heads") is not None:
+        budget = f"k{cfg.heads}"
+    elif cfg.get("sparsity") is not None:
+        budget = f"sparsity{cfg.sparsity}"
+    elif cfg.get("density") is not None:
+        budget = f"density{cfg.density}"
+    else:  # the dense baseline, or a method that sets its own budget (Voita's lambda)
+        budget = "dense" if cfg.method.name == "none" else ""
+    units = cfg.get("units")
+    kinds = "" if units in (None, "heads") else f"-{units if isinstance(units, str) else '+'.join(units)}"
+    return "-".join(p for p in (cfg.task.name, cfg.method.name, budget + kinds, f"s{cfg.seed}") if p)
