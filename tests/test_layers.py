@@ -13,12 +13,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: layer of every module, by dotted name or package prefix (longest match wins), lowest first
 LAYERS = {
-    "base": ["prune_cli", "prune_cli.errors", "prune_cli.hub", "prune_cli.schema", "prune_cli.checkpoints",
+    "base": ["prune_cli", "prune_cli.errors", "prune_cli.progress", "prune_cli.hub", "prune_cli.schema", "prune_cli.checkpoints",
              "prune_cli.rundir", "prune_cli.distributed", "prune_cli.tracking", "prune_cli.groups", "prune_cli.cache",
              "prune_cli.stages"],
     "arch": ["prune_cli.arch"],
     "space": ["prune_cli.heads", "prune_cli.units", "prune_cli.flops", "prune_cli.embeddings"],
-    "ops": ["prune_cli.gates", "prune_cli.surgery", "prune_cli.standalone", "prune_cli.models", "prune_cli.report", "prune_cli.bench",
+    "ops": ["prune_cli.gates", "prune_cli.surgery", "prune_cli.standalone", "prune_cli.shipping", "prune_cli.models", "prune_cli.report", "prune_cli.bench",
             "prune_cli.bench_units", "prune_cli.bench_llm", "prune_cli.accounting"],
     "work": ["prune_cli.train", "prune_cli.distill", "prune_cli.schedules", "prune_cli.oneshot",
              "prune_cli.methods", "prune_cli.tasks", "prune_cli.metrics", "prune_cli.scratch"],

@@ -18,7 +18,8 @@ CURVES = ROOT / "docs" / "results" / "runs" / "curves" / "michel_curve"
 
 FILES = sorted(PUBLISHED.glob("*.yaml"))
 # where an entry (a number the report may print as the paper's) can come from: the paper itself
-FROM_THE_PAPER = {"primary_pdf", "paper_fulltext_copy", "abstract_page"}
+FROM_THE_PAPER = {"primary_pdf", "paper_fulltext_copy", "abstract_page",
+                  "paper_table_image"}  # the paper's table as its authors publish it (LLM-Pruner's repository)
 
 
 def raw(path: Path) -> dict:
@@ -170,3 +171,15 @@ def test_published_is_found_from_any_folder(tmp_path, monkeypatch):
     assert published_source(PUBLISHED) == PUBLISHED  # a path that exists is taken as given
     with pytest.raises(SystemExit, match="--published nope: no such file or folder"):
         published_source(Path("nope"))
+
+
+def test_llm_pruner_rows_are_transcribed_whole():
+    """Every row of LLM-Pruner's Table 1 carries its ten numbers, and its Average is the mean of its
+    seven accuracies (to the table's rounding): a typo in any accuracy shows here."""
+    rows = {}
+    for e in load_published(PUBLISHED / "llm_pruner.yaml"):
+        rows.setdefault(e["row"].rsplit(", ", 1)[0], {})[e["task"]] = e["value"]
+    assert len(rows) == 11 and all(len(r) == 10 for r in rows.values())
+    zeroshot = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+    for name, r in rows.items():
+        assert abs(sum(r[t] for t in zeroshot) / 7 - r["*"]) < 0.011, name

@@ -235,10 +235,12 @@ def test_preemption_signal_checkpoints_that_step_and_the_rerun_continues_exactly
     cut = tmp_path / "cut"
     res = _drive(tmp_path, cut, "signal:3")
     assert res.returncode == 128 + signal.SIGUSR2, res.stderr[-2000:]
+    assert "stopped by a signal in stage finetune at step 3/6; its checkpoint is" in res.stderr  # one line says so
     saved = torch.load(cut / "checkpoints" / "train-0.pt", map_location="cpu", weights_only=False)
     assert saved["step"] == 3
     res = _drive(tmp_path, cut, "none:0")
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "prune-run: resuming stage finetune at step 3/6 from" in res.stderr
     assert [s for s, _ in _losses(cut)] == [1, 2, 3, 4, 5, 6]
     want = dict(_losses(tmp_path / "whole"))
     assert all(loss == want[s] for s, loss in _losses(cut))

@@ -454,9 +454,36 @@ def bench_run_model(cfg, state, run_dir) -> dict:
     attn = getattr(state.model.config, "_attn_implementation", None)
     env = env_record(device, dtype=dtypes, attn_implementation=attn, repeats=protocol.repeats,
                      warmup=protocol.warmup, protocol=asdict(protocol))
+    onnx = Path(run_dir) / "model" / "model.onnx"
+    if onnx.is_file() and device == "cpu":  # export.onnx=true and the export ran before: its speed too
+        _time_onnx(onnx, state, rows, protocol)
     write_outputs(run_dir, env, rows)
     summary = {f"b{r['batch']}_n{r['seq_len']}_{r['dtype']}": r["speedup"] for r in rows}
     return {"bench": "bench.json", "speedup": summary}
+
+
+def _time_onnx(path: Path, state, rows: list[dict], protocol: Protocol) -> None:
+    """The exported ONNX graph under onnxruntime against the run's model under torch, on the same
+    inputs, interleaved (float32 CPU rows): `onnx_ms`, and `onnx_speedup` = torch ms / onnxruntime ms."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if protocol.threads:
+        options.intra_op_num_threads = int(protocol.threads)
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    model = copy.deepcopy(state.model).float().eval()
+    for row in rows:
+        if row["dtype"] != "float32":
+            continue
+        inputs = make_inputs(model.config, row["batch"], row["seq_len"], "cpu")
+        if "decoder_input_ids" in names and "decoder_input_ids" not in inputs:
+            inputs["decoder_input_ids"] = inputs["input_ids"]
+        feed = {n: inputs[n].numpy() for n in names}
+        timings = time_round_robin({"torch": forward_call(model, inputs),
+                                    "onnx": lambda f=feed: session.run(None, f)}, protocol)
+        row["onnx_ms"] = round(timings["onnx"]["median"], 3)
+        row["onnx_speedup"] = round(timings["torch"]["median"] / timings["onnx"]["median"], 4)
 
 
 def _time_run_model(cfg, state, protocol: Protocol, dtypes: list[str], s: dict) -> list[dict]:

@@ -296,7 +296,8 @@ def load_newest(path: Path, load: Callable[[Path], T], *, fallback: str,
     or None if there is none. `load` raises `Damaged` for a file it depends on (a model folder);
     any other error while loading counts as a damaged file too.
 
-    A damaged (or, beside a previous one, missing) latest file is said in ONE warning line: the
+    A good latest file is said in one line (`describe(file, loaded)`: what the run resumes). A
+    damaged (or, beside a previous one, missing) latest file is said in ONE warning line: the
     file, why, and what is done instead (`describe(file, loaded)`, or `fallback` when no
     generation is good). Damaged files are deleted (`main`: only by the process that writes), so
     a later save never keeps one as the previous generation."""
@@ -318,9 +319,11 @@ def load_newest(path: Path, load: Callable[[Path], T], *, fallback: str,
             if main:
                 _discard(candidate, err.remove)
             continue
+        what = describe(candidate, loaded) if describe is not None else f"resuming from {candidate}"
         if candidate != path and main:
-            what = describe(candidate, loaded) if describe is not None else f"resuming from {candidate}"
             _warn(problems[0], what)
+        elif main:  # the one line a resumed run prints: where it picks up
+            print(f"prune-run: {what}", file=sys.stderr, flush=True)
         return loaded
     damaged = [p for p in problems if p.reason != "missing" or p.path != path]
     if damaged and main:

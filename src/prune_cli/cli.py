@@ -69,6 +69,30 @@ def check_group_choices(args: list[str]) -> None:
                 _die(f"{key}={choice}: unknown option; one of {', '.join(options)}")
 
 
+#: the Hydra plugin (module, extra) each launcher option needs, and what a missing one is called
+LAUNCHER_PLUGINS = {"slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+                    "local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+                    "parallel": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher")}
+
+
+def check_launcher(args: list[str]) -> None:
+    """`hydra/launcher=slurm|local|parallel` without its Hydra plugin installed -> one line naming the
+    extra (Hydra's own error is a multi-line composition trace about a missing `submitit_slurm`)."""
+    import importlib.util
+
+    for arg in args:
+        if arg.lstrip("+").startswith("hydra/launcher="):
+            choice = arg.split("=", 1)[1]
+            module, package = LAUNCHER_PLUGINS.get(choice, (None, None))
+            try:
+                missing = module is not None and importlib.util.find_spec(module) is None
+            except ImportError:  # its parent package is missing too
+                missing = True
+            if missing:
+                _die(f"hydra/launcher={choice}: needs the {package} plugin, which is not installed: "
+                     "pip install 'prune-cli[slurm]'")
+
+
 def _sweep_values(value: str) -> list[str]:
     if value.startswith(("choice(", "range(", "glob(")):
         return []  # leave sweep functions to Hydra
@@ -296,6 +320,27 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return metrics.get("primary")
 
 
+def quiet_libraries(quiet: bool) -> None:
+    """`verbose=false`: transformers' load reports and its weight-loading and shard-writing bars,
+    datasets' and the Hub's bars and info lines off (their warnings and errors stay); the run's own
+    lines and bars are prune-run's."""
+    import datasets
+    import huggingface_hub.utils
+    import transformers
+
+    if quiet:
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        datasets.logging.set_verbosity_warning()
+        datasets.disable_progress_bars()
+        huggingface_hub.utils.disable_progress_bars()
+    else:
+        transformers.logging.set_verbosity_warning()
+        transformers.logging.enable_progress_bar()
+        datasets.enable_progress_bars()
+        huggingface_hub.utils.enable_progress_bars()
+
+
 def _run(cfg: DictConfig, run_dir: Path):
     """Validate and run one job; returns its metrics (a single run returns its primary metric)."""
     from hydra.core.hydra_config import HydraConfig
@@ -307,6 +352,7 @@ def _run(cfg: DictConfig, run_dir: Path):
 
     distributed.adopt_slurm_tasks()  # a submitit job with tasks_per_node > 1 (main() did not run there)
     distributed.init()
+    quiet_libraries(not cfg.get("verbose", False))
     single = HydraConfig.get().mode != RunMode.MULTIRUN
     pipeline = None
     try:
@@ -349,6 +395,7 @@ def main() -> None:
     sys.argv[1:] = hub_model_args(sys.argv[1:])
     args = sys.argv[1:]
     check_group_choices(args)
+    check_launcher(args)
     informational = {"--help", "-h", "--hydra-help", "--info", "--version", "--cfg", "-c", "--shell-completion", "-sc"}
     if not any(a.split("=")[0] in informational for a in args):
         if any(a in ("-m", "--multirun") for a in args):

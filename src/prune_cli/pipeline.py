@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prune_cli import accounting, checkpoints, distributed, oneshot, report, rundir
+from prune_cli import accounting, checkpoints, distributed, oneshot, progress, report, rundir
 from prune_cli.accounting import METER
 from prune_cli.errors import ConfigError, Diverged
 from prune_cli.gates import Gates
@@ -149,24 +150,26 @@ class Pipeline:
                 coarse_holdout(cfg.method.tolerance, len(self.holdout))
             self.pruner = get_pruner(cfg.method, state.space, cfg.seed)
             self.pruner.run_dir, self.pruner.task = self.run_dir, self.task
-            for i, name in enumerate(plan.stages):
-                if i < done:
-                    continue
-                t = time.time()
-                seed_everything(cfg.seed + i)
-                METER.reset()
-                METER.watch(state.model)
-                self._cached_compute = []  # what this stage's cache hits cost when they were computed
-                try:
-                    result = getattr(self, f"_stage_{name}")(state, i) or {}
-                finally:
-                    METER.unwatch()
-                cached = accounting.total([{"compute": c} for c in self._cached_compute])
-                state.stages.append({"stage": name, "index": i, "seconds": round(time.time() - t, 2), **result,
-                                     "compute": accounting.across_processes(METER.snapshot()),
-                                     **({"cached_compute": cached} if self._cached_compute else {})})
-                self._checkpoint(state, i, changed_model=STAGES[name].changes_model)
-            metrics = self._finish(state, time.time() - t0)
+            with progress.shown(self.main and bool(cfg.trainer.get("progress_bar", True))):  # scoring, evaluation
+                for i, name in enumerate(plan.stages):
+                    if i < done:
+                        continue
+                    t = time.time()
+                    seed_everything(cfg.seed + i)
+                    METER.reset()
+                    METER.watch(state.model)
+                    self._cached_compute = []  # what this stage's cache hits cost when they were computed
+                    self._say(f"stage {i + 1}/{len(plan.stages)} {name}{self._about(name)}")
+                    try:
+                        result = getattr(self, f"_stage_{name}")(state, i) or {}
+                    finally:
+                        METER.unwatch()
+                    cached = accounting.total([{"compute": c} for c in self._cached_compute])
+                    state.stages.append({"stage": name, "index": i, "seconds": round(time.time() - t, 2), **result,
+                                         "compute": accounting.across_processes(METER.snapshot()),
+                                         **({"cached_compute": cached} if self._cached_compute else {})})
+                    self._checkpoint(state, i, changed_model=STAGES[name].changes_model)
+                metrics = self._finish(state, time.time() - t0)
         except BaseException:
             self.logger.finish(exit_code=1)
             raise
@@ -175,6 +178,24 @@ class Pipeline:
             if write:
                 shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         return metrics
+
+    def _say(self, line: str) -> None:
+        """What the run is doing, one line on stderr (stdout keeps the final result line)."""
+        if self.main:
+            print(f"prune-run: {line}", file=sys.stderr, flush=True)
+
+    def _about(self, name: str) -> str:
+        """What a stage header adds to the stage's name: the method and budget of a pruning stage."""
+        if not STAGES[name].prunes:
+            return ""
+        plan = self.plan
+        if plan.density is not None:
+            budget = f"density {plan.density} over {'+'.join(plan.units)}"
+        elif plan.keep is not None:
+            budget = f"keep {plan.keep} of {plan.heads_in_scope} heads" + (" as whole key/value groups" if plan.units == ("kv",) else "")
+        else:
+            budget = "its own budget"
+        return f": {self.cfg.method.name}, {budget}"
 
     def _guard_resume(self) -> None:
         """First start: keep the config (and Hydra's record of it) in checkpoints/. A restart with
@@ -420,6 +441,7 @@ class Pipeline:
                 return model, {**result, "cache": f"stored {name}"}
         loaded = load_pruned(entry / "model", auto_class=type(model))
         self.logger.log({"cache/hit": 1})
+        self._say(f"cache hit: the fine-tune is {entry} (not trained again)")
         stored = json.loads((entry / "result.json").read_text())
         if stored.get("compute"):
             self._cached_compute.append(stored.pop("compute"))
@@ -451,6 +473,7 @@ class Pipeline:
                     cache.put_scores(name, scores, cost)
             else:
                 self.logger.log({"cache/hit": 1})
+                self._say(f"cache hit: {self.cfg.method.name} scores {name} (not scored again)")
                 cost = distributed.broadcast(cache.scores_compute(name) if self.main else None)
                 if cost:
                     self._cached_compute.append(cost)
@@ -623,6 +646,8 @@ class Pipeline:
         bs = int(self.cfg.task.get("eval_batch_size") or self.cfg.trainer.eval_batch_size)
         metrics = self.task.evaluate(state.model, state.tokenizer, self.splits, self.accelerator, bs)
         self.logger.log({f"eval/{k}": v for k, v in metrics.items()})
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        self._say(f"{stage}: {shown} ({int(state.mask.sum())}/{state.space.total} heads)")
         state.evals.append({"stage": stage, "heads_kept": int(state.mask.sum()), "metrics": metrics})
         return metrics
 
@@ -669,7 +694,7 @@ class Pipeline:
             message = (f"prune-cli {__version__}: {self.cfg.model.name} {self.cfg.task.name} {self.cfg.method.name} "
                        f"{asked}, {int(state.mask.sum())}/{state.space.total} heads")
             out["hub"] = shipping.push(folder, str(repo), bool(options.get("hub_private", True)), message)
-            print(f"prune-run: pushed {folder} to {out['hub']}")
+            self._say(f"pushed {folder} to {out['hub']}")
         return out
 
     def _stage_bench(self, state: State, index: int) -> dict:
@@ -741,16 +766,25 @@ class Pipeline:
                                     **{k: metrics[k] for k in ("density", "params", "params_encoder", "heads_left")})
         report.write_json(self.run_dir / "heads.json", heads)
         title = f"{self.cfg.model.name} {self.cfg.task.name} {self.cfg.method.name}"
-        png = report.plot_heads(self.run_dir / "heads.png", state.space, state.mask, head_scores,
-                                title=f"{title}: {heads['heads_kept']}/{heads['heads_total']} heads")
-        if self.plan.density is not None or not state.space.is_whole():
+        units = self.plan.density is not None or not state.space.is_whole()
+        pruned = not bool(state.mask.all())
+        # the head map where it says something: scores per head, or (without them) which heads a
+        # head budget removed; a density run's picture is units.png, a dense run has none
+        if head_scores is not None or (pruned and not units):
+            png = report.plot_heads(self.run_dir / "heads.png", state.space, state.mask, head_scores,
+                                    title=f"{title}: {heads['heads_kept']}/{heads['heads_total']} heads",
+                                    label=f"{self.cfg.method.name} score (higher: kept first)")
+            self.logger.image("heads", png)
+        if units:
             report.write_json(self.run_dir / "units.json", report.units_record(state.space, scores))
-            report.plot_units(self.run_dir / "units.png", state.space,
-                              title=f"{title}: density {metrics['density']:.3f}")
+            png = report.plot_units(self.run_dir / "units.png", state.space,
+                                    title=f"{title}: density {metrics['density']:.3f}")
             self.logger.file(self.run_dir / "units.json")
+            self.logger.image("units", png)
+        if (self.run_dir / "curve.png").is_file():
+            self.logger.image("curve", self.run_dir / "curve.png")
         self.logger.summary({f"final/{k}": v for k, v in final_eval.items() if isinstance(v, (int, float))})
         self.logger.summary({"final/heads_kept": metrics["heads_kept"], "final/params": metrics["params"]})
-        self.logger.image("heads", png)
         self.logger.file(self.run_dir / "heads.json")
         rundir.keep_settings(self.run_dir, self.cfg, self.ckpt_dir)  # what a later command on the folder is held to
         # last: a folder holding metrics.json holds a finished run, which no later command runs over

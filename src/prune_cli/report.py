@@ -63,7 +63,7 @@ def plot_units(path: Path, space, title: str = "") -> Path:
         ax.set_xlabel("head (number: query/key dims kept; x: removed)")
         ax.set_ylabel("layer")
         ax.set_title(f"{kind}: value dims kept (fraction)")
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.colorbar(im, ax=ax, fraction=0.046, label="value/output dims kept (fraction of the head)")
     ax = axes[0][-1]
     ffns = summary["ffns"]
     labels = [f"{f['kind'][0]}{f['layer']}" for f in ffns]
@@ -133,8 +133,11 @@ def plot_curve(path: Path, curve: list[dict], metric: str, title: str = "") -> P
     return Path(path)
 
 
-def plot_heads(path: Path, space, mask: torch.Tensor, scores: torch.Tensor | None, title: str = "") -> Path:
-    """Layer x head map, one panel per attention kind: colour = score, crossed cell = pruned head."""
+def plot_heads(path: Path, space, mask: torch.Tensor, scores: torch.Tensor | None, title: str = "",
+               label: str = "score") -> Path:
+    """Layer x head map, one panel per attention kind: colour = score (the colour bar says what:
+    `label`), crossed cell = pruned head; without scores, kept heads are one colour and pruned ones
+    another."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,7 +166,9 @@ def plot_heads(path: Path, space, mask: torch.Tensor, scores: torch.Tensor | Non
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
         ax.set_title(f"{kind}: {int(kept.sum())}/{sum(b.num_heads for b, _, _ in blocks)} kept")
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        bar = fig.colorbar(im, ax=ax, fraction=0.046, label=label if scores is not None else "")
+        if scores is None:  # a 0/1 map: name the two colours, not a scale
+            bar.set_ticks([0, 1], labels=["pruned", "kept"])
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -15,6 +15,7 @@ rule here.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -23,6 +24,9 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from prune_cli.errors import ConfigError
+
+#: a Hub repo id, `owner/name` (prune_cli.shipping pushes to it)
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,13 @@ SCHEMA: dict[str, Rule] = {
     "pipeline": _r("list[str]", "a non-empty list of stage names, e.g. [finetune,prune,finetune,evaluate]",
                    lambda v: len(v) > 0, True),
     "curve_step": _r("num", "a fraction of the heads per curve point in (0, 1]", lambda v: 0 < v <= 1),
+    "verbose": _BOOL,
     "export_model": _BOOL,
+    "export": _DICT,
+    "export.push_to_hub": _r("str", "a Hub model repo <owner>/<name> (e.g. me/minilm-sst2-pruned), or null",
+                             lambda v: REPO_ID.fullmatch(v) is not None, True),
+    "export.hub_private": _BOOL,
+    "export.onnx": _BOOL,
     "cache": _DICT,
     "cache.dir": _STR_NULL,
     "bench": _DICT,
@@ -309,7 +319,7 @@ SCHEMA: dict[str, Rule] = {
 }
 
 #: groups whose every key has a rule (`hydra` is Hydra's own)
-GROUPS = ("trainer", "logger", "schedule", "model", "task", "distill", "method", "bench", "cache")
+GROUPS = ("trainer", "logger", "schedule", "model", "task", "distill", "method", "bench", "cache", "export")
 
 
 def rule_for(key: str, method: str | None = None) -> Rule | None:

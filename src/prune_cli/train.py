@@ -12,6 +12,7 @@ import contextlib
 import math
 import random
 import signal
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -284,7 +285,8 @@ def train(
     losses: list[float] = []
     nonfinite, bad_run = 0, 0  # optimizer steps skipped for a non-finite gradient: all, and in a row
     max_bad = int(tcfg.get("max_nonfinite_steps", 10))
-    state = load_checkpoint(checkpoint, desc, main=accelerator.is_main_process) if checkpoint is not None else None
+    state = (load_checkpoint(checkpoint, desc, main=accelerator.is_main_process, total=plan.steps)
+             if checkpoint is not None else None)
     if state is not None:
         accelerator.unwrap_model(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -446,6 +448,10 @@ def train(
                 if stop:  # every process stops at this same step
                     if not (save_every and step % save_every == 0):
                         save()  # this very step, not the last periodic one
+                    if accelerator.is_main_process:
+                        print(f"prune-run: stopped by a signal in stage {desc} at step {step}/{plan.steps}; its "
+                              f"checkpoint is {checkpoint}: rerun the same command to resume", file=sys.stderr,
+                              flush=True)
                     signals.stop()
                 if step >= plan.steps:
                     break
@@ -512,10 +518,12 @@ def _save(path: Path, accelerator, model, optimizer, scheduler, pruner, step: in
     checkpoints.atomic_write(path, lambda f: torch.save(state, f), checksum=True, keep_previous=True)
 
 
-def load_checkpoint(path: Path, desc: str, main: bool = True) -> dict | None:
+def load_checkpoint(path: Path, desc: str, main: bool = True, total: int | None = None) -> dict | None:
     """The newest good mid-stage checkpoint (`train-N.pt`, else the one it replaced), or None:
-    the stage starts from its beginning. A damaged one is said in one warning line."""
+    the stage starts from its beginning. A damaged one is said in one warning line, a good one in
+    one line naming the step it resumes at (of `total` optimizer steps)."""
+    of = f"/{total}" if total else ""
     return checkpoints.load_newest(
         path, lambda p: torch.load(p, map_location="cpu", weights_only=False), main=main,
         fallback=f"stage {desc} starts again from its first step",
-        describe=lambda p, state: f"resuming stage {desc} from {p} (step {state['step']})")
+        describe=lambda p, state: f"resuming stage {desc} at step {state['step']}{of} from {p}")

@@ -165,6 +165,7 @@ def validate(cfg: DictConfig) -> Plan:
     if wants_pruning and not pruning:
         raise ConfigError("pipeline", stages, "a pruning stage (prune, prune_joint or learn_gates) when heads/sparsity is set")
     _check_order(stages)
+    _check_export(cfg, stages)
 
     task = get_task(cfg.task, seed=cfg.get("seed") or 0)
     smoothing = cfg.trainer.get("label_smoothing") or 0
@@ -261,6 +262,52 @@ def _check_against_model(cfg: DictConfig, task, stages: list[str], distill: str)
 
         if Path(to_absolute_path(str(cache))).exists() and not Path(to_absolute_path(str(cache))).is_dir():
             raise ConfigError("cache.dir", str(cache), "a folder (or null): this path is a file")
+
+
+def _check_export(cfg: DictConfig, stages: list[str]) -> None:
+    """export.push_to_hub / export.onnx act after the run has trained: what would stop them there
+    (no export, no ONNX packages, no way to the Hub) is refused now, not hours later."""
+    node = cfg.get("export") or {}
+    repo, onnx = node.get("push_to_hub"), node.get("onnx")
+    for key, value, wanted in (("export.push_to_hub", repo, repo is not None), ("export.onnx", onnx, bool(onnx))):
+        unset = "null" if key == "export.push_to_hub" else "false"
+        if wanted and not cfg.get("export_model", True):
+            raise ConfigError(key, value, f"{unset} with export_model=false (no model is exported), or export_model=true")
+        if wanted and "export" not in stages:
+            raise ConfigError(key, value, f"{unset}, or a pipeline with an export stage (this one: {stages})")
+    if onnx:
+        import importlib
+
+        from prune_cli.shipping import ONNX_EXTRA, ONNX_PACKAGES
+
+        for name in ONNX_PACKAGES:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                raise ConfigError("export.onnx", onnx, f"false, or the ONNX packages first: {ONNX_EXTRA} ({name} "
+                                  "is not installed)") from None
+    if repo is not None:
+        _check_hub_access(str(repo))
+
+
+def _check_hub_access(repo: str) -> None:
+    """A push needs the Hub online and a token: both known before anything loads."""
+    from huggingface_hub import constants, get_token
+
+    from prune_cli.hub import offline
+
+    key = "export.push_to_hub"
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(key, repo, "null while HF_HUB_OFFLINE=1 is set (offline: nothing can be pushed), or "
+                          "HF_HUB_OFFLINE=0 to push")
+    try:
+        token = get_token()
+    except Exception:  # noqa: BLE001 - an OIDC exchange that fails: the push says why, the model saved
+        token = "?"
+    if not token:
+        raise ConfigError(key, repo, "null, or a Hub token with write access first: HF_TOKEN=... or `hf auth login`")
+    if offline():
+        raise ConfigError(key, repo, f"null: {constants.ENDPOINT} cannot be reached from here, and a push needs it")
 
 
 def _check_teacher(task, teacher: str) -> None:

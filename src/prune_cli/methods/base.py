@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from prune_cli import progress
+
 
 @dataclass
 class ScoreContext:
@@ -98,7 +100,8 @@ class Pruner:
         """One pass over the training batches, at most `method.score_batches` of them."""
         limit = self.cfg.get("score_batches")
         batches = ctx.batches()
-        return itertools.islice(batches, int(limit)) if limit else batches
+        batches = itertools.islice(batches, int(limit)) if limit else batches
+        return progress.bar(batches, f"scoring ({self.cfg.get('name')})", int(limit) if limit else None)
 
     # ---- learners ------------------------------------------------------
     def parameters(self) -> list[torch.nn.Parameter]:

@@ -51,7 +51,23 @@ def main(argv=None) -> None:
     parser.add_argument("--noticeable", type=float, default=1.0,
                         help="with --published: points (of the primary metric x 100) a prune curve may lose and "
                         "still count as 'no noticeable loss', for the published prunable shares (Michel et al.)")
+    parser.add_argument("--llm", action="store_true",
+                        help="the LLM table (scripts/llm_grid.sh's records: one folder per cell, one run per score) "
+                        "in LLM-Pruner's layout, with --published's llm_pruner.yaml beside it")
     args = parser.parse_args(argv)
+    if args.llm:
+        from prune_cli.reports.llm import report
+
+        source = published_source(args.published) if args.published else None
+        if source is not None and Path(source).is_dir():
+            source = Path(source) / "llm_pruner.yaml"
+        md, rows = report(args.roots[0], source, args.resamples)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".md").write_text(md)
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        print(md)
+        print(f"wrote {args.out}.md, .json ({len(rows)} rows)")
+        return
     runs = find_runs(args.roots, tuple(k for k in args.label.split(",") if k))
     if not runs:
         raise SystemExit(f"no metrics.json under {', '.join(map(str, args.roots))}")

@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from prune_cli.reports.bootstrap import BOOTSTRAPS, paired_bootstrap
 from prune_cli.reports.resampled import resampled_metric
@@ -30,8 +31,9 @@ def comparison_table(runs: list[dict], baseline: str, resamples: int = 1000,
     for r in runs:
         if r["value"] is not None and run_predictions(r) is not None:
             cells[(r["task"], r["method"], budget_of(r))][r["seed"]] = r
-    for (task, method, key), by_seed in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2][0],
-                                                                               -(kv[0][2][1] or 0))):
+    order = sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2][0], -(kv[0][2][1] or 0)))
+    for (task, method, key), by_seed in tqdm(order, desc=f"bootstrap vs {baseline}", unit="cell", leave=False,
+                                             disable=None):  # None: a bar on a terminal only
         base = cells.get((task, baseline, key)) or {}
         if method == baseline:
             continue

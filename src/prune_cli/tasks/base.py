@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from prune_cli import progress
+
 
 @dataclass
 class Splits:
@@ -228,7 +230,7 @@ def batched_outputs(
     out: dict[str, list[np.ndarray]] = {n: [] for n in names}
     try:
         with torch.no_grad(), autocast:
-            for batch in loader:
+            for batch in progress.bar(loader, "evaluating"):
                 result = net(**{k: v.to(device) for k, v in batch.items()})
                 for n in names:
                     t = getattr(result, n).float()

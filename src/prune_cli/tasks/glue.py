@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from prune_cli import progress
 from prune_cli.errors import ConfigError, DataError
 from prune_cli.tasks.base import Splits, Task, hub_dataset_available, read_text
 
@@ -314,7 +315,7 @@ class GlueTask(Task):
         logits, labels = [], []
         try:
             with torch.no_grad(), accelerator.autocast():
-                for batch in loader:
+                for batch in progress.bar(loader, "evaluating"):
                     batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                     target = batch.pop("labels")
                     out = net(**batch).logits.float()

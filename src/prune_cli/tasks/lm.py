@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from prune_cli import progress
 from prune_cli.errors import ConfigError
 from prune_cli.tasks.base import Splits, Task, hub_dataset_available, read_text
 
@@ -115,8 +116,9 @@ class Runner:
         self.net.train(self._was_training)
         return False
 
-    def shard(self, items: list) -> list:
-        return items[self.rank :: self.world]
+    def shard(self, items: list):
+        """This process's share of the batches (counted by a bar while the run shows them)."""
+        return progress.bar(items[self.rank :: self.world], "evaluating")
 
     def gather(self, results: list) -> list:
         if self.world == 1:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from prune_cli import progress
 from prune_cli.errors import ConfigError
 from prune_cli.tasks.base import Splits, Task, check_hub_splits, hub_dataset_available, read_text
 
@@ -275,7 +276,7 @@ class TranslationTask(Task):
         outputs: list[str] = []
         try:
             with torch.no_grad(), autocast:
-                for batch in loader:
+                for batch in progress.bar(loader, "generating"):
                     batch = {k: v.to(device) for k, v in batch.items()}
                     ids = net.generate(**batch, **gen)
                     if accelerator is not None:

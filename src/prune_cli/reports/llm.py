@@ -1,0 +1,235 @@
+"""The LLM table: every pruned model's WikiText-2 perplexity and seven zero-shot accuracies in the
+layout researchers judge LLM pruning by (LLM-Pruner, Ma et al., NeurIPS 2023, Table 1; FLAP;
+SliceGPT), from the records of scripts/llm_grid.sh.
+
+A record tree holds one folder per cell (`dense`, `oneshot/heads135/taylor`, `tuned/kv135/random_s2`,
+...) with one run folder per score (`wikitext2`, `boolq`, ..., and the cell's `prune` run). Cells
+that differ only by a `_s<seed>` suffix are the seeds of one row. Every number comes with a 95 %
+percentile bootstrap interval over the evaluation examples (WikiText-2: its windows), resampling
+the seeds too where a row has several (the two levels of `bootstrap.paired_bootstrap`), and every
+pruned row's mean accuracy is compared with the random row of the same recovery, units and budget
+by a paired bootstrap (the same examples drawn for both; each side's seeds drawn on their own,
+since a deterministic method has one). The dense model's row comes first, then the published
+LLM-Pruner table (another model: the protocol, not a comparison).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+ZEROSHOT = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+HEADS = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaSwag", "winogrande": "WinoGrande",
+         "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA"}
+METHOD_ORDER = ("random", "magnitude", "taylor", "michel")
+RECOVERY = {"oneshot": "one-shot", "tuned": "recovery fine-tune"}
+
+
+def read_cells(root: Path) -> dict[str, dict[str, dict]]:
+    """{cell: {score folder: {"metrics", "predictions"}}} of every finished run under `root`."""
+    cells: dict[str, dict[str, dict]] = {}
+    for path in sorted(Path(root).rglob("metrics.json")):
+        folder = path.parent
+        cell = str(folder.parent.relative_to(root))
+        preds = folder / "predictions.json"
+        cells.setdefault(cell, {})[folder.name] = {
+            "metrics": json.loads(path.read_text()),
+            "predictions": json.loads(preds.read_text()) if preds.is_file() else None}
+    return cells
+
+
+def _per_example(run: dict):
+    """A score's per-example data: (correct 0/1 of the primary metric) for a zero-shot task,
+    (nll sum, tokens) per window for WikiText-2."""
+    split = next(iter(run["predictions"]["splits"].values()))
+    metrics = run["metrics"]
+    if metrics["primary_metric"] == "perplexity":
+        return np.asarray(split["prediction"], dtype=np.float64), np.asarray(split["label"], dtype=np.float64)
+    which = 1 if metrics["primary_metric"] == "acc_norm" else 0
+    chosen = np.asarray([p[which] for p in split["prediction"]])
+    return (chosen == np.asarray(split["label"])).astype(np.float64)
+
+
+def _draws(rng, resamples: int, n: int) -> np.ndarray:
+    return rng.integers(0, n, (resamples, n))
+
+
+def _seed_weights(rng, resamples: int, k: int) -> np.ndarray:
+    """How often each of k seeds is drawn in each resample (k draws with replacement)."""
+    picks = rng.integers(0, k, (resamples, k))
+    return np.stack([np.bincount(row, minlength=k) for row in picks]).astype(np.float64) / k
+
+
+def _accuracy_resamples(correct: np.ndarray, idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """correct [seeds, n] -> the seed-weighted accuracy on every resample [resamples]."""
+    per_seed = correct[:, idx].mean(-1)  # [seeds, resamples]
+    return (weights * per_seed.T).sum(1)
+
+
+def _perplexity_resamples(nll: np.ndarray, tokens: np.ndarray, idx: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    per_seed = np.exp(nll[:, idx].sum(-1) / tokens[:, idx].sum(-1))
+    return (weights * per_seed.T).sum(1)
+
+
+def _row_scores(seeds: list[dict], resamples: int, seed: int) -> dict:
+    """Point value and 95 % interval of every score of one row (its seeds' cells)."""
+    rng = np.random.default_rng(seed)
+    k = len(seeds)
+    out = {}
+    weights = _seed_weights(np.random.default_rng([seed, 1]), resamples, k)
+    task_resamples = {}
+    for task in ("wikitext2", *ZEROSHOT):
+        if not all(task in s for s in seeds):
+            continue
+        data = [_per_example(s[task]) for s in seeds]
+        if task == "wikitext2":
+            nll, tokens = np.stack([d[0] for d in data]), np.stack([d[1] for d in data])
+            value = float(np.mean([math.exp(a.sum() / b.sum()) for a, b in zip(nll, tokens)]))
+            boot = _perplexity_resamples(nll, tokens, _draws(rng, resamples, nll.shape[1]), weights)
+            out[task] = {"value": value, "low": float(np.percentile(boot, 2.5)), "high": float(np.percentile(boot, 97.5)),
+                         "n": int(nll.shape[1]), "tokens": int(tokens[0].sum())}
+            continue
+        correct = np.stack(data)
+        boot = _accuracy_resamples(correct, _draws(rng, resamples, correct.shape[1]), weights)
+        task_resamples[task] = boot
+        out[task] = {"value": float(correct.mean()), "low": float(np.percentile(boot, 2.5)),
+                     "high": float(np.percentile(boot, 97.5)), "n": int(correct.shape[1])}
+    if len(task_resamples) == len(ZEROSHOT):
+        boot = np.mean(list(task_resamples.values()), axis=0)
+        out["mean"] = {"value": float(np.mean([out[t]["value"] for t in ZEROSHOT])),
+                       "low": float(np.percentile(boot, 2.5)), "high": float(np.percentile(boot, 97.5))}
+    return out
+
+
+def versus(a: list[dict], b: list[dict], resamples: int = 1000, seed: int = 0) -> dict | None:
+    """Paired bootstrap of the mean zero-shot accuracy, row a minus row b: every task's examples
+    drawn once for both rows, each row's seeds drawn on their own; None unless both have every task."""
+    if not all(t in s for s in a + b for t in ZEROSHOT):
+        return None
+    rng = np.random.default_rng(seed)
+    wa = _seed_weights(np.random.default_rng([seed, 1]), resamples, len(a))
+    wb = _seed_weights(np.random.default_rng([seed, 2]), resamples, len(b))
+    deltas, observed = [], []
+    for task in ZEROSHOT:
+        ca = np.stack([_per_example(s[task]) for s in a])
+        cb = np.stack([_per_example(s[task]) for s in b])
+        if ca.shape[1] != cb.shape[1]:
+            return None
+        idx = _draws(rng, resamples, ca.shape[1])
+        deltas.append(_accuracy_resamples(ca, idx, wa) - _accuracy_resamples(cb, idx, wb))
+        observed.append(ca.mean() - cb.mean())
+    boot = np.mean(deltas, axis=0)
+    p = min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean()))
+    return {"delta": float(np.mean(observed)), "low": float(np.percentile(boot, 2.5)),
+            "high": float(np.percentile(boot, 97.5)), "p": float(p)}
+
+
+def _describe(cell: str) -> dict:
+    """dense | <recovery>/<units><heads kept>/<method>[_s<seed>] -> its parts."""
+    parts = cell.split("/")
+    if len(parts) != 3:
+        return {"recovery": "", "units": "", "heads": None, "method": parts[-1]}
+    recovery, budget, method = parts
+    m = re.fullmatch(r"([a-z_]+?)(\d+)", budget)
+    units, heads = (m.group(1), int(m.group(2))) if m else (budget, None)
+    return {"recovery": recovery, "units": units, "heads": heads, "method": re.sub(r"_s\d+$", "", method)}
+
+
+def rows_of(cells: dict, resamples: int = 1000) -> list[dict]:
+    groups: dict[str, list[dict]] = {}
+    for cell, runs in cells.items():
+        groups.setdefault(re.sub(r"_s\d+$", "", cell), []).append(runs)
+    rows = []
+    for name, seeds in groups.items():
+        info = _describe(name)
+        prune = next((s["prune"]["metrics"] for s in seeds if "prune" in s), None)
+        any_score = next(iter(seeds[0].values()))["metrics"]
+        heads_total = any_score.get("heads_total")
+        rows.append({"cell": name, **info, "seeds": len(seeds),
+                     "heads_kept": (prune or any_score).get("heads_kept"), "heads_total": heads_total,
+                     "params": (prune or any_score).get("params"), "params_dense": any_score.get("params_dense"),
+                     "scores": _row_scores(seeds, resamples, seed=0), "_seeds": seeds})
+    by = {(r["recovery"], r["units"], r["heads"], r["method"]): r for r in rows}
+    for r in rows:
+        base = by.get((r["recovery"], r["units"], r["heads"], "random"))
+        r["vs_random"] = versus(r["_seeds"], base["_seeds"], resamples) if base and base is not r else None
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    rows.sort(key=lambda r: (r["recovery"] != "", r["recovery"], -(r["heads"] or 10**9), r["units"],
+                             order.get(r["method"], len(order)), r["method"]))
+    for r in rows:
+        del r["_seeds"]
+    return rows
+
+
+def _cell(score: dict | None, perplexity: bool = False) -> str:
+    if score is None:
+        return "..."
+    if perplexity:
+        return f"{score['value']:.2f} [{score['low']:.1f}, {score['high']:.1f}]"
+    half = 100 * (score["high"] - score["low"]) / 2
+    return f"{100 * score['value']:.1f} ±{half:.1f}"
+
+
+def table(rows: list[dict]) -> str:
+    """Our rows in LLM-Pruner's layout, intervals beside every number."""
+    head = ("| removed | recovery | units | method | seeds | params | WikiText2 ↓ | "
+            + " | ".join(HEADS[t] for t in ZEROSHOT) + " | Average | vs random (Average) |")
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        s = r["scores"]
+        removed = "0 %" if r["method"] == "none" or not r["heads"] else \
+            f"{100 * (1 - r['heads'] / r['heads_total']):.1f} % of heads ({r['heads']} kept)"
+        params = f"{r['params'] / 1e6:.1f} M" if r.get("params") else ""
+        vs = r.get("vs_random")
+        vs_text = "" if not vs else f"{100 * vs['delta']:+.1f} [{100 * vs['low']:+.1f}, {100 * vs['high']:+.1f}] p={vs['p']:.3f}"
+        out.append(f"| {removed} | {RECOVERY.get(r['recovery'], '')} | {r['units']} | {r['method']} | {r['seeds']} | "
+                   f"{params} | {_cell(s.get('wikitext2'), True)} | "
+                   + " | ".join(_cell(s.get(t)) for t in ZEROSHOT) + f" | {_cell(s.get('mean'))} | {vs_text} |")
+    return "\n".join(out) + "\n"
+
+
+def _num(value) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def published_table(path: Path) -> str:
+    """LLM-Pruner's Table 1 (published/llm_pruner.yaml) in the same columns: another model."""
+    from prune_cli.reports.published import load_published
+
+    rows: dict[str, dict] = {}
+    for e in load_published(path):
+        rows.setdefault(e["row"].rsplit(", ", 1)[0], {})[e["task"]] = e["value"]
+    head = "| LLaMA-7B (LLM-Pruner, Table 1) | WikiText2 ↓ | " + " | ".join(HEADS[t] for t in ZEROSHOT) + " | Average |"
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, r in rows.items():
+        out.append(f"| {name} | {_num(r.get('wikitext2'))} | " + " | ".join(_num(r.get(t)) for t in ZEROSHOT)
+                   + f" | {_num(r.get('*'))} |")
+    return "\n".join(out) + "\n"
+
+
+def report(root: Path, published: Path | None = None, resamples: int = 1000) -> tuple[str, list[dict]]:
+    cells = read_cells(root)
+    if not cells:
+        raise SystemExit(f"no metrics.json under {root}")
+    rows = rows_of(cells, resamples)
+    dense = next((r for r in rows if r["method"] == "none"), None)
+    first = (dense or rows[0])["scores"]
+    ns = {t: v["n"] for t, v in first.items() if "n" in v}
+    wiki = first.get("wikitext2", {})
+    window = wiki["tokens"] // wiki["n"] + 1 if wiki else "?"  # a window of L tokens predicts L - 1 of them
+    md = [f"### {len(rows)} rows from {root}\n",
+          (f"Every cell scored on the same subsets: WikiText-2 test, the first {ns.get('wikitext2', '?')} windows of "
+           f"{window} tokens; the first {ns.get('piqa', '?')} examples of each zero-shot task. Accuracies in % with "
+           "the half-width of their 95 % bootstrap interval (examples, and seeds where a row has several); "
+           "perplexity with its interval over windows. vs random: the mean accuracy minus the random row's of the "
+           "same recovery, units and budget (paired bootstrap over the same examples, both rows' seeds "
+           "resampled).\n"),
+          table(rows)]
+    if published is not None and Path(published).is_file():
+        md += [("\nPublished, for the protocol and the shape of the results only: ANOTHER MODEL (LLaMA-7B, 20 % "
+                "of its parameters as coupled structures), 128-token perplexity windows.\n"), published_table(published)]
+    return "\n".join(md), rows

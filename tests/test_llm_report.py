@@ -1,0 +1,67 @@
+"""prune-report --llm: the LLM table from scripts/llm_grid.sh's record layout, on the committed dense
+SmolLM2 records (copied into cells whose predictions are then changed in known ways)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from prune_cli.reports.collect import main
+from prune_cli.reports.llm import ZEROSHOT, read_cells, rows_of
+
+ROOT = Path(__file__).resolve().parents[1]
+DENSE = ROOT / "docs" / "results" / "runs" / "llm" / "dense"
+
+
+def _cell(root: Path, name: str, flip_every: int | None = None) -> None:
+    """A copy of the dense records as cell `name`; with `flip_every`, every n-th zero-shot example
+    (both metrics) made wrong where it was right."""
+    target = root / name
+    shutil.copytree(DENSE, target)
+    if flip_every is None:
+        return
+    for task in ZEROSHOT:
+        path = target / task / "predictions.json"
+        record = json.loads(path.read_text())
+        split = next(iter(record["splits"].values()))
+        for i in range(0, len(split["label"]), flip_every):
+            wrong = (split["label"][i] + 1) % 2
+            split["prediction"][i] = [wrong, wrong]
+        path.write_text(json.dumps(record))
+
+
+@pytest.fixture
+def grid(tmp_path):
+    if not all((DENSE / t / "predictions.json").is_file() for t in ("wikitext2", *ZEROSHOT)):
+        pytest.skip("the dense SmolLM2 records are not all committed")
+    _cell(tmp_path, "dense")
+    for s in (1, 2):
+        _cell(tmp_path, f"oneshot/heads135/random_s{s}", flip_every=2)
+    _cell(tmp_path, "oneshot/heads135/taylor")
+    return tmp_path
+
+
+def test_rows_aggregate_seeds_and_compare_with_random(grid):
+    rows = {r["cell"]: r for r in rows_of(read_cells(grid), resamples=200)}
+    assert set(rows) == {"dense", "oneshot/heads135/random", "oneshot/heads135/taylor"}
+    random, taylor, dense = rows["oneshot/heads135/random"], rows["oneshot/heads135/taylor"], rows["dense"]
+    assert random["seeds"] == 2 and taylor["seeds"] == 1 and random["heads"] == 135 and random["units"] == "heads"
+    for name, score in taylor["scores"].items():
+        assert score["low"] <= score["value"] <= score["high"], name
+    assert taylor["scores"]["mean"]["value"] == pytest.approx(dense["scores"]["mean"]["value"])
+    assert random["scores"]["mean"]["value"] < taylor["scores"]["mean"]["value"]
+    vs = taylor["vs_random"]
+    assert vs["delta"] > 0 and vs["low"] > 0 and vs["p"] < 0.05  # right on examples random got wrong
+    assert rows["oneshot/heads135/random"]["vs_random"] is None and dense["vs_random"] is None
+
+
+def test_the_command_writes_the_table_with_the_published_rows(grid, tmp_path, capsys):
+    out = tmp_path / "report" / "llm_runs"
+    main([str(grid), "--llm", "--published", "published", "--resamples", "100", "--out", str(out)])
+    md = out.with_suffix(".md").read_text()
+    assert "| 50.0 % of heads (135 kept) | one-shot | heads | taylor | 1 |" in md
+    assert "ANOTHER MODEL" in md and "| Ratio = 20% w/ tune, Element1 | 17.58 |" in md
+    assert len(json.loads(out.with_suffix(".json").read_text())) == 3
