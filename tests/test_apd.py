@@ -143,7 +143,7 @@ def test_lossless_search_reads_only_the_holdout_carved_from_training_rows(tmp_pa
 def test_a_tolerance_below_the_holdout_noise_is_warned_about_before_training(caplog):
     """0.01 on 100 held-out rows (the setting whose search swung from 17 to 63 heads) warns and
     names the rows that would resolve it; 0.01 on 2,500 rows and 0.1 on 100 do not."""
-    from prune_cli.pipeline import coarse_holdout
+    from prune_cli.methods.apd.holdout import coarse_holdout
 
     with caplog.at_level("WARNING"):
         assert coarse_holdout(0.01, 100)

@@ -12,9 +12,7 @@ trains and evaluates the physically smaller model.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
 import shutil
 import sys
@@ -30,6 +28,8 @@ from prune_cli.accounting import METER
 from prune_cli.errors import ConfigError, Diverged
 from prune_cli.gates import Gates
 from prune_cli.methods import ScoreContext, get_pruner, top_k_mask
+from prune_cli.methods.apd import holdout
+from prune_cli.run_cache import RunCache
 from prune_cli.stages import STAGES, given_epochs
 from prune_cli.surgery import count_params, load_pruned, remove_units, save_pruned
 from prune_cli.tracking import RunLogger
@@ -140,14 +140,17 @@ class Pipeline:
         t0 = time.time()
         seed_everything(cfg.seed)
         self.logger = RunLogger(cfg, self.run_dir, main=self.main)
+        self.cache = RunCache(cfg, lambda: self.splits.train, self.main, self.logger.log, self._say,
+                              lambda cost: self._cached_compute.append(cost))
         try:
             state, done = self._start()
             with self.accelerator.main_process_first():  # tokenised caches: written once, then read
                 self.splits = self.task.splits(state.tokenizer)
             self.holdout = None
             if cfg.method.get("tolerance") is not None:  # lossless mode: set rows aside BEFORE anything trains
-                self.splits.train, self.holdout = carve(self.splits.train, cfg.method.get("holdout", 0.1), cfg.seed)
-                coarse_holdout(cfg.method.tolerance, len(self.holdout))
+                self.splits.train, self.holdout = holdout.carve(self.splits.train, cfg.method.get("holdout", 0.1),
+                                                                cfg.seed)
+                holdout.coarse_holdout(cfg.method.tolerance, len(self.holdout))
             self.pruner = get_pruner(cfg.method, state.space, cfg.seed)
             self.pruner.run_dir, self.pruner.task = self.run_dir, self.task
             with progress.shown(self.main and bool(cfg.trainer.get("progress_bar", True))):  # scoring, evaluation
@@ -244,7 +247,7 @@ class Pipeline:
         # units: they start out removed, and heads_total / params_dense describe the dense model)
         space = UnitSpace.from_model(model)
         state = State(model, tokenizer, space, space.kept("head"))
-        state.params_dense = dense_params(model)
+        state.params_dense = report.dense_params(model)
         return state, 0
 
     def _load_progress(self, path: Path) -> tuple[dict, torch.nn.Module, object, Path]:
@@ -340,7 +343,7 @@ class Pipeline:
                          accelerator=self.accelerator, seed=self.cfg.seed + index, logger=self.logger,
                          checkpoint=self.ckpt_dir / f"train-{index}.pt", desc="teacher")
 
-        teacher, result = self._cached_finetune(teacher, state.tokenizer, index, None, fit)
+        teacher, result = self.cache.finetune(teacher, state.tokenizer, self.cfg.seed + index, None, fit)
         bs = int(self.cfg.task.get("eval_batch_size") or self.cfg.trainer.eval_batch_size)
         metrics = self.task.evaluate(teacher, state.tokenizer, self.splits, self.accelerator, bs)
         self.logger.log({f"teacher/{k}": v for k, v in metrics.items()})
@@ -386,7 +389,7 @@ class Pipeline:
         def fit(model):
             return self._train(state, index, "finetune", epochs=epochs, distill=False)
 
-        state.model, result = self._cached_finetune(state.model, state.tokenizer, index, epochs, fit)
+        state.model, result = self.cache.finetune(state.model, state.tokenizer, self.cfg.seed + index, epochs, fit)
         if peer_teacher:  # distill=peer: the peers learn from this dense fine-tuned model
             with distributed.main_writes() as write:
                 if write:
@@ -394,90 +397,9 @@ class Pipeline:
             state.teacher = str(self.run_dir / "teacher")
         return result
 
-    # ------------------------------------------------------------------ the cache (cache.dir)
-    def _cache(self):
-        from prune_cli.cache import Cache
-
-        root = self.cfg.get("cache", {}).get("dir")
-        return Cache(root) if root else None
-
-    def _data_digest(self) -> str | None:
-        """The training rows' digest, hashed once per run (every cache key of the run uses it)."""
-        from prune_cli.cache import dataset_digest
-
-        if not hasattr(self, "_train_digest"):
-            self._train_digest = dataset_digest(self.splits.train)
-        return self._train_digest
-
-    def _finetune_key(self, model, index: int, epochs) -> str | None:
-        from prune_cli.cache import WATCH_KEYS, code_version, key, tensor_digest
-
-        data = self._data_digest()
-        if data is None:
-            return None
-        trainer = {k: v for k, v in OmegaConf.to_container(self.cfg.trainer, resolve=True).items() if k not in WATCH_KEYS}
-        return key({"kind": "finetune", "weights": tensor_digest(model.state_dict()), "data": data,
-                    "class": type(model).__name__, "trainer": trainer, "seed": self.cfg.seed + index,
-                    "epochs": epochs, "code": code_version()})
-
-    def _cached_finetune(self, model, tokenizer, index: int, epochs, fit):
-        """`fit(model)` trains `model` in place -> (model, result); with `cache.dir`, a fine-tune
-        already in the cache is loaded instead, and a new one is stored (one job trains a key at
-        a time: the others wait on its lock and load it)."""
-        cache = self._cache()
-        name = self._finetune_key(model, index, epochs) if cache is not None else None
-        if name is None:
-            return model, fit(model)
-        with cache.locked("finetune", name) if self.main else contextlib.nullcontext():  # rank 0 decides
-            entry = distributed.broadcast(cache.model_entry(name) if self.main else None)
-            if entry is None:
-                before = METER.snapshot()
-                result = fit(model)
-                cost = accounting.since(before)
-                with distributed.main_writes() as write:
-                    if write:
-                        cache.put_model(name, lambda folder: save_pruned(model, folder, tokenizer),
-                                        {**result, "compute": cost})
-                return model, {**result, "cache": f"stored {name}"}
-        loaded = load_pruned(entry / "model", auto_class=type(model))
-        self.logger.log({"cache/hit": 1})
-        self._say(f"cache hit: the fine-tune is {entry} (not trained again)")
-        stored = json.loads((entry / "result.json").read_text())
-        if stored.get("compute"):
-            self._cached_compute.append(stored.pop("compute"))
-        return loaded, {**stored, "cache": f"hit {name}"}
-
     def _cached_scores(self, state: State, compute):
-        """One-shot scores: the cache's, or `compute()` stored in it (`cache.dir`)."""
-        cache = self._cache()
-        if cache is None:
-            return self._agreed(compute)
-        from prune_cli.cache import code_version, key, tensor_digest
-
-        data = self._data_digest()
-        if data is None:
-            return self._agreed(compute)
-        method = OmegaConf.to_container(self.cfg.method, resolve=True)
-        files = {k: _file_digest(v) for k, v in method.items() if isinstance(v, str) and Path(v).is_file()}
-        name = key({"kind": "scores", "weights": tensor_digest(state.model.state_dict()), "data": data,
-                    "method": method, "files": files, "seed": self.cfg.seed, "units": self.plan.units,
-                    "scope": self.cfg.heads_scope, "masks": {k: v.tolist() for k, v in state.space.masks().items()},
-                    "batch_size": int(self.cfg.trainer.batch_size), "code": code_version()})
-        with cache.locked("scores", name) if self.main else contextlib.nullcontext():
-            scores = distributed.broadcast(cache.get_scores(name) if self.main else None)
-            if scores is None:
-                before = METER.snapshot()
-                scores = self._agreed(compute)
-                cost = accounting.since(before)
-                if self.main:
-                    cache.put_scores(name, scores, cost)
-            else:
-                self.logger.log({"cache/hit": 1})
-                self._say(f"cache hit: {self.cfg.method.name} scores {name} (not scored again)")
-                cost = distributed.broadcast(cache.scores_compute(name) if self.main else None)
-                if cost:
-                    self._cached_compute.append(cost)
-        return scores
+        """One-shot scores: the sweep cache's, or `compute()` on every process, stored there."""
+        return self.cache.scores(state.model, state.space, self.plan.units, compute, self._agreed)
 
     @staticmethod
     def _agreed(compute):
@@ -716,7 +638,7 @@ class Pipeline:
             "heads_kept": int(state.mask.sum()),
             "params": count_params(state.model),
             "params_dense": state.params_dense,
-            **unit_metrics(state.model, state.space, self.cfg.heads_scope),
+            **report.unit_metrics(state.model, state.space, self.cfg.heads_scope),
         }
 
     def _finish(self, state: State, seconds: float) -> dict:
@@ -812,74 +734,6 @@ def _model_dir_of(progress: Path) -> str | None:
         return Path(json.loads(progress.read_text())["model_dir"]).name
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _file_digest(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def carve(train, holdout, seed: int):
-    """(rows to train on, rows held out): a seeded split of the training rows, `holdout` a
-    fraction in (0, 1) or a row count. The held-out rows never train anything."""
-    n = len(train)
-    size = int(holdout) if holdout >= 1 else max(1, round(float(holdout) * n))
-    if not 0 < size < n:
-        raise ConfigError("method.holdout", holdout, f"between 1 and {n - 1} of the {n} training rows")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
-    return train.select(sorted(order[size:])), train.select(sorted(order[:size]))
-
-
-def coarse_holdout(tolerance: float, rows: int) -> bool:
-    """Warn (before anything trains) when the lossless tolerance is below the noise of a metric on
-    the held-out rows -- one standard error of an accuracy is up to 0.5/sqrt(rows): there the search
-    follows which examples flip (measured on 100 rows: the heads removed went from 17 to 63 over
-    three seeds of SST-2, docs/results/apd.md)."""
-    noise = 0.5 / math.sqrt(rows)
-    if tolerance >= noise:
-        return False
-    logging.getLogger(__name__).warning(
-        "method.tolerance=%g is below the noise of a metric on the %d held-out rows (~0.5/sqrt(%d) = %.3f): "
-        "the lossless search will follow noise; hold out %d rows or more (method.holdout=) or raise the tolerance",
-        tolerance, rows, rows, noise, math.ceil(0.25 / tolerance**2))
-    return True
-
-
-def unit_metrics(model: torch.nn.Module, space: UnitSpace, scope: str = "all") -> dict:
-    """What is left, in the terms of a density budget: the kept fraction of the attention + FFN
-    weights (`density`), those weights, the encoder's parameters without its embeddings, and the
-    heads that still hold a value dimension."""
-    kept, dense = space.weights(scope)
-    return {"density": round(kept / dense, 6) if dense else 1.0, "weights_kept": kept, "weights_dense": dense,
-            "params_encoder": encoder_params(model), "heads_left": int(space.kept("head").sum())}
-
-
-def encoder_params(model: torch.nn.Module) -> int:
-    """Parameters of the encoder stack (the whole base model if it has no `encoder`), embeddings
-    excluded: what pruning can shrink, as papers report it."""
-    base = getattr(model, "base_model", model)
-    encoder = base.get_encoder() if hasattr(base, "get_encoder") else None
-    encoder = encoder or getattr(base, "encoder", None) or getattr(base, "transformer", None) or base
-    embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
-    return sum(p.numel() for p in encoder.parameters() if id(p) not in embeddings)
-
-
-def dense_params(model: torch.nn.Module) -> int:
-    """Parameters of `model` before any pruning (built from its config on the meta device)."""
-    from prune_cli.surgery import build_model
-    from prune_cli.units import _dense_config
-
-    if UnitSpace.from_model(model).removed_params() == 0:
-        return count_params(model)
-    with torch.device("meta"):
-        return count_params(build_model(_dense_config(model.config), type(model)))
-
-
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 
 from prune_cli.checkpoints import atomic_write, writing
+from prune_cli.surgery import count_params
+from prune_cli.units import UnitSpace
 
 
 def heads_record(space, mask: torch.Tensor, scores: torch.Tensor | None, **extra) -> dict:
@@ -176,3 +178,33 @@ def plot_heads(path: Path, space, mask: torch.Tensor, scores: torch.Tensor | Non
         fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def unit_metrics(model: torch.nn.Module, space: UnitSpace, scope: str = "all") -> dict:
+    """What is left, in the terms of a density budget: the kept fraction of the attention + FFN
+    weights (`density`), those weights, the encoder's parameters without its embeddings, and the
+    heads that still hold a value dimension."""
+    kept, dense = space.weights(scope)
+    return {"density": round(kept / dense, 6) if dense else 1.0, "weights_kept": kept, "weights_dense": dense,
+            "params_encoder": encoder_params(model), "heads_left": int(space.kept("head").sum())}
+
+
+def encoder_params(model: torch.nn.Module) -> int:
+    """Parameters of the encoder stack (the whole base model if it has no `encoder`), embeddings
+    excluded: what pruning can shrink, as papers report it."""
+    base = getattr(model, "base_model", model)
+    encoder = base.get_encoder() if hasattr(base, "get_encoder") else None
+    encoder = encoder or getattr(base, "encoder", None) or getattr(base, "transformer", None) or base
+    embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    return sum(p.numel() for p in encoder.parameters() if id(p) not in embeddings)
+
+
+def dense_params(model: torch.nn.Module) -> int:
+    """Parameters of `model` before any pruning (built from its config on the meta device)."""
+    from prune_cli.arch.build import build_model
+    from prune_cli.units import _dense_config
+
+    if UnitSpace.from_model(model).removed_params() == 0:
+        return count_params(model)
+    with torch.device("meta"):
+        return count_params(build_model(_dense_config(model.config), type(model)))
