@@ -17,7 +17,7 @@ test:
 # The lowest tested releases (constraints-oldest.txt) in a throwaway venv, installed NON-editable,
 # on the tests of the core: gates, surgery, cached generation, the stack contract, the CLI.
 OLDEST_VENV ?= .venv-oldest
-OLDEST_TESTS ?= tests/test_arch.py tests/test_llm_arch.py tests/test_fused_arch.py tests/test_gates_surgery.py tests/test_units.py tests/test_smp.py tests/test_peer.py tests/test_generation_cache.py tests/test_stack_contract.py \
+OLDEST_TESTS ?= tests/test_arch.py tests/test_llm_arch.py tests/test_fused_arch.py tests/test_standalone.py tests/test_gates_surgery.py tests/test_units.py tests/test_smp.py tests/test_peer.py tests/test_generation_cache.py tests/test_stack_contract.py \
 	tests/test_cli.py tests/test_pipeline.py tests/test_versions.py
 test-oldest:
 	rm -rf $(OLDEST_VENV)

@@ -5,6 +5,7 @@ missing is one line; W&B run names say the budget."""
 from __future__ import annotations
 
 import importlib.abc
+import importlib.util
 import sys
 
 import pytest
@@ -62,7 +63,12 @@ def test_a_launcher_without_its_plugin_is_one_line(capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and "\n" not in err
     assert "hydra/launcher=parallel" in err and "prune-cli[slurm]" in err
-    cli.check_launcher(["-m", "hydra/launcher=parallel"])  # installed here: nothing to say
+    try:
+        installed = importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
+    except ImportError:  # no Hydra plugin at all (make test-oldest's venv)
+        installed = False
+    if installed:
+        cli.check_launcher(["-m", "hydra/launcher=parallel"])  # nothing to say
 
 
 @pytest.mark.parametrize("budget,name", [({"heads": 36}, "rte-taylor-k36-s1"),
