@@ -77,3 +77,10 @@ for units in heads kv; do
     cell "tuned/${units}135/random_s$s" $tuned method=random heads=135 units=$units seed=$s
   done
 done
+# Methods that learn their gates while training, at the 50 % budget, on the same 64 calibration
+# windows and optimiser settings as the recovery fine-tune: DSP, APD (the dense model as its
+# teacher), GRAIN at the weights the taylor 50 %-of-heads cell kept (density 0.893, heads + FFN).
+learn="pipeline=[prune_joint,export] $recover"
+cell "learned/heads135/dsp" $learn method=dsp heads=135
+cell "learned/heads135/apd" $learn method=apd heads=135 distill.teacher=dense
+cell "learned/density0.893/grain" $learn method=grain density=0.893 units=heads_ffn distill.teacher=dense

@@ -9,7 +9,8 @@ percentile bootstrap interval over the evaluation examples (WikiText-2: its wind
 the seeds too where a row has several (the two levels of `bootstrap.paired_bootstrap`), and every
 pruned row's mean accuracy is compared with the random row of the same recovery, units and budget
 by a paired bootstrap (the same examples drawn for both; each side's seeds drawn on their own,
-since a deterministic method has one). The dense model's row comes first, then the published
+since a deterministic method has one); a method that learns its gates while training on the recovery
+data is compared with random plus the same recovery fine-tune. The dense model's row comes first, then the published
 LLM-Pruner table (another model: the protocol, not a comparison).
 """
 
@@ -26,7 +27,7 @@ ZEROSHOT = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challen
 HEADS = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaSwag", "winogrande": "WinoGrande",
          "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA"}
 METHOD_ORDER = ("random", "magnitude", "taylor", "michel")
-RECOVERY = {"oneshot": "one-shot", "tuned": "recovery fine-tune"}
+RECOVERY = {"oneshot": "one-shot", "tuned": "recovery fine-tune", "learned": "learned while training"}
 
 
 def read_cells(root: Path) -> dict[str, dict[str, dict]]:
@@ -155,7 +156,9 @@ def rows_of(cells: dict, resamples: int = 1000) -> list[dict]:
                      "scores": _row_scores(seeds, resamples, seed=0), "_seeds": seeds})
     by = {(r["recovery"], r["units"], r["heads"], r["method"]): r for r in rows}
     for r in rows:
-        base = by.get((r["recovery"], r["units"], r["heads"], "random"))
+        # a learner trained on the recovery data: against random + the same recovery fine-tune
+        recovery = "tuned" if r["recovery"] == "learned" else r["recovery"]
+        base = by.get((recovery, r["units"], r["heads"], "random"))
         r["vs_random"] = versus(r["_seeds"], base["_seeds"], resamples) if base and base is not r else None
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (r["recovery"] != "", r["recovery"], -(r["heads"] or 10**9), r["units"],
@@ -181,8 +184,12 @@ def table(rows: list[dict]) -> str:
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         s = r["scores"]
-        removed = "0 %" if r["method"] == "none" or not r["heads"] else \
-            f"{100 * (1 - r['heads'] / r['heads_total']):.1f} % of heads ({r['heads']} kept)"
+        if r["units"].startswith("density"):  # a weight budget: the cell names the density kept
+            removed = f"{r['units']} of the attention + FFN weights"
+        elif r["method"] == "none" or not r["heads"]:
+            removed = "0 %"
+        else:
+            removed = f"{100 * (1 - r['heads'] / r['heads_total']):.1f} % of heads ({r['heads']} kept)"
         params = f"{r['params'] / 1e6:.1f} M" if r.get("params") else ""
         vs = r.get("vs_random")
         vs_text = "" if not vs else f"{100 * vs['delta']:+.1f} [{100 * vs['low']:+.1f}, {100 * vs['high']:+.1f}] p={vs['p']:.3f}"
