@@ -447,16 +447,16 @@ def bench_run_model(cfg, state, run_dir) -> dict:
     protocol = Protocol(repeats=int(s["repeats"]), warmup=int(s["warmup"]), threads=s["threads"], device=device)
     threads_before = torch.get_num_threads()
     protocol.apply()
+    onnx = Path(run_dir) / "model" / "model.onnx"
     try:
         rows = _time_run_model(cfg, state, protocol, dtypes, s)
+        if onnx.is_file() and device == "cpu":  # export.onnx=true and the export ran before: its speed too
+            _time_onnx(onnx, state, rows, protocol)
     finally:
         torch.set_num_threads(threads_before)  # later stages run with the run's own setting
     attn = getattr(state.model.config, "_attn_implementation", None)
     env = env_record(device, dtype=dtypes, attn_implementation=attn, repeats=protocol.repeats,
                      warmup=protocol.warmup, protocol=asdict(protocol))
-    onnx = Path(run_dir) / "model" / "model.onnx"
-    if onnx.is_file() and device == "cpu":  # export.onnx=true and the export ran before: its speed too
-        _time_onnx(onnx, state, rows, protocol)
     write_outputs(run_dir, env, rows)
     summary = {f"b{r['batch']}_n{r['seq_len']}_{r['dtype']}": r["speedup"] for r in rows}
     return {"bench": "bench.json", "speedup": summary}
@@ -464,7 +464,8 @@ def bench_run_model(cfg, state, run_dir) -> dict:
 
 def _time_onnx(path: Path, state, rows: list[dict], protocol: Protocol) -> None:
     """The exported ONNX graph under onnxruntime against the run's model under torch, on the same
-    inputs, interleaved (float32 CPU rows): `onnx_ms`, and `onnx_speedup` = torch ms / onnxruntime ms."""
+    inputs, interleaved, both on the protocol's threads (float32 CPU rows): `onnx_ms`, and
+    `onnx_speedup` = torch ms / onnxruntime ms."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
