@@ -10,6 +10,7 @@ import torch
 from conftest import minilm_path, padded_batch, tiny_model
 
 import prune_cli
+from prune_cli import api
 from prune_cli.errors import ConfigError
 from prune_cli.gates import Gates
 from prune_cli.heads import HeadSpace
@@ -46,7 +47,7 @@ def test_prune_keeps_the_budget_and_equals_the_gated_model(units, budget):
     model = tiny_model("llama_lm", "sdpa")
     reference = tiny_model("llama_lm", "sdpa")
     data = _lm_batches()
-    target, _ = prune_cli.api.choose(reference, "taylor", units=units, data=data, **budget)
+    target, _ = api.choose(reference, "taylor", units=units, data=data, **budget)
     pruned = prune_cli.prune(model, method="taylor", units=units, data=data, **budget)
     assert pruned is model
     assert UnitSpace.from_model(model) == target
@@ -70,7 +71,7 @@ def test_texts_train_a_causal_lm_to_predict_their_next_tokens():
     config = tf.LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=2, head_dim=8, intermediate_size=37, pad_token_id=tokenizer.pad_token_id)
     model = tf.LlamaForCausalLM(config).eval()
-    batches = prune_cli.api.batches_from(["a short text", "and a longer one with more words"], model, tokenizer)
+    batches = api.batches_from(["a short text", "and a longer one with more words"], model, tokenizer)
     assert (batches[0]["labels"][batches[0]["attention_mask"] == 0] == -100).all()
     prune_cli.prune(model, tokenizer, "taylor", sparsity=0.5, data=["a short text", "and a longer one"])
     assert HeadSpace.from_model(model).total == 4
@@ -103,7 +104,7 @@ def test_the_callback_prunes_inside_a_users_trainer(tmp_path):
     seen = []
     # the gates hold the removed heads at 0 from step 2 on: the gated model's logits as training ends,
     # before the callback removes the heads (callbacks run in the order given)
-    peek = type("Peek", (prune_cli.api.TrainerCallback,), {
+    peek = type("Peek", (api.TrainerCallback,), {
         "on_train_end": lambda self, *a, **k: seen.append(model.eval()(**padded_batch("bert")).logits.detach())})()
     trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[peek, callback])
     trainer.train()

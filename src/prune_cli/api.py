@@ -87,10 +87,10 @@ def _keep(space: UnitSpace, heads, sparsity, density, kinds, scope) -> int | Non
 def _is_causal_lm(model: nn.Module) -> bool:
     from transformers import AutoModelForCausalLM
 
-    try:
-        return type(model) in AutoModelForCausalLM._model_mapping.values()
-    except Exception:  # noqa: BLE001 (a mapping that cannot be read: decide by name)
-        return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+    try:  # the causal-LM class of this config only (iterating the mapping imports every family)
+        return AutoModelForCausalLM._model_mapping[type(model.config)] is type(model)
+    except KeyError:
+        return False
 
 
 def batches_from(data, model: nn.Module, tokenizer=None, batch_size: int = 8, max_length: int = 512) -> list[dict]:
