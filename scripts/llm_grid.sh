@@ -2,7 +2,8 @@
 # The LLM table (docs/results/llm.md): SmolLM2-135M-Instruct (model=smollm2) pruned by every head
 # method at 50 % and ~25 % of its 270 query heads removed, as scattered query heads (units=heads)
 # and as whole key/value groups (units=kv), one-shot on WikiText-2 calibration text and with a short
-# recovery fine-tune; each pruned model scored in the LLM-Pruner layout (Ma et al. 2023, Table 1):
+# recovery fine-tune (every method, the same fine-tune), and the methods that learn their gates while
+# training (DSP, APD, GRAIN) at the 50 % budget; each pruned model scored in the LLM-Pruner layout (Ma et al. 2023, Table 1):
 # WikiText-2 perplexity + seven zero-shot accuracies, on the same fixed subsets for every cell.
 #
 #   bash scripts/llm_grid.sh [OUT=outputs/llm_grid] [DATA=../shared/data] [EXAMPLES=100] [WINDOWS=10]
@@ -59,7 +60,8 @@ evaluate dense
 
 oneshot="pipeline=[prune,export]"
 tuned="pipeline=[prune,finetune,export] $recover"
-for budget in 135 204; do  # query heads kept of 270: 50 % and 24.4 % removed (204: whole groups of 3)
+oneshot_block() {  # oneshot_block <query heads kept of 270>: 135 = 50 % removed, 204 = 24.4 % (whole groups of 3)
+  local budget=$1
   for units in heads kv; do
     for m in taylor magnitude $([ $units = heads ] && echo michel); do  # michel ranks whole query heads only
       cell "oneshot/$units$budget/$m" $oneshot method=$m heads=$budget units=$units
@@ -68,6 +70,17 @@ for budget in 135 204; do  # query heads kept of 270: 50 % and 24.4 % removed (2
       cell "oneshot/$units$budget/random_s$s" $oneshot method=random heads=$budget units=$units seed=$s
     done
   done
+}
+# Order: what answers a question first. The 50 % block one-shot, scattered heads at the key/value
+# cells' parameter count, then with recovery, then the learners at that budget, then the 24.4 % block.
+oneshot_block 135
+# Scattered query heads at the parameters of the 50 % key/value-group cells (121.2 M): 108 query heads
+# kept leave 121.0-121.2 M under each scorer's ranking (whole groups also drop their key/value rows)
+for m in taylor magnitude michel; do
+  cell "oneshot/heads108/$m" $oneshot method=$m heads=108 units=heads
+done
+for s in 1 2 3; do
+  cell "oneshot/heads108/random_s$s" $oneshot method=random heads=108 units=heads seed=$s
 done
 for units in heads kv; do
   for m in taylor magnitude $([ $units = heads ] && echo michel); do
@@ -84,3 +97,4 @@ learn="pipeline=[prune_joint,export] $recover"
 cell "learned/heads135/dsp" $learn method=dsp heads=135
 cell "learned/heads135/apd" $learn method=apd heads=135 distill.teacher=dense
 cell "learned/density0.893/grain" $learn method=grain density=0.893 units=heads_ffn distill.teacher=dense
+oneshot_block 204

@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_module
 
 from prune_cli import checkpoints
 from prune_cli.checkpoints import Damaged, DiskFull
-from prune_cli.pipeline import Pipeline
+from prune_cli.pipeline import RUNNERS, Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 RTE = ROOT.parent / "shared" / "data" / "glue" / "RTE"
@@ -54,15 +54,19 @@ def make_cfg(overrides):
 
 
 def crash(monkeypatch, method: str, at: int) -> None:
-    """Pipeline.`method` raises at stage `at` (a node dying there), before doing anything."""
-    original = getattr(Pipeline, method)
+    """The stage `method` (or Pipeline.`method`) raises at stage `at` (a node dying there), before
+    doing anything."""
+    original = RUNNERS[method] if method in RUNNERS else getattr(Pipeline, method)
 
     def dying(self, state, index, *a, **k):
         if index == at:
             raise RuntimeError("node died")
         return original(self, state, index, *a, **k)
 
-    monkeypatch.setattr(Pipeline, method, dying)
+    if method in RUNNERS:
+        monkeypatch.setitem(RUNNERS, method, dying)
+    else:
+        monkeypatch.setattr(Pipeline, method, dying)
 
 
 def warnings_of(capfd) -> list[str]:
@@ -109,7 +113,7 @@ def committed(tmp_path_factory, overrides) -> Path:
     model-2, progress.prev.json stage 1 and model-1."""
     run = tmp_path_factory.mktemp("committed")
     with pytest.MonkeyPatch.context() as mp:
-        crash(mp, "_stage_evaluate", 3)
+        crash(mp, "evaluate", 3)
         with pytest.raises(RuntimeError, match="node died"):
             Pipeline(make_cfg(overrides), run).run()
     ckpt = run / "checkpoints"

@@ -14,15 +14,14 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: layer of every module, by dotted name or package prefix (longest match wins), lowest first
 LAYERS = {
     "base": ["prune_cli", "prune_cli.errors", "prune_cli.progress", "prune_cli.hub", "prune_cli.schema", "prune_cli.checkpoints",
-             "prune_cli.rundir", "prune_cli.distributed", "prune_cli.tracking", "prune_cli.groups", "prune_cli.cache",
-             "prune_cli.stages"],
+             "prune_cli.rundir", "prune_cli.distributed", "prune_cli.tracking", "prune_cli.groups", "prune_cli.cache"],
     "arch": ["prune_cli.arch"],
     "space": ["prune_cli.heads", "prune_cli.units", "prune_cli.flops", "prune_cli.embeddings"],
     "ops": ["prune_cli.gates", "prune_cli.surgery", "prune_cli.standalone", "prune_cli.shipping", "prune_cli.models", "prune_cli.report", "prune_cli.bench",
             "prune_cli.bench_units", "prune_cli.bench_llm", "prune_cli.accounting"],
     "work": ["prune_cli.train", "prune_cli.distill", "prune_cli.schedules", "prune_cli.oneshot",
              "prune_cli.methods", "prune_cli.tasks", "prune_cli.metrics", "prune_cli.scratch"],
-    "run": ["prune_cli.api", "prune_cli.run_cache", "prune_cli.validate", "prune_cli.pipeline", "prune_cli.cli", "prune_cli.sweep", "prune_cli.reports"],
+    "run": ["prune_cli.api", "prune_cli.run_cache", "prune_cli.validate", "prune_cli.stages", "prune_cli.pipeline", "prune_cli.cli", "prune_cli.sweep", "prune_cli.reports"],
 }
 RANK = {name: rank for rank, names in enumerate(LAYERS.values()) for name in names}
 
@@ -145,13 +144,16 @@ def test_the_checker_sees_function_level_imports(tmp_path):
 
 
 def test_the_loop_and_the_pipeline_call_declared_hooks_never_probe_the_method():
-    """Every hook the training loop and the pipeline use is declared on methods.base.Pruner with
-    a default (issue 33): a getattr/hasattr on the method would hide a hook a method forgot."""
+    """Every hook the training loop, the runner and the stages use is declared on
+    methods.base.Pruner with a default (issue 33): a getattr/hasattr on the method would hide a
+    hook a method forgot."""
     probes = []
-    for name in ("train.py", "pipeline.py"):
-        for node in ast.walk(ast.parse((SRC / "prune_cli" / name).read_text())):
+    package = SRC / "prune_cli"
+    for path in (package / "train.py", package / "pipeline.py", *sorted((package / "stages").glob("*.py"))):
+        name = path.relative_to(package)
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr"):
                 target = ast.unparse(node.args[0])
-                if target in ("pruner", "self.pruner"):
+                if target in ("pruner", "self.pruner", "runner.pruner"):
                     probes.append(f"{name}:{node.lineno} {ast.unparse(node)}")
     assert not probes, probes

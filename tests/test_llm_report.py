@@ -65,3 +65,30 @@ def test_the_command_writes_the_table_with_the_published_rows(grid, tmp_path, ca
     assert "| 50.0 % of heads (135 kept) | one-shot | heads | taylor | 1 |" in md
     assert "ANOTHER MODEL" in md and "| Ratio = 20% w/ tune, Element1 | 17.58 |" in md
     assert len(json.loads(out.with_suffix(".json").read_text())) == 3
+
+
+def _prune_record(root: Path, cell: str, heads_kept: int, params: int) -> None:
+    (root / cell / "prune").mkdir(parents=True)
+    (root / cell / "prune" / "metrics.json").write_text(json.dumps(
+        {"primary_metric": "perplexity", "heads_kept": heads_kept, "heads_total": 270, "params": params}))
+
+
+def test_groups_are_compared_with_scattered_heads_at_equal_heads_and_equal_params(grid):
+    """units=kv rows against units=heads rows of the same method: at the same query heads and at
+    the nearest parameter count within 1 % (a paired accuracy difference and perplexity ratio)."""
+    _cell(grid, "oneshot/kv135/taylor", flip_every=3)
+    wiki = grid / "oneshot/kv135/taylor/wikitext2/predictions.json"
+    record = json.loads(wiki.read_text())
+    split = next(iter(record["splits"].values()))
+    split["prediction"] = [1.1 * nll for nll in split["prediction"]]  # every window's loss up by 10 %
+    wiki.write_text(json.dumps(record))
+    _cell(grid, "oneshot/heads108/taylor", flip_every=2)
+    _prune_record(grid, "oneshot/kv135/taylor", 135, 121_200_000)
+    _prune_record(grid, "oneshot/heads135/taylor", 135, 123_200_000)
+    _prune_record(grid, "oneshot/heads108/taylor", 108, 121_000_000)
+    rows = {r["cell"]: r for r in rows_of(read_cells(grid), resamples=200)}
+    same, near = rows["oneshot/kv135/taylor"]["vs_heads"]
+    assert (same["at"], same["heads_kept"], near["at"], near["heads_kept"]) == ("same heads", 135, "same params", 108)
+    assert same["accuracy"]["delta"] < 0 < near["accuracy"]["delta"]  # 1 in 3 wrong vs none / 1 in 2
+    assert same["perplexity"]["ratio"] > 1.05 and same["perplexity"]["low"] > 1 and same["perplexity"]["p"] < 0.05
+    assert rows["oneshot/heads135/taylor"]["vs_heads"] == []

@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from prune_cli.pipeline import Pipeline
+from prune_cli.pipeline import RUNNERS, Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 RTE = ROOT.parent / "shared" / "data" / "glue" / "RTE"
@@ -35,7 +35,7 @@ def make_cfg(*overrides):
 def test_crash_mid_run_resumes_without_redoing_finished_stages(tmp_path, monkeypatch):
     cfg = make_cfg("method=random", "heads=30", "export_model=false")
     calls = []
-    original = Pipeline._stage_evaluate
+    original = RUNNERS["evaluate"]
 
     def crash_once(self, state, index):
         calls.append(index)
@@ -43,7 +43,7 @@ def test_crash_mid_run_resumes_without_redoing_finished_stages(tmp_path, monkeyp
             raise RuntimeError("node died")
         return original(self, state, index)
 
-    monkeypatch.setattr(Pipeline, "_stage_evaluate", crash_once)
+    monkeypatch.setitem(RUNNERS, "evaluate", crash_once)
     with pytest.raises(RuntimeError, match="node died"):
         Pipeline(cfg, tmp_path).run()
     progress = json.loads((tmp_path / "checkpoints" / "progress.json").read_text())
@@ -51,7 +51,7 @@ def test_crash_mid_run_resumes_without_redoing_finished_stages(tmp_path, monkeyp
 
     redone = []
     for name in ("finetune", "prune"):
-        monkeypatch.setattr(Pipeline, f"_stage_{name}", lambda self, s, i, n=name: redone.append(n))
+        monkeypatch.setitem(RUNNERS, name, lambda self, s, i, n=name: redone.append(n))
     metrics = Pipeline(cfg, tmp_path).run()
     assert redone == []  # nothing before the crash point ran again
     assert metrics["heads_kept"] == 30 and [s["stage"] for s in metrics["stages"]][:3] == ["finetune", "prune", "finetune"]
@@ -66,7 +66,7 @@ def test_crash_mid_stage_resumes_from_the_step_checkpoint(tmp_path, monkeypatch)
                  "trainer.eval_every=3", "trainer.log_every=1", "trainer.batch_size=4")
     whole = Pipeline(make_cfg(*overrides), tmp_path / "whole").run()
 
-    original = Pipeline._evaluate
+    original = Pipeline.evaluate
     calls = []
 
     def die_at_first_eval(self, state, stage):
@@ -75,7 +75,7 @@ def test_crash_mid_stage_resumes_from_the_step_checkpoint(tmp_path, monkeypatch)
             raise RuntimeError("node died")
         return original(self, state, stage)
 
-    monkeypatch.setattr(Pipeline, "_evaluate", die_at_first_eval)
+    monkeypatch.setattr(Pipeline, "evaluate", die_at_first_eval)
     with pytest.raises(RuntimeError, match="node died"):
         Pipeline(make_cfg(*overrides), tmp_path / "cut").run()
     assert (tmp_path / "cut" / "checkpoints" / "train-0.pt").is_file()
@@ -244,15 +244,15 @@ def test_collect_runs_curve_has_seed_spread_and_the_published_points(tmp_path):
 @pytest.mark.slow
 def test_resuming_with_other_settings_is_refused_and_leaves_the_run_as_it_was(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    original = Pipeline._stage_finetune
+    original = RUNNERS["finetune"]
 
     def die(self, state, index):
         raise RuntimeError("node died")
 
-    monkeypatch.setattr(Pipeline, "_stage_finetune", die)
+    monkeypatch.setitem(RUNNERS, "finetune", die)
     with pytest.raises(RuntimeError, match="node died"):
         Pipeline(make_cfg("method=none", "trainer.lr=1e-4"), run).run()
-    monkeypatch.setattr(Pipeline, "_stage_finetune", original)
+    monkeypatch.setitem(RUNNERS, "finetune", original)
     (run / ".hydra").mkdir()
     (run / ".hydra" / "config.yaml").write_text("what the run was started with\n")
 

@@ -312,3 +312,29 @@ def test_bench_records_times_committed_records_per_task(tmp_path):
     assert all(r["flop_speedup"] > 4 for r in rows)  # 5 % and 20 % of the encoder's weights
     table = out.with_suffix(".md").read_text()
     assert "| mrpc | grain units=heads_ffn" in table and "| sst2 | grain |" in table
+
+
+@pytest.mark.parametrize("arch", ["bert", "t5", "llama"])
+def test_every_kind_of_the_table_indexes_alike(arch):
+    """Each kind's entry (units.KIND_TABLE) agrees with itself: size, kept, unit_sizes and scope
+    over one index; a kept mask of any kind only shrinks the space and keeps that kind's mask;
+    the weights every stored kind holds add up to `weights()`; the config schema allows exactly
+    these kinds (issue 33: unit kinds as a table)."""
+    from prune_cli.schema import _UNITS
+    from prune_cli.units import KIND_TABLE, KINDS, STORED
+
+    assert tuple(_UNITS) == KINDS and set(STORED) == {"qk", "vo", "ffn"}
+    space = UnitSpace.from_model(tiny_model(arch))
+    g = torch.Generator().manual_seed(0)
+    for name, kind in KIND_TABLE.items():
+        n = space.size(name)
+        assert n == kind.size(space) > 0
+        assert space.kept(name).shape == space.unit_sizes(name).shape == space.scope(name, "all").shape == (n,)
+        assert bool(space.kept(name).all()) and bool((space.unit_sizes(name) > 0).all())
+        mask = torch.rand(n, generator=g) > 0.5
+        pruned = space.with_masks({name: mask})
+        assert torch.equal(pruned.kept(name), mask)
+        for other in STORED:
+            assert bool((pruned.kept(other) <= space.kept(other)).all())
+    kept, dense = space.weights("all")
+    assert kept == dense == sum(int(space.unit_sizes(k).sum()) for k in STORED) + int(space.group_cost().sum())

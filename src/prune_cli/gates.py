@@ -35,7 +35,7 @@ from torch import nn
 
 from prune_cli.arch.projections import in_features, out_features, weight
 from prune_cli.heads import HeadSpace
-from prune_cli.units import UnitSpace
+from prune_cli.units import KINDS, UnitSpace
 
 
 class Gates:
@@ -135,8 +135,10 @@ class Gates:
         dense index of the UnitSpace; kinds left out are open); None opens every gate."""
         values = dict(values or {})
         for kind, v in values.items():
+            if kind not in KINDS:
+                raise ValueError(f"{kind!r} is not a unit kind (one of {', '.join(KINDS)})")
             size = self.space.total if kind == "head" else self.units.size(kind)
-            if kind not in ("head", "kv", "qk", "vo", "ffn") or v.shape != (size,):
+            if v.shape != (size,):
                 raise ValueError(f"{kind} gate values must have shape ({size},), got {tuple(v.shape)}")
         device = _device_of(self.model)
         values = {k: v if v.device == device else v.to(device) for k, v in values.items()}

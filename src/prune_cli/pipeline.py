@@ -1,8 +1,13 @@
-"""The run: a list of stages from config, each reading and updating one small `State`.
+"""The runner: a list of stages from config, each reading and updating one small `State`.
 
     finetune -> prune -> finetune -> evaluate -> export      (scorers: michel, random)
     prune_joint -> evaluate -> export                        (learners, regime=joint)
     finetune -> learn_gates -> finetune -> evaluate -> export (learners, regime=pipelined)
+
+What each stage does is its module in prune_cli/stages/ (the table of their properties is
+prune_cli.stages); this module is the loop around them: the run folder (claimed, finished runs
+never run over), resume, the checkpoint after every stage, the services a stage calls
+(stages.state.Runner: training, evaluation, surgery, scoring passes) and the outputs.
 
 After every stage the state is checkpointed in `<run>/checkpoints/`; running the same command
 again with `hydra.run.dir=<run>` skips the stages that finished and resumes a training stage from
@@ -17,52 +22,51 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prune_cli import accounting, checkpoints, distributed, oneshot, progress, report, rundir
+from prune_cli import accounting, checkpoints, distributed, progress, report, rundir
 from prune_cli.accounting import METER
 from prune_cli.errors import ConfigError, Diverged
-from prune_cli.gates import Gates
-from prune_cli.methods import ScoreContext, get_pruner, top_k_mask
+from prune_cli.methods import get_pruner
 from prune_cli.methods.apd import holdout
 from prune_cli.run_cache import RunCache
-from prune_cli.stages import STAGES, given_epochs
+from prune_cli.stages import (
+    STAGES,
+    bench,
+    evaluate,
+    export,
+    meta_train,
+    prune,
+    prune_curve,
+    prune_joint,
+    teacher,
+)
+from prune_cli.stages import train as training
+from prune_cli.stages.state import State
 from prune_cli.surgery import count_params, load_pruned, remove_units, save_pruned
 from prune_cli.tracking import RunLogger
 from prune_cli.train import make_accelerator, seed_everything, train, train_loader
 from prune_cli.units import UnitSpace
 from prune_cli.validate import Plan, validate
 
-
-@dataclass
-class State:
-    model: torch.nn.Module
-    tokenizer: object
-    space: UnitSpace  # dense index of every unit kind + what the model holds now (heads.json speaks in it)
-    mask: torch.Tensor  # bool [H]: kept heads (heads with a value dimension left)
-    scores: torch.Tensor | dict | None = None  # [H], or {kind: scores} when units smaller than heads are ranked
-    evals: list = field(default_factory=list)
-    stages: list = field(default_factory=list)
-    params_dense: int = 0
-    teacher: str | None = None  # folder of the fine-tuned dense teacher (distill=...)
-    curve: list = field(default_factory=list)  # prune_curve: the metrics after each share of heads gated off
-
-    def to_json(self) -> dict:
-        return {
-            "mask": self.mask.int().tolist(),
-            "scores": None if self.scores is None else (
-                {k: v.double().tolist() for k, v in self.scores.items()} if isinstance(self.scores, dict)
-                else self.scores.double().tolist()),
-            "evals": self.evals,
-            "stages": self.stages,
-            "params_dense": self.params_dense,
-            "teacher": self.teacher,
-            "curve": self.curve,
-        }
+#: what runs each stage of the table (prune_cli.stages): `run(runner, state, index) -> its record`
+RUNNERS = {
+    "teacher": teacher.run,
+    "meta_train": meta_train.run,
+    "train": training.train,
+    "finetune": training.finetune,
+    "prune": prune.run,
+    "prune_curve": prune_curve.run,
+    "prune_joint": prune_joint.prune_joint,
+    "learn_gates": prune_joint.learn_gates,
+    "evaluate": evaluate.run,
+    "export": export.run,
+    "bench": bench.run,
+}
+assert set(RUNNERS) == set(STAGES), "every stage of the table has a runner, and only those"
 
 
 class Pipeline:
@@ -140,7 +144,7 @@ class Pipeline:
         t0 = time.time()
         seed_everything(cfg.seed)
         self.logger = RunLogger(cfg, self.run_dir, main=self.main)
-        self.cache = RunCache(cfg, lambda: self.splits.train, self.main, self.logger.log, self._say,
+        self.cache = RunCache(cfg, lambda: self.splits.train, self.main, self.logger.log, self.say,
                               lambda cost: self._cached_compute.append(cost))
         try:
             state, done = self._start()
@@ -162,9 +166,9 @@ class Pipeline:
                     METER.reset()
                     METER.watch(state.model)
                     self._cached_compute = []  # what this stage's cache hits cost when they were computed
-                    self._say(f"stage {i + 1}/{len(plan.stages)} {name}{self._about(name)}")
+                    self.say(f"stage {i + 1}/{len(plan.stages)} {name}{self._about(name)}")
                     try:
-                        result = getattr(self, f"_stage_{name}")(state, i) or {}
+                        result = RUNNERS[name](self, state, i) or {}
                     finally:
                         METER.unwatch()
                     cached = accounting.total([{"compute": c} for c in self._cached_compute])
@@ -182,7 +186,7 @@ class Pipeline:
                 shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         return metrics
 
-    def _say(self, line: str) -> None:
+    def say(self, line: str) -> None:
         """What the run is doing, one line on stderr (stdout keeps the final result line)."""
         if self.main:
             print(f"prune-run: {line}", file=sys.stderr, flush=True)
@@ -228,16 +232,7 @@ class Pipeline:
                                     "the stages after it run again")
         if loaded is not None:
             saved, model, tokenizer, self._model_dir = loaded
-            space = UnitSpace.from_model(model)  # the record in its config: what the stages left
-            state = State(model, tokenizer, space, space.kept("head"))
-            scores = saved["scores"]
-            if isinstance(scores, dict):
-                state.scores = {k: torch.tensor(v, dtype=torch.float64) for k, v in scores.items()}
-            else:
-                state.scores = None if scores is None else torch.tensor(scores, dtype=torch.float64)
-            state.evals, state.stages, state.params_dense = saved["evals"], saved["stages"], saved["params_dense"]
-            state.teacher = saved.get("teacher")
-            state.curve = saved.get("curve", [])
+            state = State.from_json(saved, model, tokenizer)
             self.logger.resume(saved.get("global_step", 0), saved.get("log_rows"))
             return state, saved["done"] + 1
         self._model_dir = None
@@ -304,17 +299,17 @@ class Pipeline:
                 shutil.rmtree(folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ stages
-    def _train(self, state: State, index: int, name: str, epochs=None, distill: bool = True, **kw) -> dict:
+    def fit(self, state: State, index: int, name: str, epochs=None, distill: bool = True, **kw) -> dict:
         collate = self.task.collate_fn(state.tokenizer)
-        distiller = self._distiller(state) if distill and self.cfg.distill.name != "none" else None
+        distiller = self.distiller(state) if distill and self.cfg.distill.name != "none" else None
         return train(
             model=state.model, dataset=self.splits.train, collate_fn=collate, tcfg=self.cfg.trainer,
             accelerator=self.accelerator, seed=self.cfg.seed + index, logger=self.logger, epochs=epochs,
-            checkpoint=self.ckpt_dir / f"train-{index}.pt", evaluate=lambda step: self._evaluate(state, name),
+            checkpoint=self.ckpt_dir / f"train-{index}.pt", evaluate=lambda step: self.evaluate(state, name),
             desc=name, distiller=distiller, **kw,
         )
 
-    def _distiller(self, state: State):
+    def distiller(self, state: State):
         """The teacher of `distill=` (its folder, or the `teacher` stage's) with fresh loss maps."""
         from prune_cli.distill import Distiller
 
@@ -325,89 +320,22 @@ class Pipeline:
         METER.watch(teacher)  # its forward passes are this stage's compute too
         return Distiller(self.cfg.distill, teacher, state.model, space=state.space)
 
-    def _stage_teacher(self, state: State, index: int) -> dict:
-        """Fine-tune the dense teacher of `distill=` from the model the run starts with (the student
-        keeps starting from it, as GRAIN does); saved in <run>/teacher and reused on resume."""
-        import copy
-
-        if self.cfg.distill.get("teacher"):
-            state.teacher = str(self.cfg.distill.teacher)
-            return {"path": state.teacher}
-        METER.unwatch()  # a deep copy would take the hook along, counting into a copy of the meter
-        teacher = copy.deepcopy(state.model)
-        METER.watch(teacher)
-        collate = self.task.collate_fn(state.tokenizer)
-
-        def fit(model):
-            return train(model=model, dataset=self.splits.train, collate_fn=collate, tcfg=self.cfg.trainer,
-                         accelerator=self.accelerator, seed=self.cfg.seed + index, logger=self.logger,
-                         checkpoint=self.ckpt_dir / f"train-{index}.pt", desc="teacher")
-
-        teacher, result = self.cache.finetune(teacher, state.tokenizer, self.cfg.seed + index, None, fit)
-        bs = int(self.cfg.task.get("eval_batch_size") or self.cfg.trainer.eval_batch_size)
-        metrics = self.task.evaluate(teacher, state.tokenizer, self.splits, self.accelerator, bs)
-        self.logger.log({f"teacher/{k}": v for k, v in metrics.items()})
-        path = self.run_dir / "teacher"
-        with distributed.main_writes() as write:
-            if write:
-                save_pruned(teacher, path, state.tokenizer)
-        state.teacher = str(path)
-        del teacher
-        return {**result, "path": "teacher", "metrics": metrics}
-
-    def _stage_meta_train(self, state: State, index: int) -> dict:
-        """SMP: train the pruner network on the meta tasks' text, the model frozen -> <run>/pruner.pt."""
-        from prune_cli.methods.smp.meta_train import load_tasks, meta_train
-
-        tcfg = self.cfg.trainer
-        result = meta_train(
-            model=state.model, tokenizer=state.tokenizer, tasks=load_tasks(self.cfg, state.tokenizer), cfg=self.cfg,
-            out=self.run_dir / "pruner.pt", seed=self.cfg.seed + index, device=self.accelerator.device,
-            logger=self.logger, checkpoint=self.ckpt_dir / f"train-{index}.pt", save_every=int(tcfg.save_every),
-            log_every=int(tcfg.log_every), progress_bar=bool(tcfg.progress_bar),
-            model_name=str(self.cfg.model.get("path") or self.cfg.model.name))
-        self.logger.file(self.run_dir / "pruner.pt")
-        return result
-
-    def _epochs(self, index: int, given=None):
+    def epochs(self, index: int, given=None):
         """Epochs of the training stage at `index`: its share of trainer.total_epochs when that is
         set (validate splits it), else `given` (None = trainer.epochs)."""
         return given if self.plan.epochs is None else self.plan.epochs[index]
 
-    def _stage_train(self, state: State, index: int) -> dict:
-        return self._train(state, index, "train", epochs=self._epochs(index))
-
-    def _stage_finetune(self, state: State, index: int) -> dict:
-        epochs = self._epochs(index, given_epochs(self.cfg, self.plan.stages, index))
-        dense = not any(STAGES[s["stage"]].changes_model for s in state.stages)
-        peer_teacher = dense and self.cfg.distill.name == "peer" and not state.teacher \
-            and not self.cfg.distill.get("teacher")
-        if not dense or (self.cfg.distill.name != "none" and not peer_teacher):
-            return self._train(state, index, "finetune", epochs=epochs)
-        # the dense fine-tune a run starts with: the same for every point of a K x method sweep
-
-        def fit(model):
-            return self._train(state, index, "finetune", epochs=epochs, distill=False)
-
-        state.model, result = self.cache.finetune(state.model, state.tokenizer, self.cfg.seed + index, epochs, fit)
-        if peer_teacher:  # distill=peer: the peers learn from this dense fine-tuned model
-            with distributed.main_writes() as write:
-                if write:
-                    save_pruned(state.model, self.run_dir / "teacher", state.tokenizer)
-            state.teacher = str(self.run_dir / "teacher")
-        return result
-
-    def _cached_scores(self, state: State, compute):
+    def cached_scores(self, state: State, compute):
         """One-shot scores: the sweep cache's, or `compute()` on every process, stored there."""
-        return self.cache.scores(state.model, state.space, self.plan.units, compute, self._agreed)
+        return self.cache.scores(state.model, state.space, self.plan.units, compute, self.agreed)
 
     @staticmethod
-    def _agreed(compute):
+    def agreed(compute):
         """`compute()` on every process, rank 0's result for all: a scoring pass on a GPU is not
         bitwise reproducible, and processes that kept different heads could not train together."""
         return distributed.broadcast(compute())
 
-    def _score_batches(self, state: State):
+    def score_batches(self, state: State):
         """A fresh pass over the TRAINING batches, in order, on the model's device (what scorers read)."""
         collate = self.task.collate_fn(state.tokenizer)
         device = self.accelerator.device
@@ -420,113 +348,7 @@ class Pipeline:
 
         return batches
 
-    def _stage_prune(self, state: State, index: int) -> dict:
-        """Score, keep the best (in rounds if the schedule says so), then remove what is not kept."""
-        common = {"kept_now": state.mask, "schedule": self.cfg.schedule, "scope": self.cfg.heads_scope,
-                  "accelerator": self.accelerator, "log": self.logger.log, "run_score": lambda compute, single: (
-                      self._cached_scores(state, compute) if single else self._agreed(compute))}
-        batches = self._score_batches(state)
-        if self.plan.density is not None:
-            target, state.scores = oneshot.keep_density(state.model, state.space, self.pruner, batches,
-                                                        self.plan.density, self.plan.units, **common)
-        elif self.plan.units == ("kv",):
-            target, state.scores = oneshot.keep_groups(state.model, state.space, self.pruner, batches,
-                                                       self.plan.keep, **common)
-        else:
-            target, state.scores = oneshot.keep_heads(state.model, state.space, self.pruner, batches,
-                                                      self.plan.keep, **common)
-        return self._apply(state, target)
-
-    def _stage_prune_curve(self, state: State, index: int) -> dict:
-        """Michel et al.'s main figure in one run: score ONCE, then gate off the lowest-scored
-        heads cumulatively, `curve_step` (5 %) of the heads in scope at a time, evaluating each
-        point WITHOUT retraining (metrics.json `curve`, log.jsonl `curve/*`, curve.png); finally
-        remove physically all but the K heads that `heads=` / `sparsity=` keeps (by the method's
-        `select`: SMP's per-layer rule; the curve's points are global top-Ks)."""
-        batches = self._score_batches(state)
-        eligible = state.space.scope_mask(self.cfg.heads_scope) & state.mask
-        in_scope = int(eligible.sum())
-        step = float(self.cfg.get("curve_step", 0.05))
-        primary = self.task.primary_metric
-        with Gates(state.model, state.space) as gates:
-            ctx = ScoreContext(state.model, gates, batches, state.mask.clone(), self.accelerator, space=state.space)
-            scores = self._cached_scores(state, lambda: self.pruner.score(ctx))
-            done = {point["removed"] for point in state.curve}
-            for i in range(int(1 / step + 1e-9) + 1):
-                removed = min(in_scope, round(i * step * in_scope))
-                if removed in done:
-                    continue
-                mask = (top_k_mask(scores, in_scope - removed, eligible) | ~eligible) & state.mask
-                gates.set(mask.float())
-                metrics = self._evaluate(state, "prune_curve")
-                state.evals[-1]["heads_kept"] = int(mask.sum())
-                self._keep_curve_predictions(removed, int(mask.sum()))
-                state.curve.append({"removed": removed, "fraction_pruned": round(removed / in_scope, 4),
-                                    "heads_kept": int(mask.sum()), "metrics": metrics})
-                done.add(removed)
-                self.logger.log({"curve/heads_kept": int(mask.sum()), "curve/fraction_pruned": removed / in_scope,
-                                 f"curve/{primary}": metrics.get(primary)})
-        state.scores = scores
-        mask = (self.pruner.select(scores, self.plan.keep, eligible) | ~eligible) & state.mask
-        mask = distributed.broadcast(mask)  # `random` draws, SMP's ties: one choice for every process
-        if self.main:
-            report.plot_curve(self.run_dir / "curve.png", state.curve, primary,
-                              title=f"{self.cfg.model.name} {self.cfg.task.name} {self.cfg.method.name}: no retraining")
-        return {"points": len(state.curve), **self._apply(state, state.space.with_masks({"head": mask}))}
-
-    def _keep_curve_predictions(self, removed: int, heads_kept: int) -> None:
-        """Each curve point's per-example predictions in curve_predictions.json (one entry per
-        point, rewritten after each: a resumed curve keeps the points it had), so the collector
-        can bootstrap two orders (michel vs random) at every point on the same examples."""
-        if not (self.task.predictions and self.main):
-            return
-        path = self.run_dir / "curve_predictions.json"
-        record = json.loads(path.read_text()) if path.is_file() else {
-            "task": self.cfg.task.name, "family": self.cfg.task.family,
-            "primary_metric": self.task.primary_metric, "points": []}
-        record["points"] = [p for p in record["points"] if p["removed"] != removed]
-        record["points"].append({"removed": removed, "heads_kept": heads_kept, "splits": self.task.predictions})
-        report.write_json(path, record, indent=None)  # 20+ points of per-example lists: compact
-
-    def _stage_prune_joint(self, state: State, index: int, freeze_model: bool = False) -> dict:
-        """Learner methods: gates learned while training; then the exact top-K and surgery."""
-        if self.plan.density is not None:  # a learner of units (GRAIN): a density budget
-            return self._prune_units_joint(state, index)
-        eligible = state.space.scope_mask(self.cfg.heads_scope) & state.mask
-        self.pruner.setup(keep=self.plan.keep, eligible=eligible, schedule=self.cfg.schedule)
-        name = "learn_gates" if freeze_model else "prune_joint"
-        keep = self.plan.keep
-        with Gates(state.model, state.space) as gates:
-            if self.pruner.prepares:  # APD: measures the model, chooses K's allocation (or K)
-                ctx = ScoreContext(state.model, gates, self._score_batches(state), state.mask, self.accelerator,
-                                   space=state.space)
-                chosen = self.pruner.prepare(ctx, validate=self._holdout_metric(state) if self.holdout is not None else None)
-                keep = distributed.broadcast(keep if chosen is None else chosen)
-                self.pruner.load_state_dict(distributed.broadcast(self.pruner.state_dict()))  # rank 0's choice
-            epochs = self._epochs(index, given_epochs(self.cfg, self.plan.stages, index))
-            result = self._train(state, index, name, epochs=epochs, pruner=self.pruner, gates=gates,
-                                 freeze_model=freeze_model)
-        mask = distributed.broadcast((self.pruner.final_mask(keep) | ~eligible) & state.mask)
-        scales = self.pruner.final_scales()
-        if scales is not None:  # Voita's ending=gates: the kept heads keep their fractional gates
-            with Gates(state.model, state.space) as baked:
-                baked.fold(distributed.broadcast(scales))
-        state.scores = self.pruner.scores()
-        target = state.space.with_masks({"head": mask})
-        result.update({k: v for k, v in self.pruner.log_stats().items() if k == "k_reached"})
-        result.update(self.pruner.report())
-        history = self.pruner.history()
-        if history is not None and self.main:
-            trajectory = self.run_dir / "mask_trajectory.json"
-            report.write_json(trajectory, {"space": state.space.describe(), **history})
-            self.logger.file(trajectory)
-        applied = self._apply(state, target)
-        if self.holdout is not None:  # lossless mode: the trained model on the carved holdout
-            result.setdefault("lossless", {}).update(holdout_trained=self._holdout_metric(state)(),
-                                                     holdout_rows=len(self.holdout))
-        return {**result, **applied}
-
-    def _holdout_metric(self, state: State):
+    def holdout_metric(self, state: State):
         """The primary metric on the validation split carved from the training rows (lossless mode)."""
         bs = int(self.cfg.task.get("eval_batch_size") or self.cfg.trainer.eval_batch_size)
 
@@ -536,25 +358,7 @@ class Pipeline:
 
         return metric
 
-    def _prune_units_joint(self, state: State, index: int) -> dict:
-        rank = self.cfg.method.get("embed_rank")
-        if rank and not getattr(state.model.config, "prune_cli_embed_rank", None):
-            from prune_cli.methods.grain.factorize import factorize_embeddings
-
-            factorize_embeddings(state.model, int(rank))  # before training, which recovers from it
-        self.pruner.setup_units(state.space, self.plan.units, self.plan.density, self.cfg.heads_scope)
-        with Gates(state.model, state.space) as gates:
-            result = self._train(state, index, "prune_joint", epochs=self._epochs(index), pruner=self.pruner,
-                                 gates=gates)
-        target = distributed.broadcast(self.pruner.final_space())
-        state.scores = self.pruner.scores()
-        result["steps_pruned"] = self.pruner.steps_pruned
-        return {**result, **self._apply(state, target)}
-
-    def _stage_learn_gates(self, state: State, index: int) -> dict:
-        return self._stage_prune_joint(state, index, freeze_model=True)
-
-    def _apply(self, state: State, target: UnitSpace) -> dict:
+    def apply(self, state: State, target: UnitSpace) -> dict:
         """Physically remove what `target` (a UnitSpace over the dense index) does not keep."""
         state.space = remove_units(state.model, target, state.space)
         state.mask = target.kept("head")
@@ -564,68 +368,17 @@ class Pipeline:
         self.logger.log(out)
         return out
 
-    def _evaluate(self, state: State, stage: str) -> dict:
+    def evaluate(self, state: State, stage: str) -> dict:
         bs = int(self.cfg.task.get("eval_batch_size") or self.cfg.trainer.eval_batch_size)
         metrics = self.task.evaluate(state.model, state.tokenizer, self.splits, self.accelerator, bs)
         self.logger.log({f"eval/{k}": v for k, v in metrics.items()})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-        self._say(f"{stage}: {shown} ({int(state.mask.sum())}/{state.space.total} heads)")
+        self.say(f"{stage}: {shown} ({int(state.mask.sum())}/{state.space.total} heads)")
         state.evals.append({"stage": stage, "heads_kept": int(state.mask.sum()), "metrics": metrics})
         return metrics
 
-    def _stage_evaluate(self, state: State, index: int) -> dict:
-        metrics = self._evaluate(state, "evaluate")
-        if self.task.predictions and self.main:  # per example, for a paired bootstrap between runs (collect_runs.py)
-            report.write_json(self.run_dir / "predictions.json", {
-                "task": self.cfg.task.name, "family": self.cfg.task.family,
-                "primary_metric": self.task.primary_metric, "splits": self.task.predictions},
-                indent=None)  # one line: a token task's file holds a list per sentence
-        return {"metrics": metrics}
-
-    def _stage_export(self, state: State, index: int) -> dict:
-        if not self.cfg.get("export_model", True):
-            return {}
-        bad = [n for n, p in state.model.named_parameters() if not torch.isfinite(p).all()]
-        if bad:  # never ship a diverged model (training stops earlier; this guards every other path)
-            raise Diverged("export", None, f"non-finite weights in {len(bad)} tensors (first: {bad[0]}); "
-                           "nothing exported")
-        result = {"path": "model"}
-        with distributed.main_writes() as write:
-            if write:
-                save_pruned(state.model, self.run_dir / "model", state.tokenizer)
-                result.update(self._ship(state, self.run_dir / "model"))
-        return result
-
-    def _ship(self, state: State, folder: Path) -> dict:
-        """The saved model's card, its ONNX graph (export.onnx) and its push (export.push_to_hub).
-        A failure is one line (shipping.ShippingError) and the stage is not committed: the same
-        command resumes here, saves the model again and retries."""
-        from prune_cli import __version__, shipping
-
-        options = self.cfg.get("export") or {}
-        repo, out = options.get("push_to_hub"), {}
-        if options.get("onnx"):
-            METER.unwatch()  # its counting hook reads the batch size, which the export must leave symbolic
-            out["onnx"] = shipping.write_onnx(state.model, state.tokenizer, folder / shipping.ONNX_FILE)
-        card = shipping.model_card(folder, self.cfg, self._outcome(state), command=shipping.command_of(self.run_dir),
-                                   version=__version__, stages=self.plan.stages, units=self.plan.units,
-                                   onnx=out.get("onnx"), repo_id=repo, auto_class=self.task.auto_class().__name__)
-        (folder / "README.md").write_text(card, encoding="utf-8")
-        if repo is not None:
-            asked = shipping.budget(self.cfg, self.plan.units) or "dense"
-            message = (f"prune-cli {__version__}: {self.cfg.model.name} {self.cfg.task.name} {self.cfg.method.name} "
-                       f"{asked}, {int(state.mask.sum())}/{state.space.total} heads")
-            out["hub"] = shipping.push(folder, str(repo), bool(options.get("hub_private", True)), message)
-            self._say(f"pushed {folder} to {out['hub']}")
-        return out
-
-    def _stage_bench(self, state: State, index: int) -> dict:
-        from prune_cli.bench import bench_run_model
-
-        return bench_run_model(self.cfg, state, self.run_dir)
-
     # ------------------------------------------------------------------ outputs
-    def _outcome(self, state: State) -> dict:
+    def outcome(self, state: State) -> dict:
         """What the model is and scored, as metrics.json says it and the model card repeats it
         (one function for both: they cannot disagree)."""
         final_eval = next((e["metrics"] for e in reversed(state.evals) if e["stage"] != "prune_curve"), {})
@@ -642,7 +395,7 @@ class Pipeline:
         }
 
     def _finish(self, state: State, seconds: float) -> dict:
-        outcome = self._outcome(state)
+        outcome = self.outcome(state)
         bad = {k: v for k, v in outcome["eval"].items() if isinstance(v, float) and not math.isfinite(v)}
         if bad:  # a NaN metric or evaluation loss is a diverged run, not a result
             raise Diverged("evaluate", None, ", ".join(f"{k} is {v}" for k, v in bad.items())

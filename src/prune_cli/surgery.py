@@ -29,7 +29,7 @@ from prune_cli.arch.projections import chunk_rows, fused_index, out_features, sl
 from prune_cli.arch.runtime import BlockConfig, SharedBiasHeads, UnevenConfig, install_guard
 from prune_cli.arch.t5 import takes_shared_bias
 from prune_cli.heads import RECORD_KEY, HeadSpace, base_prefix, head_keys, match_layout
-from prune_cli.units import UNITS_KEY, UnitSpace
+from prune_cli.units import STORED, UNITS_KEY, UnitSpace
 
 
 def count_params(model: nn.Module) -> int:
@@ -63,7 +63,7 @@ def remove_units(model: nn.Module, target: UnitSpace, current: UnitSpace | None 
     Masks only shrink: a unit the model no longer has cannot come back.
     """
     current = current or UnitSpace.from_model(model)
-    for kind in ("qk", "vo", "ffn"):
+    for kind in STORED:
         grown = target.kept(kind) & ~current.kept(kind)
         if bool(grown.any()):
             raise ValueError(f"{int(grown.sum())} {kind} units are kept by the target but already removed from the model")

@@ -288,26 +288,8 @@ def train(
     state = (load_checkpoint(checkpoint, desc, main=accelerator.is_main_process, total=plan.steps)
              if checkpoint is not None else None)
     if state is not None:
-        accelerator.unwrap_model(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if pruner is not None:
-            pruner.load_state_dict(state["pruner"])
-        if distiller is not None and state.get("distill"):
-            distiller.load_state_dict(state["distill"])
-        if accelerator.scaler is not None and state.get("scaler"):
-            accelerator.scaler.load_state_dict(state["scaler"])
-        step = state["step"]
-        losses = list(state.get("losses", []))
-        nonfinite, bad_run = state.get("nonfinite", (0, 0))
-        if logger is not None and "global_step" in state:  # curves continue where the killed run stopped,
-            logger.resume(state["global_step"], state.get("log_rows"))  # its rows after this point are cut
-        meters = state.get("meter")  # the stage's compute up to the checkpoint (checkpoints before 2026-12-06: none)
-        if meters and len(meters) == accelerator.num_processes:
-            METER.counts = Counter(meters[accelerator.process_index])
-        ranks = state.get("rng_ranks")  # several processes: each its own generators (dropout differs per rank)
-        set_rng_state(ranks[accelerator.process_index] if ranks and len(ranks) == accelerator.num_processes
-                      else state["rng"])
+        step, losses, (nonfinite, bad_run) = _restore(state, accelerator, model, optimizer, scheduler, pruner,
+                                                      distiller, logger)
     start_epoch, skip_windows = divmod(step, plan.steps_per_epoch)
 
     label_smoothing = float(tcfg.get("label_smoothing") or 0.0)
@@ -346,17 +328,10 @@ def train(
                 micro = [next(batches) for _ in range(size)]
                 if epoch == start_epoch and window < skip_windows:
                     continue  # already trained on before the restart
-                units = [loss_units(b) for b in micro]
-                sizes = [batch_examples(b.values()) for b in micro]
-                total_units = sum(units)  # a window whose labels are all ignored: weights 0, not NaN
-                if accelerator.num_processes > 1:  # weigh by the GLOBAL window's terms: DDP averages over
-                    total_units = accelerator.reduce(  # processes, so x world size gives the global mean
-                        torch.as_tensor(total_units, dtype=torch.float32, device=accelerator.device), "sum"
-                    ) / accelerator.num_processes
-                total_units = total_units.clamp_min(1) if torch.is_tensor(total_units) else max(1, total_units)
+                weights, sizes = _window_weights(micro, accelerator)
                 window_loss = 0.0
                 for j, batch in enumerate(micro):
-                    weight = units[j] / total_units
+                    weight = weights[j]
                     sync = j == size - 1 and not manual_sync
                     with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                         if pruner is not None:
@@ -402,19 +377,7 @@ def train(
                     if bad_run > max_bad:
                         raise Diverged(desc, step + 1, f"the gradient has been non-finite for {bad_run} steps "
                                        f"in a row (trainer.max_nonfinite_steps={max_bad})")
-                if finite and float(tcfg.max_grad_norm) > 0:  # after the sync: one norm on every rank; the
-                    # method's parameters join it with `method.clip_logits`, the hidden-state maps with
-                    # `distill.maps_clip`
-                    accelerator.clip_grad_norm_(
-                        [p for g in optimizer.param_groups
-                         if (clip_method or not g.get("method")) and g.get("clip", True) for p in g["params"]],
-                        float(tcfg.max_grad_norm),
-                    )
-                if finite or accelerator.scaler is not None:  # the scaler skips it itself and lowers its scale
-                    optimizer.step()
-                    if not accelerator.optimizer_step_was_skipped:  # fp16: an overflow skips both
-                        scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                _optimizer_step(optimizer, scheduler, accelerator, finite, float(tcfg.max_grad_norm), clip_method)
 
                 step += 1
                 METER.add(optimizer_steps=1, epochs=1 / plan.steps_per_epoch, examples=sum(sizes))
@@ -427,12 +390,7 @@ def train(
                 if logger is not None:
                     logger.step += 1
                 if logger is not None and (step % log_every == 0 or step == plan.steps):
-                    row = {f"{desc}/loss": float(np.mean(losses[-log_every:])), f"{desc}/lr": scheduler.get_last_lr()[0]}
-                    row.update({f"{desc}/{k}": float(v) for k, v in parts.items()})
-                    if pruner is not None:
-                        row.update({f"{desc}/{k}": v for k, v in pruner.log_stats().items()})
-                        if torch.is_tensor(extra):
-                            row[f"{desc}/method_loss"] = float(extra.detach())
+                    row = _log_row(desc, losses[-log_every:], scheduler, parts, pruner, extra)
                     logger.log(row)
                     bar.set_postfix(loss=f"{row[f'{desc}/loss']:.4f}")
                 if evaluate is not None and eval_every and step % eval_every == 0 and step < plan.steps:
@@ -470,6 +428,73 @@ def train(
     finite_losses = [v for v in losses if math.isfinite(v)]
     return {"steps": step, "train_loss": float(np.mean(finite_losses)) if finite_losses else float("nan"),
             "nonfinite_steps": nonfinite}
+
+
+def _restore(state: dict, accelerator, model, optimizer, scheduler, pruner, distiller, logger):
+    """Everything a step checkpoint holds put back (model, optimizer, schedule, the learner and the
+    distillation maps, the fp16 scaler, the stage's compute so far, every RNG); returns
+    (step, losses, (non-finite steps, of them in a row))."""
+    accelerator.unwrap_model(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if pruner is not None:
+        pruner.load_state_dict(state["pruner"])
+    if distiller is not None and state.get("distill"):
+        distiller.load_state_dict(state["distill"])
+    if accelerator.scaler is not None and state.get("scaler"):
+        accelerator.scaler.load_state_dict(state["scaler"])
+    if logger is not None and "global_step" in state:  # curves continue where the killed run stopped,
+        logger.resume(state["global_step"], state.get("log_rows"))  # its rows after this point are cut
+    meters = state.get("meter")  # the stage's compute up to the checkpoint (checkpoints before 2026-12-06: none)
+    if meters and len(meters) == accelerator.num_processes:
+        METER.counts = Counter(meters[accelerator.process_index])
+    ranks = state.get("rng_ranks")  # several processes: each its own generators (dropout differs per rank)
+    set_rng_state(ranks[accelerator.process_index] if ranks and len(ranks) == accelerator.num_processes
+                  else state["rng"])
+    return state["step"], list(state.get("losses", [])), tuple(state.get("nonfinite", (0, 0)))
+
+
+def _window_weights(micro: list, accelerator) -> tuple[list, list[int]]:
+    """Each micro-batch's share of its window's loss terms, and its examples. With several
+    processes the share is of the GLOBAL window: DDP averages over processes, so x world size gives
+    the global mean. A window whose labels are all ignored gets weights 0, not NaN."""
+    units = [loss_units(b) for b in micro]
+    sizes = [batch_examples(b.values()) for b in micro]
+    total = sum(units)
+    if accelerator.num_processes > 1:
+        total = accelerator.reduce(torch.as_tensor(total, dtype=torch.float32, device=accelerator.device),
+                                   "sum") / accelerator.num_processes
+    total = total.clamp_min(1) if torch.is_tensor(total) else max(1, total)
+    return [u / total for u in units], sizes
+
+
+def _optimizer_step(optimizer, scheduler, accelerator, finite: bool, max_grad_norm: float, clip_method: bool) -> None:
+    """Clip, step and schedule a window whose gradients are finite (a non-finite one is skipped:
+    only fp16's scaler still sees it, skips the step itself and lowers its scale)."""
+    if finite and max_grad_norm > 0:  # after the sync: one norm on every rank; the method's parameters
+        # join it with `method.clip_logits`, the hidden-state maps with `distill.maps_clip`
+        accelerator.clip_grad_norm_(
+            [p for g in optimizer.param_groups
+             if (clip_method or not g.get("method")) and g.get("clip", True) for p in g["params"]],
+            max_grad_norm,
+        )
+    if finite or accelerator.scaler is not None:
+        optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:  # fp16: an overflow skips both
+            scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _log_row(desc: str, recent: list[float], scheduler, parts: dict, pruner, extra) -> dict:
+    """log.jsonl's row for a logging step: the mean loss since the last row, the lr, the
+    distillation terms and the learner's statistics."""
+    row = {f"{desc}/loss": float(np.mean(recent)), f"{desc}/lr": scheduler.get_last_lr()[0]}
+    row.update({f"{desc}/{k}": float(v) for k, v in parts.items()})
+    if pruner is not None:
+        row.update({f"{desc}/{k}": v for k, v in pruner.log_stats().items()})
+        if torch.is_tensor(extra):
+            row[f"{desc}/method_loss"] = float(extra.detach())
+    return row
 
 
 def _gradients_finite(optimizer, pruner) -> bool:

@@ -34,7 +34,7 @@ masks alone (as compact ranges), and a pruned model of any shape reloads from it
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +47,6 @@ from prune_cli.heads import RECORD_KEY, Block, HeadSpace, base_prefix
 
 #: config attribute holding {"attention": {block: {"head_dim", "qk", "vo"}}, "ffn": {ffn: ranges}}
 UNITS_KEY = "prune_cli_kept_units"
-KINDS = ("head", "kv", "qk", "vo", "ffn")
 #: model types whose heads may lose query/key or value dimensions (their family's `dims`: the
 #: attention views q/k/v with -1 heads, which uneven heads need, see prune_cli.arch.runtime); tested on
 #: each in tests/test_units.py (UMT5 and LongT5 view with their head count)
@@ -75,6 +74,109 @@ class FFN:
     offset: int  # flat index of its first neuron
     unit_size: int  # weights per neuron
     chunks: int = 1  # projections stacked in each input's rows ([gate | up]: `FFNLayout.chunks`)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of prunable unit, declared once: the space's size/kept/unit_sizes/scope/with_masks
+    and the record read it here, and a new kind is one entry (plus its gate in gates.py and, where
+    it removes rows no other kind removes, its surgery)."""
+
+    name: str
+    weights: str  # what one unit is in the weights
+    stored: bool  # one of the space's kept masks (qk, vo, ffn); the others follow from them
+    recorded: str  # where a pruned model's config keeps it
+    gate: str  # how gates.Gates scales it
+    size: Callable[[UnitSpace], int]
+    kept: Callable[[UnitSpace], torch.Tensor]
+    unit_sizes: Callable[[UnitSpace], torch.Tensor]  # weights per unit (biases excluded, as density counts)
+    scope: Callable[[UnitSpace, str], torch.Tensor]  # bool over its index: units in blocks of that kind
+    #: the kept masks (qk, vo, ffn) a kept mask of this kind leaves: (masks, this kind's mask) -> masks
+    restrict: Callable[[UnitSpace, dict, torch.Tensor], dict]
+
+
+def _head_sizes(space: UnitSpace) -> torch.Tensor:
+    # under grouped-query attention a query head owns its rows of W_q and columns of W_o only; the
+    # key/value rows are its group's (`group_cost`)
+    return torch.tensor([(2 if b.group_size > 1 else 4) * space.hidden[b.name] * b.head_dim
+                         for b in space.blocks for _ in b.heads], dtype=torch.long)
+
+
+def _kv_sizes(space: UnitSpace) -> torch.Tensor:  # its query heads and its own key/value rows
+    heads = torch.zeros(space.size("kv"), dtype=torch.long)
+    heads.index_add_(0, space.group_of_head(), _head_sizes(space))
+    return heads + space.group_cost()
+
+
+def _dim_sizes(space: UnitSpace) -> torch.Tensor:
+    return torch.cat([torch.full((b.num_heads * b.head_dim,), (1 if b.group_size > 1 else 2) * space.hidden[b.name],
+                                 dtype=torch.long) for b in space.blocks]) \
+        if space.blocks else torch.zeros(0, dtype=torch.long)
+
+
+def _ffn_sizes(space: UnitSpace) -> torch.Tensor:
+    return torch.cat([torch.full((f.width,), f.unit_size, dtype=torch.long) for f in space.ffns]) \
+        if space.ffns else torch.zeros(0, dtype=torch.long)
+
+
+def _dim_scope(space: UnitSpace, scope: str) -> torch.Tensor:
+    space.scope_mask(scope)  # validates the name
+    return torch.cat([torch.full((b.num_heads * b.head_dim,), scope in ("all", b.kind)) for b in space.blocks]) \
+        if space.blocks else torch.zeros(0, dtype=torch.bool)
+
+
+def _ffn_scope(space: UnitSpace, scope: str) -> torch.Tensor:
+    return torch.cat([torch.full((f.width,), scope in ("all", f.kind)) for f in space.ffns]) \
+        if space.ffns else torch.zeros(0, dtype=torch.bool)
+
+
+def _without_heads(space: UnitSpace, masks: dict, head: torch.Tensor) -> dict:
+    """A head removed takes every query/key and value dimension of it."""
+    dims = torch.cat([m.bool().repeat_interleave(b.head_dim) for b, m in zip(space.blocks, space.split(head.cpu()))])
+    return {**masks, "qk": masks["qk"] & dims, "vo": masks["vo"] & dims}
+
+
+def _without_groups(space: UnitSpace, masks: dict, kv: torch.Tensor) -> dict:
+    """A group removed takes every query head reading it."""
+    return _without_heads(space, masks, kv.bool().cpu()[space.group_of_head()])
+
+
+def _stored(kind: str):
+    def restrict(space: UnitSpace, masks: dict, mask: torch.Tensor) -> dict:
+        return {**masks, kind: masks[kind] & mask.bool().cpu()}
+    return restrict
+
+
+#: every kind, coarsest first (the order `units=` lists are normalised to)
+KIND_TABLE: dict[str, Kind] = {k.name: k for k in (
+    Kind("head", "a whole attention head: its rows of W_q (and W_k, W_v unless grouped) and columns of W_o",
+         stored=False, recorded="config prune_cli_heads (kept heads per block), from the vo mask",
+         gate="a factor on the head's slice of the attention output",
+         size=lambda s: s.total, kept=lambda s: s._heads_kept(), unit_sizes=_head_sizes,
+         scope=lambda s, scope: s.scope_mask(scope), restrict=_without_heads),
+    Kind("kv", "a key/value group with every query head reading it (one per head without GQA)",
+         stored=False, recorded="follows from the heads left (a group stays while a query head reads it)",
+         gate="its factor on every query head of the group",
+         size=lambda s: len(s.group_cost()), kept=lambda s: s.groups_kept(), unit_sizes=_kv_sizes,
+         scope=lambda s, scope: s.group_scope(scope), restrict=_without_groups),
+    Kind("qk", "one query/key dimension of a head: a row of W_q with the same row of W_k (+ biases)",
+         stored=True, recorded="config prune_cli_kept_units.attention.<block>.qk (ranges per head)",
+         gate="a factor on the query feature (a hook on W_q's output)",
+         size=lambda s: s.dims_total, kept=lambda s: s.qk.clone(), unit_sizes=_dim_sizes, scope=_dim_scope,
+         restrict=_stored("qk")),
+    Kind("vo", "one value/output dimension of a head: a row of W_v with the same column of W_o",
+         stored=True, recorded="config prune_cli_kept_units.attention.<block>.vo (ranges per head)",
+         gate="a factor on the value feature entering W_o",
+         size=lambda s: s.dims_total, kept=lambda s: s.vo.clone(), unit_sizes=_dim_sizes, scope=_dim_scope,
+         restrict=_stored("vo")),
+    Kind("ffn", "one feed-forward neuron: a row of each FFN input projection, a column of its output",
+         stored=True, recorded="config prune_cli_kept_units.ffn.<ffn> (ranges)",
+         gate="a factor on the neuron's activation entering the output projection",
+         size=lambda s: s.ffn_total, kept=lambda s: s.ffn.clone(), unit_sizes=_ffn_sizes, scope=_ffn_scope,
+         restrict=_stored("ffn")),
+)}
+KINDS = tuple(KIND_TABLE)
+STORED = tuple(k for k, kind in KIND_TABLE.items() if kind.stored)
 
 
 def parse_units(value) -> tuple[str, ...]:
@@ -239,74 +341,38 @@ class UnitSpace(HeadSpace):
 
     # ---- masks per kind ------------------------------------------------
     def size(self, kind: str) -> int:
-        return {"head": self.total, "kv": len(self.group_cost()), "qk": self.dims_total, "vo": self.dims_total,
-                "ffn": self.ffn_total}[kind]
+        return KIND_TABLE[kind].size(self)
 
     def kept(self, kind: str | HeadSpace = "head") -> torch.Tensor:
         """bool mask over the dense index of `kind` (for a HeadSpace argument: which of this
         space's heads that space still has, as `HeadSpace.kept`)."""
         if isinstance(kind, HeadSpace):
             return super().kept(kind)
-        if kind == "head":
-            return torch.cat([self.vo[self._dims(i)].view(b.num_heads, b.head_dim).any(-1)
-                              for i, b in enumerate(self.blocks)])
-        if kind == "kv":
-            return self.groups_kept()
-        return {"qk": self.qk, "vo": self.vo, "ffn": self.ffn}[kind].clone()
+        return KIND_TABLE[kind].kept(self)
+
+    def _heads_kept(self) -> torch.Tensor:
+        """A head is present while it keeps a value dimension."""
+        return torch.cat([self.vo[self._dims(i)].view(b.num_heads, b.head_dim).any(-1)
+                          for i, b in enumerate(self.blocks)])
 
     def masks(self) -> dict[str, torch.Tensor]:
         return {k: self.kept(k) for k in KINDS}
 
     def with_masks(self, masks: dict[str, torch.Tensor]) -> UnitSpace:
-        """Apply kept masks of any kinds ("head" removes whole heads); masks only shrink."""
-        qk, vo, ffn = self.qk.clone(), self.vo.clone(), self.ffn.clone()
-        head = masks.get("head")
-        if "kv" in masks:  # a group goes with every query head reading it
-            by_group = masks["kv"].bool().cpu()[self.group_of_head()]
-            head = by_group if head is None else head.bool().cpu() & by_group
-        if head is not None:
-            dims = torch.cat([m.bool().repeat_interleave(b.head_dim)
-                              for b, m in zip(self.blocks, self.split(head.cpu()))])
-            qk &= dims
-            vo &= dims
-        if "qk" in masks:
-            qk &= masks["qk"].bool().cpu()
-        if "vo" in masks:
-            vo &= masks["vo"].bool().cpu()
-        if "ffn" in masks:
-            ffn &= masks["ffn"].bool().cpu()
-        return self.replace(qk=qk, vo=vo, ffn=ffn)
+        """Apply kept masks of any kinds (coarse kinds take their finer units along); masks only shrink."""
+        kept = {k: getattr(self, k).clone() for k in STORED}
+        for kind in KINDS:
+            if kind in masks:
+                kept = KIND_TABLE[kind].restrict(self, kept, masks[kind])
+        return self.replace(**kept)
 
     def unit_sizes(self, kind: str) -> torch.Tensor:
         """Weights per unit of `kind` (biases excluded, as the density counts)."""
-        # under grouped-query attention a query head's dimensions own a row of W_q / a column of
-        # W_o only; the key/value rows are its group's (`group_cost`)
-        if kind == "head":
-            return torch.tensor([(2 if b.group_size > 1 else 4) * self.hidden[b.name] * b.head_dim
-                                 for b in self.blocks for _ in b.heads], dtype=torch.long)
-        if kind == "kv":  # its query heads and its own key/value rows
-            heads = torch.zeros(self.size("kv"), dtype=torch.long)
-            heads.index_add_(0, self.group_of_head(), self.unit_sizes("head"))
-            return heads + self.group_cost()
-        if kind in ("qk", "vo"):
-            return torch.cat([torch.full((b.num_heads * b.head_dim,), (1 if b.group_size > 1 else 2) * self.hidden[b.name],
-                                         dtype=torch.long)
-                              for b in self.blocks]) if self.blocks else torch.zeros(0, dtype=torch.long)
-        return torch.cat([torch.full((f.width,), f.unit_size, dtype=torch.long) for f in self.ffns]) \
-            if self.ffns else torch.zeros(0, dtype=torch.long)
+        return KIND_TABLE[kind].unit_sizes(self)
 
     def scope(self, kind: str, scope: str = "all") -> torch.Tensor:
         """bool over `kind`'s index: units of blocks of this kind ('all' = every unit)."""
-        if kind == "head":
-            return self.scope_mask(scope)
-        if kind == "kv":
-            return self.group_scope(scope)
-        if kind == "ffn":
-            return torch.cat([torch.full((f.width,), scope in ("all", f.kind)) for f in self.ffns]) \
-                if self.ffns else torch.zeros(0, dtype=torch.bool)
-        self.scope_mask(scope)  # validates the name
-        return torch.cat([torch.full((b.num_heads * b.head_dim,), scope in ("all", b.kind))
-                          for b in self.blocks]) if self.blocks else torch.zeros(0, dtype=torch.bool)
+        return KIND_TABLE[kind].scope(self, scope)
 
     def head_of(self, kind: str) -> torch.Tensor:
         """long [size(kind)]: the flat head index each qk/vo unit belongs to."""
@@ -317,7 +383,7 @@ class UnitSpace(HeadSpace):
         """(kept, dense) weights of the attention + FFN blocks in `scope`: what `density` counts
         (with grouped-query attention, the key/value rows of the groups still present)."""
         kept = dense = 0
-        for kind in ("qk", "vo", "ffn"):
+        for kind in STORED:
             sizes, inside = self.unit_sizes(kind), self.scope(kind, scope)
             dense += int(sizes[inside].sum())
             kept += int(sizes[inside & self.kept(kind)].sum())

@@ -129,6 +129,65 @@ def versus(a: list[dict], b: list[dict], resamples: int = 1000, seed: int = 0) -
             "high": float(np.percentile(boot, 97.5)), "p": float(p)}
 
 
+def perplexity_ratio(a: list[dict], b: list[dict], resamples: int = 1000, seed: int = 0) -> dict | None:
+    """Paired bootstrap of WikiText-2 perplexity, row a over row b: the same windows drawn for both,
+    each row's seeds drawn on their own; None unless both have it on the same windows."""
+    if not all("wikitext2" in s for s in a + b):
+        return None
+    da, db = ([_per_example(s["wikitext2"]) for s in row] for row in (a, b))
+    nll_a, tok_a = np.stack([d[0] for d in da]), np.stack([d[1] for d in da])
+    nll_b, tok_b = np.stack([d[0] for d in db]), np.stack([d[1] for d in db])
+    if nll_a.shape[1] != nll_b.shape[1]:
+        return None
+    rng = np.random.default_rng(seed)
+    wa = _seed_weights(np.random.default_rng([seed, 1]), resamples, len(a))
+    wb = _seed_weights(np.random.default_rng([seed, 2]), resamples, len(b))
+    idx = _draws(rng, resamples, nll_a.shape[1])
+    boot = _perplexity_resamples(nll_a, tok_a, idx, wa) / _perplexity_resamples(nll_b, tok_b, idx, wb)
+    value = (np.mean([math.exp(x.sum() / t.sum()) for x, t in zip(nll_a, tok_a)])
+             / np.mean([math.exp(x.sum() / t.sum()) for x, t in zip(nll_b, tok_b)]))
+    p = min(1.0, 2 * min((boot <= 1).mean(), (boot >= 1).mean()))
+    return {"ratio": float(value), "low": float(np.percentile(boot, 2.5)), "high": float(np.percentile(boot, 97.5)),
+            "p": float(p)}
+
+
+def _groups_vs_heads(rows: list[dict], resamples: int) -> None:
+    """Each whole-group (units=kv) row against the scattered-heads rows of the same method and
+    recovery: at the same query heads kept (kv then also removes the groups' key/value rows), and
+    at the nearest parameter count within 1 % (fewer query heads kept)."""
+    for r in rows:
+        r["vs_heads"] = []
+        if r["units"] != "kv" or not r.get("params"):
+            continue
+        peers = [h for h in rows if h["units"] == "heads" and h["recovery"] == r["recovery"]
+                 and h["method"] == r["method"] and h.get("params")]
+        same = next((h for h in peers if h["heads"] == r["heads"]), None)
+        near = min((h for h in peers if h is not same), key=lambda h: abs(h["params"] - r["params"]), default=None)
+        for label, h in (("same heads", same), ("same params", near)):
+            if h is None or (label == "same params" and abs(h["params"] - r["params"]) > 0.01 * r["params"]):
+                continue
+            r["vs_heads"].append({"at": label, "heads_cell": h["cell"], "heads_kept": h["heads"],
+                                  "params": h["params"], "accuracy": versus(r["_seeds"], h["_seeds"], resamples),
+                                  "perplexity": perplexity_ratio(r["_seeds"], h["_seeds"], resamples)})
+
+
+def groups_table(rows: list[dict]) -> str:
+    """Whole key/value groups vs scattered query heads, paired: the mean accuracy difference and
+    the perplexity ratio (groups / heads), each with its 95 % interval and two-sided p."""
+    out = [("| recovery | method | groups row | vs heads row | at | params (groups / heads) | "
+            "mean accuracy, groups - heads | perplexity, groups / heads |"), "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for c in r.get("vs_heads", []):
+            acc, ppl = c["accuracy"], c["perplexity"]
+            acc_text = "..." if not acc else (f"{100 * acc['delta']:+.1f} [{100 * acc['low']:+.1f}, "
+                                               f"{100 * acc['high']:+.1f}] p={acc['p']:.3f}")
+            ppl_text = "..." if not ppl else f"{ppl['ratio']:.2f} [{ppl['low']:.2f}, {ppl['high']:.2f}] p={ppl['p']:.3f}"
+            out.append(f"| {RECOVERY.get(r['recovery'], '')} | {r['method']} | {r['heads']} heads as groups | "
+                       f"{c['heads_kept']} scattered heads | {c['at']} | {r['params'] / 1e6:.1f} M / "
+                       f"{c['params'] / 1e6:.1f} M | {acc_text} | {ppl_text} |")
+    return "\n".join(out) + "\n" if len(out) > 2 else ""
+
+
 def _describe(cell: str) -> dict:
     """dense | <recovery>/<units><heads kept>/<method>[_s<seed>] -> its parts."""
     parts = cell.split("/")
@@ -160,6 +219,7 @@ def rows_of(cells: dict, resamples: int = 1000) -> list[dict]:
         recovery = "tuned" if r["recovery"] == "learned" else r["recovery"]
         base = by.get((recovery, r["units"], r["heads"], "random"))
         r["vs_random"] = versus(r["_seeds"], base["_seeds"], resamples) if base and base is not r else None
+    _groups_vs_heads(rows, resamples)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (r["recovery"] != "", r["recovery"], -(r["heads"] or 10**9), r["units"],
                              order.get(r["method"], len(order)), r["method"]))
@@ -236,6 +296,11 @@ def report(root: Path, published: Path | None = None, resamples: int = 1000) -> 
            "same recovery, units and budget (paired bootstrap over the same examples, both rows' seeds "
            "resampled).\n"),
           table(rows)]
+    groups = groups_table(rows)
+    if groups:
+        md += [("\nWhole key/value groups against scattered query heads of the same method and recovery "
+                "(paired bootstrap over the same examples and windows; seeds resampled on each side): at the same "
+                "query heads kept, and at the same parameters (within 1 %).\n"), groups]
     if published is not None and Path(published).is_file():
         md += [("\nPublished, for the protocol and the shape of the results only: ANOTHER MODEL (LLaMA-7B, 20 % "
                 "of its parameters as coupled structures), 128-token perplexity windows.\n"), published_table(published)]
