@@ -53,14 +53,12 @@ def main(argv=None) -> None:
                         "still count as 'no noticeable loss', for the published prunable shares (Michel et al.)")
     parser.add_argument("--llm", action="store_true",
                         help="the LLM table (scripts/llm_grid.sh's records: one folder per cell, one run per score) "
-                        "in LLM-Pruner's layout, with --published's llm_pruner.yaml beside it")
+                        "in LLM-Pruner's layout, with --published's LLM tables (llm_pruner.yaml, flap.yaml) beside it")
     args = parser.parse_args(argv)
     if args.llm:
         from prune_cli.reports.llm import report
 
         source = published_source(args.published) if args.published else None
-        if source is not None and Path(source).is_dir():
-            source = Path(source) / "llm_pruner.yaml"
         md, rows = report(args.roots[0], source, args.resamples)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".md").write_text(md)

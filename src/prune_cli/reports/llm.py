@@ -263,14 +263,21 @@ def _num(value) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+#: the published LLM tables printed beside ours, in this order (files of published/)
+PUBLISHED_LLM = ("llm_pruner.yaml", "flap.yaml")
+
+
 def published_table(path: Path) -> str:
-    """LLM-Pruner's Table 1 (published/llm_pruner.yaml) in the same columns: another model."""
+    """One paper's LLM rows (published/llm_pruner.yaml, flap.yaml) in the same columns: another model."""
     from prune_cli.reports.published import load_published
 
     rows: dict[str, dict] = {}
-    for e in load_published(path):
+    entries = load_published(path)
+    for e in entries:
         rows.setdefault(e["row"].rsplit(", ", 1)[0], {})[e["task"]] = e["value"]
-    head = "| LLaMA-7B (LLM-Pruner, Table 1) | WikiText2 ↓ | " + " | ".join(HEADS[t] for t in ZEROSHOT) + " | Average |"
+    first = entries[0] if entries else {}
+    title = f"{first.get('model', '').replace('llama-7b', 'LLaMA-7B')} ({first.get('paper', '')}, {first.get('table', '')})"
+    head = f"| {title} | WikiText2 ↓ | " + " | ".join(HEADS[t] for t in ZEROSHOT) + " | Average |"
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in rows.items():
         out.append(f"| {name} | {_num(r.get('wikitext2'))} | " + " | ".join(_num(r.get(t)) for t in ZEROSHOT)
@@ -301,7 +308,12 @@ def report(root: Path, published: Path | None = None, resamples: int = 1000) -> 
         md += [("\nWhole key/value groups against scattered query heads of the same method and recovery "
                 "(paired bootstrap over the same examples and windows; seeds resampled on each side): at the same "
                 "query heads kept, and at the same parameters (within 1 %).\n"), groups]
-    if published is not None and Path(published).is_file():
-        md += [("\nPublished, for the protocol and the shape of the results only: ANOTHER MODEL (LLaMA-7B, 20 % "
-                "of its parameters as coupled structures), 128-token perplexity windows.\n"), published_table(published)]
+    published = Path(published) if published is not None else None
+    files = ([published] if published.is_file() else [published / f for f in PUBLISHED_LLM if (published / f).is_file()]) \
+        if published is not None and published.exists() else []
+    if files:
+        md.append("\nPublished, for the protocol and the shape of the results only: ANOTHER MODEL (LLaMA-7B; 20-50 % "
+                  "of its parameters as the papers' own structures); both papers' code scores perplexity on 128-token "
+                  "windows (ours: 2048).\n")
+        md += [published_table(f) for f in files]
     return "\n".join(md), rows
