@@ -347,7 +347,6 @@ def _run(cfg: DictConfig, run_dir: Path):
     from hydra.types import RunMode
 
     from prune_cli import distributed, rundir
-    from prune_cli.pipeline import Pipeline
     from prune_cli.validate import validate
 
     distributed.adopt_slurm_tasks()  # a submitit job with tasks_per_node > 1 (main() did not run there)
@@ -357,6 +356,8 @@ def _run(cfg: DictConfig, run_dir: Path):
     pipeline = None
     try:
         plan = validate(cfg)
+        from prune_cli.pipeline import Pipeline  # after validation: a refusal does not import the model code
+
         pipeline = Pipeline(cfg, run_dir, plan)
         metrics = pipeline.run()
     except (ConfigError, Diverged) as err:
