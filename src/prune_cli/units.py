@@ -1,6 +1,6 @@
 """UnitSpace: the DENSE geometry of a model and what it still has, for every prunable unit.
 
-Four kinds of unit, one hierarchy:
+Five kinds of unit, one hierarchy, each declared once in `KIND_TABLE`:
 
 * ``head``: a whole attention head (the `HeadSpace` index, 0..H-1);
 * ``kv``:   a whole key/value group with every query head reading it (one per head where every
