@@ -92,3 +92,18 @@ def test_groups_are_compared_with_scattered_heads_at_equal_heads_and_equal_param
     assert same["accuracy"]["delta"] < 0 < near["accuracy"]["delta"]  # 1 in 3 wrong vs none / 1 in 2
     assert same["perplexity"]["ratio"] > 1.05 and same["perplexity"]["low"] > 1 and same["perplexity"]["p"] < 0.05
     assert rows["oneshot/heads135/taylor"]["vs_heads"] == []
+
+
+def test_a_tuned_row_is_compared_with_its_one_shot_row(grid):
+    """What the recovery fine-tune gave back: a tuned row against the one-shot row of the same
+    method, units and budget, paired; rows without a one-shot twin get nothing."""
+    from prune_cli.reports.llm import recovery_table
+
+    _cell(grid, "tuned/heads135/taylor", flip_every=2)
+    rows = rows_of(read_cells(grid), resamples=200)
+    by = {r["cell"]: r for r in rows}
+    gain = by["tuned/heads135/taylor"]["vs_oneshot"]
+    assert gain["accuracy"]["delta"] < 0 and gain["accuracy"]["high"] < 0  # every other example made wrong
+    assert gain["perplexity"]["ratio"] == pytest.approx(1.0)  # the same windows, unchanged
+    assert by["oneshot/heads135/taylor"]["vs_oneshot"] is None and by["dense"]["vs_oneshot"] is None
+    assert "| heads | 135 heads | taylor |" in recovery_table(rows)

@@ -171,6 +171,36 @@ def _groups_vs_heads(rows: list[dict], resamples: int) -> None:
                                   "perplexity": perplexity_ratio(r["_seeds"], h["_seeds"], resamples)})
 
 
+def _recovery_gain(rows: list[dict], resamples: int) -> None:
+    """Each row with a recovery fine-tune against the one-shot row of the same method, units and
+    budget: what the fine-tune gave back (paired over the same examples and windows)."""
+    by = {(r["recovery"], r["units"], r["heads"], r["method"]): r for r in rows}
+    for r in rows:
+        base = by.get(("oneshot", r["units"], r["heads"], r["method"])) if r["recovery"] == "tuned" else None
+        r["vs_oneshot"] = None if base is None else {
+            "accuracy": versus(r["_seeds"], base["_seeds"], resamples),
+            "perplexity": perplexity_ratio(r["_seeds"], base["_seeds"], resamples)}
+
+
+def _pair_text(pair: dict) -> tuple[str, str]:
+    acc, ppl = pair["accuracy"], pair["perplexity"]
+    acc_text = "..." if not acc else (f"{100 * acc['delta']:+.1f} [{100 * acc['low']:+.1f}, "
+                                       f"{100 * acc['high']:+.1f}] p={acc['p']:.3f}")
+    ppl_text = "..." if not ppl else f"{ppl['ratio']:.2f} [{ppl['low']:.2f}, {ppl['high']:.2f}] p={ppl['p']:.3f}"
+    return acc_text, ppl_text
+
+
+def recovery_table(rows: list[dict]) -> str:
+    """The recovery fine-tune against one-shot, paired: mean accuracy gained, perplexity ratio."""
+    out = ["| units | kept | method | mean accuracy, tuned - one-shot | perplexity, tuned / one-shot |",
+           "|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("vs_oneshot"):
+            acc_text, ppl_text = _pair_text(r["vs_oneshot"])
+            out.append(f"| {r['units']} | {r['heads']} heads | {r['method']} | {acc_text} | {ppl_text} |")
+    return "\n".join(out) + "\n" if len(out) > 2 else ""
+
+
 def groups_table(rows: list[dict]) -> str:
     """Whole key/value groups vs scattered query heads, paired: the mean accuracy difference and
     the perplexity ratio (groups / heads), each with its 95 % interval and two-sided p."""
@@ -178,10 +208,7 @@ def groups_table(rows: list[dict]) -> str:
             "mean accuracy, groups - heads | perplexity, groups / heads |"), "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for c in r.get("vs_heads", []):
-            acc, ppl = c["accuracy"], c["perplexity"]
-            acc_text = "..." if not acc else (f"{100 * acc['delta']:+.1f} [{100 * acc['low']:+.1f}, "
-                                               f"{100 * acc['high']:+.1f}] p={acc['p']:.3f}")
-            ppl_text = "..." if not ppl else f"{ppl['ratio']:.2f} [{ppl['low']:.2f}, {ppl['high']:.2f}] p={ppl['p']:.3f}"
+            acc_text, ppl_text = _pair_text(c)
             out.append(f"| {RECOVERY.get(r['recovery'], '')} | {r['method']} | {r['heads']} heads as groups | "
                        f"{c['heads_kept']} scattered heads | {c['at']} | {r['params'] / 1e6:.1f} M / "
                        f"{c['params'] / 1e6:.1f} M | {acc_text} | {ppl_text} |")
@@ -220,6 +247,7 @@ def rows_of(cells: dict, resamples: int = 1000) -> list[dict]:
         base = by.get((recovery, r["units"], r["heads"], "random"))
         r["vs_random"] = versus(r["_seeds"], base["_seeds"], resamples) if base and base is not r else None
     _groups_vs_heads(rows, resamples)
+    _recovery_gain(rows, resamples)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (r["recovery"] != "", r["recovery"], -(r["heads"] or 10**9), r["units"],
                              order.get(r["method"], len(order)), r["method"]))
@@ -308,6 +336,11 @@ def report(root: Path, published: Path | None = None, resamples: int = 1000) -> 
         md += [("\nWhole key/value groups against scattered query heads of the same method and recovery "
                 "(paired bootstrap over the same examples and windows; seeds resampled on each side): at the same "
                 "query heads kept, and at the same parameters (within 1 %).\n"), groups]
+    recovery = recovery_table(rows)
+    if recovery:
+        md += [("\nWhat the recovery fine-tune gives back: each tuned row against the one-shot row of the same "
+                "method, units and budget (paired bootstrap; the tuned cell's scorer read the 64 recovery windows, "
+                "the one-shot cell's 32, so their kept units may differ).\n"), recovery]
     published = Path(published) if published is not None else None
     files = ([published] if published.is_file() else [published / f for f in PUBLISHED_LLM if (published / f).is_file()]) \
         if published is not None and published.exists() else []
