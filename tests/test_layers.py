@@ -21,7 +21,7 @@ LAYERS = {
             "prune_cli.bench_units", "prune_cli.bench_llm", "prune_cli.accounting"],
     "work": ["prune_cli.train", "prune_cli.distill", "prune_cli.schedules", "prune_cli.oneshot",
              "prune_cli.methods", "prune_cli.tasks", "prune_cli.metrics", "prune_cli.scratch"],
-    "run": ["prune_cli.api", "prune_cli.run_cache", "prune_cli.validate", "prune_cli.stages", "prune_cli.pipeline", "prune_cli.cli", "prune_cli.sweep", "prune_cli.reports"],
+    "run": ["prune_cli.api", "prune_cli.run_cache", "prune_cli.commits", "prune_cli.validate", "prune_cli.stages", "prune_cli.pipeline", "prune_cli.cli", "prune_cli.sweep", "prune_cli.reports"],
 }
 RANK = {name: rank for rank, names in enumerate(LAYERS.values()) for name in names}
 

@@ -161,7 +161,7 @@ def check_owner(run_dir: Path, cfg: DictConfig) -> None:
     except ConfigError as err:
         _die(str(err))
     if metrics is None and not again:
-        from prune_cli.pipeline import resume_conflict
+        from prune_cli.commits import resume_conflict
 
         conflict = resume_conflict(run_dir, cfg)
         if conflict:

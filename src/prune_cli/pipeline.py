@@ -17,18 +17,17 @@ trains and evaluates the physically smaller model.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prune_cli import accounting, checkpoints, distributed, progress, report, rundir
+from prune_cli import accounting, distributed, progress, report, rundir
 from prune_cli.accounting import METER
+from prune_cli.commits import Commits, resume_conflict
 from prune_cli.errors import ConfigError, Diverged
 from prune_cli.methods import get_pruner
 from prune_cli.methods.apd import holdout
@@ -46,7 +45,7 @@ from prune_cli.stages import (
 )
 from prune_cli.stages import train as training
 from prune_cli.stages.state import State
-from prune_cli.surgery import count_params, load_pruned, remove_units, save_pruned
+from prune_cli.surgery import count_params, remove_units
 from prune_cli.tracking import RunLogger
 from prune_cli.train import make_accelerator, seed_everything, train, train_loader
 from prune_cli.units import UnitSpace
@@ -84,6 +83,7 @@ class Pipeline:
         holds a finished run is not run again: its metrics come back, `done_before` set."""
         self.accelerator = make_accelerator(self.cfg.trainer, self.cfg.seed)
         self.main = self.accelerator.is_main_process  # several processes: rank 0 alone writes (distributed.py)
+        self.commits = Commits(self.run_dir, self.main)
         self.done_before = None
         self._claim()
         try:
@@ -140,7 +140,7 @@ class Pipeline:
 
     def _run_stages(self) -> dict:
         cfg, plan = self.cfg, self.plan
-        self._guard_resume()
+        self.commits.guard(cfg)
         t0 = time.time()
         seed_everything(cfg.seed)
         self.logger = RunLogger(cfg, self.run_dir, main=self.main)
@@ -204,38 +204,13 @@ class Pipeline:
             budget = "its own budget"
         return f": {self.cfg.method.name}, {budget}"
 
-    def _guard_resume(self) -> None:
-        """First start: keep the config (and Hydra's record of it) in checkpoints/. A restart with
-        other settings is refused, and Hydra's .hydra/ files, which it has already rewritten,
-        are put back to what the run was started with."""
-
-        saved, hydra_dir = self.ckpt_dir / "config.yaml", self.run_dir / ".hydra"
-        conflict = resume_conflict(self.run_dir, self.cfg)
-        if conflict:
-            for f in (self.ckpt_dir / "hydra").glob("*.yaml"):
-                shutil.copy2(f, hydra_dir / f.name)
-            raise ConfigError("hydra.run.dir", str(self.run_dir), "a new folder, or the settings this unfinished run "
-                              f"was started with ({conflict}), or +overwrite=true to start it again there")
-        with distributed.main_writes() as write:
-            if write and not saved.is_file():
-                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-                if hydra_dir.is_dir():
-                    shutil.copytree(hydra_dir, self.ckpt_dir / "hydra", dirs_exist_ok=True)
-                checkpoints.atomic_write(saved, OmegaConf.to_yaml(self.cfg, resolve=True))
-
     def _start(self) -> tuple[State, int]:
-        loaded = checkpoints.load_newest(
-            self.ckpt_dir / "progress.json", self._load_progress, main=self.main,
-            fallback="the run starts again from its first stage",
-            describe=lambda p, got: f"resuming from {p}, after stage {got[0]['done']} "
-                                    f"({dict(enumerate(self.plan.stages)).get(got[0]['done'])}): "
-                                    "the stages after it run again")
+        loaded = self.commits.newest(self.task.auto_class(), dict(enumerate(self.plan.stages)).get)
         if loaded is not None:
-            saved, model, tokenizer, self._model_dir = loaded
+            saved, model, tokenizer = loaded
             state = State.from_json(saved, model, tokenizer)
             self.logger.resume(saved.get("global_step", 0), saved.get("log_rows"))
             return state, saved["done"] + 1
-        self._model_dir = None
         self.logger.resume(0, 0)  # nothing was committed: rows a killed start logged are logged again
         model, tokenizer = self.task.load_model(self.cfg.model)
         # the DENSE geometry indexes everything (a pruned export loaded with model.path has lost
@@ -245,58 +220,12 @@ class Pipeline:
         state.params_dense = report.dense_params(model)
         return state, 0
 
-    def _load_progress(self, path: Path) -> tuple[dict, torch.nn.Module, object, Path]:
-        """A committed stage: its record and its model folder, both checked (checkpoints.Damaged
-        names the file that is not whole; the folder goes with it)."""
-        from transformers import AutoTokenizer
-
-        saved = json.loads(path.read_text())
-        if not isinstance(saved.get("done"), int):
-            raise checkpoints.Damaged(path, "no stage index in it")
-        model_dir = self.ckpt_dir / Path(saved["model_dir"]).name  # (the run folder may have moved)
-        try:
-            checkpoints.check_folder(model_dir)
-            model = load_pruned(model_dir, auto_class=self.task.auto_class())
-            tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        except checkpoints.Damaged as err:
-            raise checkpoints.Damaged(err.path, err.reason, remove=model_dir) from None
-        except Exception as err:  # noqa: BLE001 - a model folder that does not load
-            first = (str(err).strip().splitlines() or [""])[0]
-            raise checkpoints.Damaged(model_dir, f"unreadable: {type(err).__name__}: {first}",
-                                      remove=model_dir) from None
-        return saved, model, tokenizer, model_dir
-
     def _checkpoint(self, state: State, index: int, changed_model: bool) -> None:
+        """Commit stage `index` (prune_cli.commits), with the logger's place for a resumed run."""
         with distributed.main_writes() as write:
             if write:
-                self._write_checkpoint(state, index, changed_model)
-
-    def _write_checkpoint(self, state: State, index: int, changed_model: bool) -> None:
-        """Commit stage `index`: its model folder (when it changed the model) and progress.json,
-        each whole on disk before the state it supersedes goes. Two commits are kept: the latest
-        and, as progress.prev.json, the last one before it that holds ANOTHER model folder (else
-        simply the one before), so a damaged model folder still leaves a commit to go back to."""
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        progress = self.ckpt_dir / "progress.json"
-        model_dir = getattr(self, "_model_dir", None)  # (set by _start: the folder the state came from)
-        if changed_model or model_dir is None:
-            model_dir = self.ckpt_dir / f"model-{index}"
-            checkpoints.write_folder(model_dir, lambda folder: save_pruned(state.model, folder, state.tokenizer))
-        latest, before = _model_dir_of(progress), _model_dir_of(checkpoints.previous(progress))
-        rotate = not (latest == model_dir.name and before is not None and before != latest)
-        report.write_json(
-            progress, {"done": index, "model_dir": str(model_dir), "global_step": self.logger.step,
-                       "log_rows": self.logger.rows, **state.to_json()},
-            checksum=True, keep_previous=rotate,
-        )
-        self._model_dir = model_dir
-        # the stage is committed: its mid-stage checkpoints (kept until now, so that a kill between
-        # the end of training and this commit resumes at the stage's last step) are superseded
-        checkpoints.remove(self.ckpt_dir / f"train-{index}.pt")
-        keep = {model_dir.name, _model_dir_of(checkpoints.previous(progress))}
-        for folder in self.ckpt_dir.glob("model-*"):
-            if folder.name not in keep:
-                shutil.rmtree(folder, ignore_errors=True)
+                self.commits.commit(state, index, changed_model,
+                                    {"global_step": self.logger.step, "log_rows": self.logger.rows})
 
     # ------------------------------------------------------------------ stages
     def fit(self, state: State, index: int, name: str, epochs=None, distill: bool = True, **kw) -> dict:
@@ -464,29 +393,6 @@ class Pipeline:
         rundir.keep_settings(self.run_dir, self.cfg, self.ckpt_dir)  # what a later command on the folder is held to
         # last: a folder holding metrics.json holds a finished run, which no later command runs over
         report.write_json(self.run_dir / "metrics.json", metrics)
-
-
-def resume_conflict(run_dir: Path, cfg: DictConfig) -> str | None:
-    """None if `run_dir` holds no unfinished run or one started with the same settings; else what
-    differs. Resuming a run with other settings would mix two experiments in one folder and make
-    its config.yaml lie, so it is refused (before any model loads)."""
-    saved = Path(run_dir) / "checkpoints" / "config.yaml"
-    if not saved.is_file():
-        return None
-    old, new = rundir.flat(OmegaConf.load(saved)), rundir.flat(cfg)
-    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    if not diff:
-        return None
-    more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
-    return "; ".join(diff[:3]) + more
-
-
-def _model_dir_of(progress: Path) -> str | None:
-    """The model folder a progress record names (its name in checkpoints/), if it reads."""
-    try:
-        return Path(json.loads(progress.read_text())["model_dir"]).name
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
