@@ -76,6 +76,11 @@ def _perplexity_resamples(nll: np.ndarray, tokens: np.ndarray, idx: np.ndarray, 
     return (weights * per_seed.T).sum(1)
 
 
+def _perplexity(nll: np.ndarray, tokens: np.ndarray) -> float:
+    """A row's perplexity: each seed's over all its windows, averaged over the seeds."""
+    return float(np.mean([math.exp(x.sum() / t.sum()) for x, t in zip(nll, tokens)]))
+
+
 def _row_scores(seeds: list[dict], resamples: int, seed: int) -> dict:
     """Point value and 95 % interval of every score of one row (its seeds' cells)."""
     rng = np.random.default_rng(seed)
@@ -89,7 +94,7 @@ def _row_scores(seeds: list[dict], resamples: int, seed: int) -> dict:
         data = [_per_example(s[task]) for s in seeds]
         if task == "wikitext2":
             nll, tokens = np.stack([d[0] for d in data]), np.stack([d[1] for d in data])
-            value = float(np.mean([math.exp(a.sum() / b.sum()) for a, b in zip(nll, tokens)]))
+            value = _perplexity(nll, tokens)
             boot = _perplexity_resamples(nll, tokens, _draws(rng, resamples, nll.shape[1]), weights)
             out[task] = {"value": value, "low": float(np.percentile(boot, 2.5)), "high": float(np.percentile(boot, 97.5)),
                          "n": int(nll.shape[1]), "tokens": int(tokens[0].sum())}
@@ -144,8 +149,7 @@ def perplexity_ratio(a: list[dict], b: list[dict], resamples: int = 1000, seed: 
     wb = _seed_weights(np.random.default_rng([seed, 2]), resamples, len(b))
     idx = _draws(rng, resamples, nll_a.shape[1])
     boot = _perplexity_resamples(nll_a, tok_a, idx, wa) / _perplexity_resamples(nll_b, tok_b, idx, wb)
-    value = (np.mean([math.exp(x.sum() / t.sum()) for x, t in zip(nll_a, tok_a)])
-             / np.mean([math.exp(x.sum() / t.sum()) for x, t in zip(nll_b, tok_b)]))
+    value = _perplexity(nll_a, tok_a) / _perplexity(nll_b, tok_b)
     p = min(1.0, 2 * min((boot <= 1).mean(), (boot >= 1).mean()))
     return {"ratio": float(value), "low": float(np.percentile(boot, 2.5)), "high": float(np.percentile(boot, 97.5)),
             "p": float(p)}
