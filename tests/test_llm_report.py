@@ -107,3 +107,22 @@ def test_a_tuned_row_is_compared_with_its_one_shot_row(grid):
     assert gain["perplexity"]["ratio"] == pytest.approx(1.0)  # the same windows, unchanged
     assert by["oneshot/heads135/taylor"]["vs_oneshot"] is None and by["dense"]["vs_oneshot"] is None
     assert "| heads | 135 heads | taylor |" in recovery_table(rows)
+
+
+def test_a_learner_is_compared_with_tuned_random_at_its_heads_or_nearest_params(grid):
+    """DSP at 135 heads against random + the recovery fine-tune at 135 heads; GRAIN's weight budget
+    (no head count) against the tuned random row nearest in parameters, and nothing beyond 1 %."""
+    for s in (1, 2):
+        _cell(grid, f"tuned/heads135/random_s{s}", flip_every=2)
+        _prune_record(grid, f"tuned/heads135/random_s{s}", 135, 123_000_000)
+    _cell(grid, "learned/heads135/dsp")
+    _cell(grid, "learned/density0.893/grain")
+    _prune_record(grid, "learned/density0.893/grain", 140, 123_500_000)
+    _cell(grid, "learned/density0.5/grain")
+    _prune_record(grid, "learned/density0.5/grain", 80, 90_000_000)
+    rows = {r["cell"]: r for r in rows_of(read_cells(grid), resamples=200)}
+    for cell in ("learned/heads135/dsp", "learned/density0.893/grain"):
+        vs = rows[cell]["vs_random"]
+        assert vs["delta"] > 0 and vs["low"] > 0, cell  # right on the examples tuned random got wrong
+    assert rows["learned/density0.5/grain"]["vs_random"] is None
+    assert rows["learned/density0.893/grain"]["units"] == "density0.893"

@@ -230,6 +230,18 @@ def _describe(cell: str) -> dict:
     return {"recovery": recovery, "units": units, "heads": heads, "method": re.sub(r"_s\d+$", "", method)}
 
 
+def _random_for_learner(r: dict, rows: list[dict]) -> dict | None:
+    """A learner trained on the recovery data is compared with random + the same recovery fine-tune:
+    at its units and heads, or (a weight budget such as GRAIN's density) the tuned random row
+    nearest in parameters, within 1 %."""
+    tuned = [b for b in rows if b["recovery"] == "tuned" and b["method"] == "random"]
+    same = next((b for b in tuned if (b["units"], b["heads"]) == (r["units"], r["heads"])), None)
+    if same is not None or not r.get("params"):
+        return same
+    near = min((b for b in tuned if b.get("params")), key=lambda b: abs(b["params"] - r["params"]), default=None)
+    return near if near is not None and abs(near["params"] - r["params"]) <= 0.01 * r["params"] else None
+
+
 def rows_of(cells: dict, resamples: int = 1000) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for cell, runs in cells.items():
@@ -246,9 +258,9 @@ def rows_of(cells: dict, resamples: int = 1000) -> list[dict]:
                      "scores": _row_scores(seeds, resamples, seed=0), "_seeds": seeds})
     by = {(r["recovery"], r["units"], r["heads"], r["method"]): r for r in rows}
     for r in rows:
-        # a learner trained on the recovery data: against random + the same recovery fine-tune
-        recovery = "tuned" if r["recovery"] == "learned" else r["recovery"]
-        base = by.get((recovery, r["units"], r["heads"], "random"))
+        base = by.get((r["recovery"], r["units"], r["heads"], "random"))
+        if r["recovery"] == "learned":
+            base = _random_for_learner(r, rows)
         r["vs_random"] = versus(r["_seeds"], base["_seeds"], resamples) if base and base is not r else None
     _groups_vs_heads(rows, resamples)
     _recovery_gain(rows, resamples)
