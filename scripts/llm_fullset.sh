@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The LLM table on the FULL evaluation sets (docs/results/llm.md): the grid (scripts/llm_grid.sh)
+# scores every cell on fixed subsets so that it fits a 2-core CPU; this scores the dense model and
+# the cells named on every WikiText-2 test window and every example of the seven zero-shot tasks
+# (about 22k examples: hours per model on that CPU, minutes on a GPU; prune-run picks the GPU when
+# there is one).
+#
+#   bash scripts/llm_fullset.sh [OUT=outputs/llm_grid] [DATA=../shared/data] [CELL ...]
+#   prune-report --llm docs/results/runs/llm_full --out docs/results/llm_full
+#
+# A CELL is a grid cell whose exported model is at $OUT/<cell>/prune/model (run the grid, or its
+# `cell` line, first); `dense` is the model itself. Records: $RECORDS/<cell>/<score>, as the grid's.
+# LIMIT=N scores the first N examples / windows only (a smoke test of the script).
+set -uo pipefail
+OUT=${1:-outputs/llm_grid}
+DATA=${2:-../shared/data}
+shift $(( $# < 2 ? $# : 2 ))
+CELLS=${*:-dense}
+export RECORDS=${RECORDS:-docs/results/runs/llm_full}
+source "$(dirname "$0")/grid_common.sh"
+OUT=$OUT/full  # the full-set runs' folders, beside the grid's
+quiet="logger.mode=disabled trainer.progress_bar=false data_root=$DATA"
+limit=${LIMIT:+task.max_eval_samples=$LIMIT}
+status=0
+for cell in $CELLS; do
+  model=()
+  if [ "$cell" != dense ]; then
+    path=${OUT%/full}/$cell/prune/model
+    [ -f "$path/config.json" ] || { echo "no model at $path: run the grid's cell $cell first" >&2; status=1; continue; }
+    model=("model.path=$(realpath "$path")")
+  fi
+  run "$cell/wikitext2" model=smollm2 "${model[@]}" method=none "pipeline=[evaluate]" $quiet \
+    task=wikitext2 task.max_length=2048 $limit
+  for t in piqa boolq arc_easy arc_challenge openbookqa winogrande hellaswag; do
+    run "$cell/$t" model=smollm2 "${model[@]}" method=none "pipeline=[evaluate]" $quiet task=zeroshot task.name=$t $limit
+  done
+done
+exit $status
