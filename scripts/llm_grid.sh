@@ -98,3 +98,12 @@ cell "learned/heads135/dsp" $learn method=dsp heads=135
 cell "learned/heads135/apd" $learn method=apd heads=135 distill.teacher=dense
 cell "learned/density0.893/grain" $learn method=grain density=0.893 units=heads_ffn distill.teacher=dense
 oneshot_block 204
+# The 24.4 % block with the same recovery fine-tune
+for units in heads kv; do
+  for m in taylor magnitude $([ $units = heads ] && echo michel); do
+    cell "tuned/${units}204/$m" $tuned method=$m heads=204 units=$units
+  done
+  for s in 1 2 3; do
+    cell "tuned/${units}204/random_s$s" $tuned method=random heads=204 units=$units seed=$s
+  done
+done
