@@ -107,3 +107,9 @@ for units in heads kv; do
     cell "tuned/${units}204/random_s$s" $tuned method=random heads=204 units=$units seed=$s
   done
 done
+# The learners at the 24.4 % budget; GRAIN at the weights the taylor one-shot cell kept there
+cell "learned/heads204/dsp" $learn method=dsp heads=204
+cell "learned/heads204/apd" $learn method=apd heads=204 distill.teacher=dense
+d=$(python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["density"], 3))' \
+      "$RECORDS/oneshot/heads204/taylor/prune/metrics.json" 2>/dev/null)
+[ -n "$d" ] && cell "learned/density$d/grain" $learn method=grain density=$d units=heads_ffn distill.teacher=dense
