@@ -167,11 +167,11 @@ RESUME = ["model=minilm", "task=rte", f"task.data_dir={RTE}", "task.max_train_sa
           "trainer.log_every=1", "trainer.progress_bar=false", "logger.mode=disabled", "method=none"]
 
 
-def _drive(tmp_path, run_dir, kill):
+def _drive(tmp_path, run_dir, kill, overrides=RESUME):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, str(script), str(run_dir), kill, json.dumps(RESUME)], env=env,
+    return subprocess.run([sys.executable, str(script), str(run_dir), kill, json.dumps(overrides)], env=env,
                           capture_output=True, text=True, timeout=600, check=False)
 
 

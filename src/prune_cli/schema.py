@@ -161,6 +161,13 @@ SCHEMA: dict[str, Rule] = {
     "trainer.log_every": _pos_int("steps"),
     "trainer.num_workers": _r("int", "a whole number of worker processes >= 0", lambda v: v >= 0),
     "trainer.recovery_epochs": _positive("a number of epochs > 0, or null", null=True),
+    "trainer.recovery_lora": _DICT,
+    "trainer.recovery_lora.r": _r("int", "a LoRA rank >= 1, or 0 (the recovery fine-tune trains every weight)",
+                                  lambda v: v >= 0),
+    "trainer.recovery_lora.alpha": _positive("a LoRA scale numerator > 0 (LLM-Pruner: 16)"),
+    "trainer.recovery_lora.dropout": _fraction("a dropout probability", high_open=True),
+    "trainer.recovery_lora.target_modules": _r("str_or_list", "all-linear, or a list of module names "
+                                               "(e.g. [q_proj,k_proj,v_proj,o_proj])"),
     "trainer.total_epochs": _positive("a number of epochs > 0 for all training stages together, or null", null=True),
     "trainer.progress_bar": _BOOL,
     # ---- logger
@@ -341,7 +348,10 @@ def keys_of(cfg: DictConfig) -> list[str]:
             out.append(str(top))
         if top in GROUPS and isinstance(node, DictConfig):
             out.extend(f"{top}.{k}" for k in node)
-    return out
+    # a mapping whose own keys have rules (trainer.recovery_lora.r, export.onnx) is checked key by key too
+    nested = [f"{key}.{k}" for key in out if any(rule.startswith(f"{key}.") for rule in SCHEMA)
+              and isinstance(node := OmegaConf.select(cfg, key, throw_on_missing=False), DictConfig) for k in node]
+    return out + nested
 
 
 def value_of(cfg: DictConfig, key: str):

@@ -166,6 +166,7 @@ def validate(cfg: DictConfig) -> Plan:
         raise ConfigError("pipeline", stages, "a pruning stage (prune, prune_joint or learn_gates) when heads/sparsity is set")
     _check_order(stages)
     _check_export(cfg, stages)
+    _check_recovery_lora(cfg, stages)
 
     task = get_task(cfg.task, seed=cfg.get("seed") or 0)
     smoothing = cfg.trainer.get("label_smoothing") or 0
@@ -288,6 +289,21 @@ def _check_export(cfg: DictConfig, stages: list[str]) -> None:
                                   "is not installed)") from None
     if repo is not None:
         _check_hub_access(str(repo))
+
+
+def _check_recovery_lora(cfg: DictConfig, stages: list[str]) -> None:
+    """LoRA trains the recovery fine-tune only, and needs peft: both refused now, not after pruning."""
+    r = (cfg.trainer.get("recovery_lora") or {}).get("r") or 0
+    if not r:
+        return
+    if not any(stages_table.is_recovery(stages, i) for i in range(len(stages))):
+        raise ConfigError("trainer.recovery_lora.r", r, f"0, or a finetune stage after the pruning stage (LoRA "
+                          f"trains the recovery fine-tune only; this pipeline: {stages})")
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise ConfigError("trainer.recovery_lora.r", r, "0, or peft first: pip install 'prune-cli[lora]' (peft is "
+                          "not installed)")
 
 
 def _check_hub_access(repo: str) -> None:

@@ -51,6 +51,12 @@ def given_epochs(cfg, stages: list[str], index: int):
     stage = stages[index]
     if stage == "learn_gates":
         return cfg.method.get("gate_epochs")
-    if stage == "finetune" and any(STAGES[s].prunes for s in stages[:index]):
+    if is_recovery(stages, index):
         return cfg.trainer.get("recovery_epochs")
     return None
+
+
+def is_recovery(stages: list[str], index: int) -> bool:
+    """A fine-tune after a pruning stage (any of them): it trains `trainer.recovery_epochs`, and
+    LoRA adapters instead of every weight when `trainer.recovery_lora.r` is set."""
+    return stages[index] == "finetune" and any(STAGES[s].prunes for s in stages[:index])
