@@ -4,6 +4,7 @@ values with one line naming the key -- for keys that before were read only after
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,11 @@ def packaged_keys() -> set[str]:
         names = options(folder.name)
         assert names, folder
         for name in names:
-            keys.update(f"{folder.name}.{k}" for k in group_cfg(folder.name, name))
+            composed = group_cfg(folder.name, name)
+            keys.update(f"{folder.name}.{k}" for k in composed)
+            # a mapping whose own keys have rules (trainer.recovery_lora) is checked key by key: so are they here
+            keys.update(f"{folder.name}.{k}.{kk}" for k, v in composed.items_ex(resolve=False) if isinstance(v, Mapping)
+                        and any(rule.startswith(f"{folder.name}.{k}.") for rule in SCHEMA) for kk in v)
     return keys
 
 
