@@ -113,3 +113,12 @@ cell "learned/heads204/apd" $learn method=apd heads=204 distill.teacher=dense
 d=$(python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["density"], 3))' \
       "$RECORDS/oneshot/heads204/taylor/prune/metrics.json" 2>/dev/null)
 [ -n "$d" ] && cell "learned/density$d/grain" $learn method=grain density=$d units=heads_ffn distill.teacher=dense
+# LoRA recovery (LLM-Pruner's: r=8, alpha 16, dropout 0.05, every linear layer, lr 3e-4) on the same
+# 64 windows and steps as the full recovery fine-tune, at 50 %: is LoRA enough on a 135 M model?
+lora="pipeline=[prune,finetune,export] $recover trainer.lr=3e-4 trainer.recovery_lora.r=8"
+for units in heads kv; do
+  cell "lora/${units}135/taylor" $lora method=taylor heads=135 units=$units
+  for s in 1 2 3; do
+    cell "lora/${units}135/random_s$s" $lora method=random heads=135 units=$units seed=$s
+  done
+done

@@ -106,7 +106,11 @@ def test_a_tuned_row_is_compared_with_its_one_shot_row(grid):
     assert gain["accuracy"]["delta"] < 0 and gain["accuracy"]["high"] < 0  # every other example made wrong
     assert gain["perplexity"]["ratio"] == pytest.approx(1.0)  # the same windows, unchanged
     assert by["oneshot/heads135/taylor"]["vs_oneshot"] is None and by["dense"]["vs_oneshot"] is None
-    assert "| heads | 135 heads | taylor |" in recovery_table(rows)
+    assert "| recovery fine-tune | heads | 135 heads | taylor |" in recovery_table(rows)
+    _cell(grid, "lora/heads135/taylor")  # a LoRA recovery is compared the same way
+    by = {r["cell"]: r for r in rows_of(read_cells(grid), resamples=200)}
+    assert by["lora/heads135/taylor"]["vs_oneshot"]["accuracy"]["delta"] == pytest.approx(0)
+    assert "| LoRA recovery | heads | 135 heads | taylor |" in recovery_table(list(by.values()))
 
 
 def test_a_learner_is_compared_with_tuned_random_at_its_heads_or_nearest_params(grid):

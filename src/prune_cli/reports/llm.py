@@ -27,7 +27,10 @@ ZEROSHOT = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challen
 HEADS = {"boolq": "BoolQ", "piqa": "PIQA", "hellaswag": "HellaSwag", "winogrande": "WinoGrande",
          "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA"}
 METHOD_ORDER = ("random", "magnitude", "taylor", "michel")
-RECOVERY = {"oneshot": "one-shot", "tuned": "recovery fine-tune", "learned": "learned while training"}
+RECOVERY = {"oneshot": "one-shot", "tuned": "recovery fine-tune", "lora": "LoRA recovery",
+            "learned": "learned while training"}
+#: the recoveries after a one-shot pruning: each row is compared with its one-shot row
+RECOVERIES = ("tuned", "lora")
 
 
 def read_cells(root: Path) -> dict[str, dict[str, dict]]:
@@ -180,7 +183,7 @@ def _recovery_gain(rows: list[dict], resamples: int) -> None:
     budget: what the fine-tune gave back (paired over the same examples and windows)."""
     by = {(r["recovery"], r["units"], r["heads"], r["method"]): r for r in rows}
     for r in rows:
-        base = by.get(("oneshot", r["units"], r["heads"], r["method"])) if r["recovery"] == "tuned" else None
+        base = by.get(("oneshot", r["units"], r["heads"], r["method"])) if r["recovery"] in RECOVERIES else None
         r["vs_oneshot"] = None if base is None else {
             "accuracy": versus(r["_seeds"], base["_seeds"], resamples),
             "perplexity": perplexity_ratio(r["_seeds"], base["_seeds"], resamples)}
@@ -196,12 +199,13 @@ def _pair_text(pair: dict) -> tuple[str, str]:
 
 def recovery_table(rows: list[dict]) -> str:
     """The recovery fine-tune against one-shot, paired: mean accuracy gained, perplexity ratio."""
-    out = ["| units | kept | method | mean accuracy, tuned - one-shot | perplexity, tuned / one-shot |",
-           "|---|---|---|---|---|"]
+    out = ["| recovery | units | kept | method | mean accuracy, tuned - one-shot | perplexity, tuned / one-shot |",
+           "|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("vs_oneshot"):
             acc_text, ppl_text = _pair_text(r["vs_oneshot"])
-            out.append(f"| {r['units']} | {r['heads']} heads | {r['method']} | {acc_text} | {ppl_text} |")
+            out.append(f"| {RECOVERY[r['recovery']]} | {r['units']} | {r['heads']} heads | {r['method']} | {acc_text} "
+                       f"| {ppl_text} |")
     return "\n".join(out) + "\n" if len(out) > 2 else ""
 
 
