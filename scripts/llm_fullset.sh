@@ -10,7 +10,8 @@
 #
 # A CELL is a grid cell whose exported model is at $OUT/<cell>/prune/model (run the grid, or its
 # `cell` line, first); `dense` is the model itself. Records: $RECORDS/<cell>/<score>, as the grid's.
-# LIMIT=N scores the first N examples / windows only (a smoke test of the script).
+# SCORES="wikitext2 piqa ..." scores those only (default: all eight); LIMIT=N the first N examples /
+# windows only (a smoke test of the script).
 set -uo pipefail
 OUT=${1:-outputs/llm_grid}
 DATA=${2:-../shared/data}
@@ -29,10 +30,9 @@ for cell in $CELLS; do
     [ -f "$path/config.json" ] || { echo "no model at $path: run the grid's cell $cell first" >&2; status=1; continue; }
     model=("model.path=$(realpath "$path")")
   fi
-  run "$cell/wikitext2" model=smollm2 "${model[@]}" method=none "pipeline=[evaluate]" $quiet \
-    task=wikitext2 task.max_length=2048 $limit
-  for t in piqa boolq arc_easy arc_challenge openbookqa winogrande hellaswag; do
-    run "$cell/$t" model=smollm2 "${model[@]}" method=none "pipeline=[evaluate]" $quiet task=zeroshot task.name=$t $limit
+  for t in ${SCORES:-wikitext2 piqa boolq arc_easy arc_challenge openbookqa winogrande hellaswag}; do
+    if [ "$t" = wikitext2 ]; then task="task=wikitext2 task.max_length=2048"; else task="task=zeroshot task.name=$t"; fi
+    run "$cell/$t" model=smollm2 "${model[@]}" method=none "pipeline=[evaluate]" $quiet $task $limit
   done
 done
 exit $status
