@@ -350,7 +350,7 @@ def keys_of(cfg: DictConfig) -> list[str]:
             out.extend(f"{top}.{k}" for k in node)
     # a mapping whose own keys have rules (trainer.recovery_lora.r, export.onnx) is checked key by key too
     nested = [f"{key}.{k}" for key in out if any(rule.startswith(f"{key}.") for rule in SCHEMA)
-              and isinstance(node := OmegaConf.select(cfg, key, throw_on_missing=False), DictConfig) for k in node]
+              and isinstance(sub := OmegaConf.select(cfg, key, throw_on_missing=False), DictConfig) for k in sub]
     return out + nested
 
 
