@@ -98,6 +98,12 @@ cell "learned/heads135/dsp" $learn method=dsp heads=135
 cell "learned/heads135/apd" $learn method=apd heads=135 distill.teacher=dense
 cell "learned/density0.893/grain" $learn method=grain density=0.893 units=heads_ffn distill.teacher=dense
 oneshot_block 204
+# APD and GRAIN hold a dense teacher beside the model: at batch 4 x 2 windows each took 12-14 GB and
+# were killed for memory beside another job on a 24 GB machine; batch 2 x 4 is the same step
+# (grad_accum is exact) with half the activations
+learn_t="$learn trainer.batch_size=2 trainer.grad_accum=4"
+cell "learned/heads135/apd" $learn_t method=apd heads=135 distill.teacher=dense
+cell "learned/density0.893/grain" $learn_t method=grain density=0.893 units=heads_ffn distill.teacher=dense
 # The 24.4 % block with the same recovery fine-tune
 for units in heads kv; do
   for m in taylor magnitude $([ $units = heads ] && echo michel); do
@@ -109,10 +115,10 @@ for units in heads kv; do
 done
 # The learners at the 24.4 % budget; GRAIN at the weights the taylor one-shot cell kept there
 cell "learned/heads204/dsp" $learn method=dsp heads=204
-cell "learned/heads204/apd" $learn method=apd heads=204 distill.teacher=dense
+cell "learned/heads204/apd" $learn_t method=apd heads=204 distill.teacher=dense
 d=$(python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["density"], 3))' \
       "$RECORDS/oneshot/heads204/taylor/prune/metrics.json" 2>/dev/null)
-[ -n "$d" ] && cell "learned/density$d/grain" $learn method=grain density=$d units=heads_ffn distill.teacher=dense
+[ -n "$d" ] && cell "learned/density$d/grain" $learn_t method=grain density=$d units=heads_ffn distill.teacher=dense
 # LoRA recovery (LLM-Pruner's: r=8, alpha 16, dropout 0.05, every linear layer, lr 3e-4) on the same
 # 64 windows and steps as the full recovery fine-tune, at 50 %: is LoRA enough on a 135 M model?
 lora="pipeline=[prune,finetune,export] $recover trainer.lr=3e-4 trainer.recovery_lora.r=8"
