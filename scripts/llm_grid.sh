@@ -94,16 +94,14 @@ done
 # windows and optimiser settings as the recovery fine-tune: DSP, APD (the dense model as its
 # teacher), GRAIN at the weights the taylor 50 %-of-heads cell kept (density 0.893, heads + FFN).
 learn="pipeline=[prune_joint,export] $recover"
-cell "learned/heads135/dsp" $learn method=dsp heads=135
-cell "learned/heads135/apd" $learn method=apd heads=135 distill.teacher=dense
-cell "learned/density0.893/grain" $learn method=grain density=0.893 units=heads_ffn distill.teacher=dense
-oneshot_block 204
 # APD and GRAIN hold a dense teacher beside the model: at batch 4 x 2 windows each took 12-14 GB and
-# were killed for memory beside another job on a 24 GB machine; batch 2 x 4 is the same step
-# (grad_accum is exact) with half the activations
+# were killed for memory beside another job on a 24 GB machine; batch 2 x 4 is the same optimizer
+# step over the same windows with half the activations
 learn_t="$learn trainer.batch_size=2 trainer.grad_accum=4"
+cell "learned/heads135/dsp" $learn method=dsp heads=135
 cell "learned/heads135/apd" $learn_t method=apd heads=135 distill.teacher=dense
 cell "learned/density0.893/grain" $learn_t method=grain density=0.893 units=heads_ffn distill.teacher=dense
+oneshot_block 204
 # The 24.4 % block with the same recovery fine-tune
 for units in heads kv; do
   for m in taylor magnitude $([ $units = heads ] && echo michel); do
