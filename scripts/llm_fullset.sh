@@ -11,7 +11,8 @@
 # A CELL is a grid cell whose exported model is at $OUT/<cell>/prune/model (run the grid, or its
 # `cell` line, first); `dense` is the model itself. Records: $RECORDS/<cell>/<score>, as the grid's.
 # SCORES="wikitext2 piqa ..." scores those only (default: all eight); LIMIT=N the first N examples /
-# windows only (a smoke test of the script).
+# windows only (a smoke test of the script). Memory: a full WikiText-2 run held 6.2 GB here; beside
+# two grid workers running APD / GRAIN (8-14 GB each) it got a learner killed for memory.
 set -uo pipefail
 OUT=${1:-outputs/llm_grid}
 DATA=${2:-../shared/data}
