@@ -60,20 +60,37 @@ evaluate dense
 
 oneshot="pipeline=[prune,export]"
 tuned="pipeline=[prune,finetune,export] $recover"
-oneshot_block() {  # oneshot_block <query heads kept of 270>: 135 = 50 % removed, 204 = 24.4 % (whole groups of 3)
-  local budget=$1
+block() {  # block <oneshot|tuned> <query heads kept of 270>: 135 = 50 % removed, 204 = 24.4 % (whole groups of 3)
+  local kind=$1 budget=$2
+  local run_args=${!kind}  # $oneshot or $tuned
   for units in heads kv; do
     for m in taylor magnitude $([ $units = heads ] && echo michel); do  # michel ranks whole query heads only
-      cell "oneshot/$units$budget/$m" $oneshot method=$m heads=$budget units=$units
+      cell "$kind/$units$budget/$m" $run_args method=$m heads=$budget units=$units
     done
     for s in 1 2 3; do
-      cell "oneshot/$units$budget/random_s$s" $oneshot method=random heads=$budget units=$units seed=$s
+      cell "$kind/$units$budget/random_s$s" $run_args method=random heads=$budget units=$units seed=$s
     done
   done
 }
+# Methods that learn their gates while training, on the same 64 calibration windows and optimiser
+# settings as the recovery fine-tune: DSP, APD (the dense model as its teacher), GRAIN (heads + FFN
+# neurons) at the weights the taylor one-shot cell of the budget kept. APD and GRAIN hold a dense
+# teacher beside the model: at batch 4 x 2 windows each took 12-14 GB and were killed for memory
+# beside another job on a 24 GB machine; batch 2 x 4 is the same optimizer step over the same
+# windows with half the activations.
+learn="pipeline=[prune_joint,export] $recover"
+learn_t="$learn trainer.batch_size=2 trainer.grad_accum=4"
+learners() {  # learners <query heads kept>: GRAIN's density read from the taylor one-shot record
+  local budget=$1 d
+  cell "learned/heads$budget/dsp" $learn method=dsp heads=$budget
+  cell "learned/heads$budget/apd" $learn_t method=apd heads=$budget distill.teacher=dense
+  d=$(python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["density"], 3))' \
+        "$RECORDS/oneshot/heads$budget/taylor/prune/metrics.json" 2>/dev/null)
+  [ -n "$d" ] && cell "learned/density$d/grain" $learn_t method=grain density=$d units=heads_ffn distill.teacher=dense
+}
 # Order: what answers a question first. The 50 % block one-shot, scattered heads at the key/value
 # cells' parameter count, then with recovery, then the learners at that budget, then the 24.4 % block.
-oneshot_block 135
+block oneshot 135
 # Scattered query heads at the parameters of the 50 % key/value-group cells (121.2 M): 108 query heads
 # kept leave 121.0-121.2 M under each scorer's ranking (whole groups also drop their key/value rows)
 for m in taylor magnitude michel; do
@@ -82,41 +99,11 @@ done
 for s in 1 2 3; do
   cell "oneshot/heads108/random_s$s" $oneshot method=random heads=108 units=heads seed=$s
 done
-for units in heads kv; do
-  for m in taylor magnitude $([ $units = heads ] && echo michel); do
-    cell "tuned/${units}135/$m" $tuned method=$m heads=135 units=$units
-  done
-  for s in 1 2 3; do
-    cell "tuned/${units}135/random_s$s" $tuned method=random heads=135 units=$units seed=$s
-  done
-done
-# Methods that learn their gates while training, at the 50 % budget, on the same 64 calibration
-# windows and optimiser settings as the recovery fine-tune: DSP, APD (the dense model as its
-# teacher), GRAIN at the weights the taylor 50 %-of-heads cell kept (density 0.893, heads + FFN).
-learn="pipeline=[prune_joint,export] $recover"
-# APD and GRAIN hold a dense teacher beside the model: at batch 4 x 2 windows each took 12-14 GB and
-# were killed for memory beside another job on a 24 GB machine; batch 2 x 4 is the same optimizer
-# step over the same windows with half the activations
-learn_t="$learn trainer.batch_size=2 trainer.grad_accum=4"
-cell "learned/heads135/dsp" $learn method=dsp heads=135
-cell "learned/heads135/apd" $learn_t method=apd heads=135 distill.teacher=dense
-cell "learned/density0.893/grain" $learn_t method=grain density=0.893 units=heads_ffn distill.teacher=dense
-oneshot_block 204
-# The 24.4 % block with the same recovery fine-tune
-for units in heads kv; do
-  for m in taylor magnitude $([ $units = heads ] && echo michel); do
-    cell "tuned/${units}204/$m" $tuned method=$m heads=204 units=$units
-  done
-  for s in 1 2 3; do
-    cell "tuned/${units}204/random_s$s" $tuned method=random heads=204 units=$units seed=$s
-  done
-done
-# The learners at the 24.4 % budget; GRAIN at the weights the taylor one-shot cell kept there
-cell "learned/heads204/dsp" $learn method=dsp heads=204
-cell "learned/heads204/apd" $learn_t method=apd heads=204 distill.teacher=dense
-d=$(python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["density"], 3))' \
-      "$RECORDS/oneshot/heads204/taylor/prune/metrics.json" 2>/dev/null)
-[ -n "$d" ] && cell "learned/density$d/grain" $learn_t method=grain density=$d units=heads_ffn distill.teacher=dense
+block tuned 135
+learners 135  # GRAIN at density 0.893
+block oneshot 204
+block tuned 204
+learners 204
 # LoRA recovery (LLM-Pruner's: r=8, alpha 16, dropout 0.05, every linear layer, lr 3e-4) on the same
 # 64 windows and steps as the full recovery fine-tune, at 50 %: is LoRA enough on a 135 M model?
 lora="pipeline=[prune,finetune,export] $recover trainer.lr=3e-4 trainer.recovery_lora.r=8"

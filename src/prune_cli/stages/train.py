@@ -51,7 +51,7 @@ def _with_adapters(runner: Runner, state: State, index: int, epochs) -> dict:
     targets = node.target_modules if isinstance(node.target_modules, str) else list(node.target_modules)
     state.model = get_peft_model(state.model, LoraConfig(
         r=int(node.r), lora_alpha=float(node.alpha), lora_dropout=float(node.dropout), target_modules=targets))
-    adapters = sum(p.numel() for p in state.model.parameters() if p.requires_grad)
+    adapters, _ = state.model.get_nb_trainable_parameters()
     try:
         result = runner.fit(state, index, "finetune", epochs=epochs)
     finally:
