@@ -48,7 +48,7 @@ cell() {  # cell <cell> <prune-run overrides of the prune run>
   [ $missing = 1 ] || return 0
   if [ ! -f "$OUT/$name/prune/model/config.json" ]; then  # recorded elsewhere: rebuild the model here
     [ -f "$RECORDS/$name/prune/metrics.json" ] || return 0  # the prune run failed: see its log
-    mkdir "$OUT/$name/prune.lock" 2>/dev/null || return 0
+    mkdir -p "$OUT/$name" && mkdir "$OUT/$name/prune.lock" 2>/dev/null || return 0
     prune-run model=smollm2 $quiet $calib "$@" hydra.run.dir="$OUT/$name/prune.rebuilt" > "$OUT/$name/prune.rebuilt.log" 2>&1 \
       && mkdir -p "$OUT/$name/prune" && rm -rf "$OUT/$name/prune/model" && mv "$OUT/$name/prune.rebuilt/model" "$OUT/$name/prune/model"
     rmdir "$OUT/$name/prune.lock"
