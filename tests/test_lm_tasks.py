@@ -312,9 +312,22 @@ def independent_loglikelihood(model, tok, context, continuation, max_length=10_0
     return sum(float(logp[first + j, t]) for j, t in enumerate(cont))
 
 
+class _AllLogits(torch.nn.Module):
+    """A causal LM behind a forward that only takes ids."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids=input_ids)
+
+
 def some_requests():
     out = []
-    for name, idx in (("piqa", [0, 1]), ("hellaswag", [3243]), ("winogrande", [2]), ("arc_challenge", [121])):
+    # boolq: both choices are one token after the same passage, one input (scored once)
+    for name, idx in (("piqa", [0, 1]), ("hellaswag", [3243]), ("winogrande", [2]), ("arc_challenge", [121]),
+                      ("boolq", [0, 5])):
         out.extend(prompts(name, idx))
     return out
 
@@ -343,9 +356,13 @@ def test_loglikelihoods_match_an_unbatched_loop(llama):
         groups.append(list(range(start, start + len(p.contexts))))
         start += len(p.contexts)
     expected = [independent_loglikelihood(model, tok, c, x) for c, x in pairs]
+    assert len({tuple((c + x)[:-1]) for c, x in enc}) < len(enc)  # some inputs repeat
     for batch_size in (1, 3, 64):  # one request at a time, whole examples packed, everything at once
         got = loglikelihoods(model, enc, groups, None, batch_size, max_length=2048)
         assert np.abs(np.array(got) - expected).max() < 1e-5, batch_size
+    # a model whose forward takes no `logits_to_keep`: every position projected, the same numbers
+    plain = loglikelihoods(_AllLogits(model), enc, groups, None, 3, max_length=2048)
+    assert np.abs(np.array(plain) - expected).max() < 1e-5
     # a context longer than max_length is cut from the left, the continuation scored in full
     short = loglikelihoods(model, enc, groups, None, 4, max_length=64)
     expected = [independent_loglikelihood(model, tok, c, x, max_length=64) for c, x in pairs]

@@ -34,6 +34,7 @@ back to `wiki.valid.raw`, and metrics.json (`train_rows.text`) says which file w
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 from contextlib import nullcontext
@@ -128,11 +129,22 @@ class Runner:
         return gather_object(results)
 
     @torch.no_grad()
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor, last: int | None = None) -> torch.Tensor:
         """The causal LM's logits for right-padded ids: no attention mask, as lm-evaluation-
         harness calls it (a causal model never looks right, so padding on the right changes no
-        real position)."""
-        return self.net(input_ids=input_ids.to(self.device)).logits
+        real position). `last=K`: only the last K positions are needed; a model whose forward
+        takes transformers' `logits_to_keep` then skips the vocabulary projection of the others
+        (on a 135 M model with a 49k vocabulary that projection is about a quarter of the
+        forward); the result is always the last K positions."""
+        kw = {}
+        if last is not None and self._keeps_logits:
+            kw["logits_to_keep"] = int(last)
+        out = self.net(input_ids=input_ids.to(self.device), **kw).logits
+        return out if last is None else out[:, -int(last):]
+
+    @functools.cached_property
+    def _keeps_logits(self) -> bool:
+        return "logits_to_keep" in inspect.signature(self.net.forward).parameters
 
 
 def window_nlls(model, windows_ids: list[list[int]], accelerator, batch_size: int) -> tuple[list[float], list[int]]:

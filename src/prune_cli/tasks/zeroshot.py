@@ -265,7 +265,8 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], groups: l
 
     `groups`: the request indices of each example; an example's requests go in one batch, and
     batches hold whole examples up to `batch_size` sequences (at least one example), longest
-    first. The input is lm-eval's (context + continuation)[-(max_length + 1):][:-1]; log-softmax in
+    first; identical inputs in a batch run once, and only the scored positions reach the
+    vocabulary projection. The input is lm-eval's (context + continuation)[-(max_length + 1):][:-1]; log-softmax in
     float32 as lm-eval's, the sum over the continuation's tokens in float64 (lm-eval sums in float32:
     at most a few float32 ulps of the total apart)."""
     inputs, lengths = [], []
@@ -288,15 +289,21 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], groups: l
     with Runner(model, accelerator) as run:
         for batch in run.shard(batches):
             rows = [r for g in batch for r in groups[g]]
-            width = max(len(inputs[r]) for r in rows)
-            ids = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids[i, : len(inputs[r])] = torch.tensor(inputs[r], dtype=torch.long)
-            logits = run.logits(ids)
-            for i, r in enumerate(rows):
-                n, k = len(inputs[r]), lengths[r]
+            # requests with the same input are one row (BoolQ's " yes" / " no" after one passage,
+            # any single-token choices): lm-eval's Collator shares them the same way
+            unique = list(dict.fromkeys(tuple(inputs[r]) for r in rows))
+            row_of = {ids: i for i, ids in enumerate(unique)}
+            width = max(len(u) for u in unique)
+            ids = torch.zeros((len(unique), width), dtype=torch.long)
+            for i, u in enumerate(unique):
+                ids[i, : len(u)] = torch.tensor(u, dtype=torch.long)
+            last = width - min(len(inputs[r]) - lengths[r] for r in rows)  # the first scored position on
+            logits = run.logits(ids, last=last)
+            for r in rows:
+                i, n, k = row_of[tuple(inputs[r])], len(inputs[r]), lengths[r]
                 target = torch.tensor(requests[r][1], dtype=torch.long, device=logits.device)
-                logp = torch.log_softmax(logits[i, n - k : n].float(), dim=-1)
+                start = n - k - (width - last)  # the positions n-k .. n-1 in the kept tail
+                logp = torch.log_softmax(logits[i, start : start + k].float(), dim=-1)
                 out.append((r, float(logp.gather(-1, target[:, None]).double().sum())))
         out = sorted(run.gather(out))
     return [ll for _, ll in out]
