@@ -49,13 +49,20 @@ cell() {  # cell <cell> <prune-run overrides of the prune run>
   if [ ! -f "$OUT/$name/prune/model/config.json" ]; then  # recorded elsewhere: rebuild the model here
     [ -f "$RECORDS/$name/prune/metrics.json" ] || return 0  # the prune run failed: see its log
     mkdir -p "$OUT/$name" && mkdir "$OUT/$name/prune.lock" 2>/dev/null || return 0
-    prune-run model=smollm2 $quiet $calib "$@" hydra.run.dir="$OUT/$name/prune.rebuilt" > "$OUT/$name/prune.rebuilt.log" 2>&1 \
-      && mkdir -p "$OUT/$name/prune" && rm -rf "$OUT/$name/prune/model" && mv "$OUT/$name/prune.rebuilt/model" "$OUT/$name/prune/model"
+    local rebuilt=$OUT/$name/prune.rebuilt
+    if prune-run model=smollm2 $quiet $calib "$@" hydra.run.dir="$rebuilt" > "$rebuilt.log" 2>&1; then
+      if [ -f "$RECORDS/$name/prune/heads.json" ] && ! cmp -s "$rebuilt/heads.json" "$RECORDS/$name/prune/heads.json"; then
+        echo "REBUILT DIFFERS $rebuilt: its heads.json is not the recorded one; not evaluated" >&2
+      else
+        mkdir -p "$OUT/$name/prune" && rm -rf "$OUT/$name/prune/model" && mv "$rebuilt/model" "$OUT/$name/prune/model"
+      fi
+    fi
     rmdir "$OUT/$name/prune.lock"
   fi
   [ -f "$OUT/$name/prune/model/config.json" ] && evaluate "$name" model.path="$(realpath "$OUT/$name/prune/model")"
 }
 
+main() {
 evaluate dense
 
 oneshot="pipeline=[prune,export]"
@@ -113,3 +120,6 @@ for units in heads kv; do
     cell "lora/${units}135/random_s$s" $lora method=random heads=135 units=$units seed=$s
   done
 done
+}
+# bash has read all of main() before it runs: editing this file under a running worker is safe
+main
