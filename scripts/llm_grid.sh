@@ -62,6 +62,16 @@ cell() {  # cell <cell> <prune-run overrides of the prune run>
   [ -f "$OUT/$name/prune/model/config.json" ] && evaluate "$name" model.path="$(realpath "$OUT/$name/prune/model")"
 }
 
+equal_params() {  # equal_params <query heads kept>: one-shot scattered heads at a groups cell's parameters
+  local heads=$1
+  for m in taylor magnitude michel; do
+    cell "oneshot/heads$heads/$m" $oneshot method=$m heads=$heads units=heads
+  done
+  for s in 1 2 3; do
+    cell "oneshot/heads$heads/random_s$s" $oneshot method=random heads=$heads units=heads seed=$s
+  done
+}
+
 main() {
 evaluate dense
 
@@ -99,18 +109,16 @@ learners() {  # learners <query heads kept>: GRAIN's density read from the taylo
 # cells' parameter count, then with recovery, then the learners at that budget, then the 24.4 % block.
 block oneshot 135
 # Scattered query heads at the parameters of the 50 % key/value-group cells (121.2 M): 108 query heads
-# kept leave 121.0-121.2 M under each scorer's ranking (whole groups also drop their key/value rows)
-for m in taylor magnitude michel; do
-  cell "oneshot/heads108/$m" $oneshot method=$m heads=108 units=heads
-done
-for s in 1 2 3; do
-  cell "oneshot/heads108/random_s$s" $oneshot method=random heads=108 units=heads seed=$s
-done
+# kept leave 120.4-120.9 M under each scorer's ranking (whole groups also drop their key/value rows)
+equal_params 108
 block tuned 135
 learners 135  # GRAIN at density 0.893
 block oneshot 204
 block tuned 204
 learners 204
+# ... and at the 24.4 % groups cells' 128.0 M: 188 query heads kept leave 127.9-128.1 M under the
+# scorers' rankings of the 204-heads cells (a removed head takes 73,728 weights, an emptied group as many)
+equal_params 188
 # LoRA recovery (LLM-Pruner's: r=8, alpha 16, dropout 0.05, every linear layer, lr 3e-4) on the same
 # 64 windows and steps as the full recovery fine-tune, at 50 %: is LoRA enough on a 135 M model?
 lora="pipeline=[prune,finetune,export] $recover trainer.lr=3e-4 trainer.recovery_lora.r=8"
