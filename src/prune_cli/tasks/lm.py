@@ -134,8 +134,8 @@ class Runner:
         harness calls it (a causal model never looks right, so padding on the right changes no
         real position). `last=K`: only the last K positions are needed; a model whose forward
         takes transformers' `logits_to_keep` then skips the vocabulary projection of the others
-        (on a 135 M model with a 49k vocabulary that projection is about a quarter of the
-        forward); the result is always the last K positions."""
+        (a quarter of the time of a 200-token forward of SmolLM2-135M, 49k vocabulary, on one CPU
+        thread); the result is always the last K positions."""
         kw = {}
         if last is not None and self._keeps_logits:
             kw["logits_to_keep"] = int(last)

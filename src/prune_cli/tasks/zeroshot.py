@@ -297,7 +297,7 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], groups: l
             ids = torch.zeros((len(unique), width), dtype=torch.long)
             for i, u in enumerate(unique):
                 ids[i, : len(u)] = torch.tensor(u, dtype=torch.long)
-            last = width - min(len(inputs[r]) - lengths[r] for r in rows)  # the first scored position on
+            last = width - min(len(inputs[r]) - lengths[r] for r in rows)  # from the batch's first scored position
             logits = run.logits(ids, last=last)
             for r in rows:
                 i, n, k = row_of[tuple(inputs[r])], len(inputs[r]), lengths[r]
