@@ -2,8 +2,9 @@
 # The LLM table (docs/results/llm.md): SmolLM2-135M-Instruct (model=smollm2) pruned by every head
 # method at 50 % and ~25 % of its 270 query heads removed, as scattered query heads (units=heads)
 # and as whole key/value groups (units=kv), one-shot on WikiText-2 calibration text and with a short
-# recovery fine-tune (every method, the same fine-tune), and the methods that learn their gates while
-# training (DSP, APD, GRAIN) at the 50 % budget; each pruned model scored in the LLM-Pruner layout (Ma et al. 2023, Table 1):
+# recovery fine-tune (every method, the same fine-tune; LoRA as well at 50 %), scattered heads at the
+# groups cells' parameter counts, and the methods that learn their gates while training (DSP, APD,
+# GRAIN) at both budgets; each pruned model scored in the LLM-Pruner layout (Ma et al. 2023, Table 1):
 # WikiText-2 perplexity + seven zero-shot accuracies, on the same fixed subsets for every cell.
 #
 #   bash scripts/llm_grid.sh [OUT=outputs/llm_grid] [DATA=../shared/data] [EXAMPLES=100] [WINDOWS=10]
