@@ -130,3 +130,29 @@ def test_a_learner_is_compared_with_tuned_random_at_its_heads_or_nearest_params(
         assert vs["delta"] > 0 and vs["low"] > 0, cell  # right on the examples tuned random got wrong
     assert rows["learned/density0.5/grain"]["vs_random"] is None
     assert rows["learned/density0.893/grain"]["units"] == "density0.893"
+
+
+def test_the_mean_can_leave_tasks_out_and_a_wrong_task_is_refused(grid, tmp_path, capsys):
+    """--llm-without boolq: the mean and the paired test over the six other tasks only; a BoolQ-only
+    difference then vanishes from both."""
+    _cell(grid, "oneshot/heads135/michel")
+    path = grid / "oneshot/heads135/michel/boolq/predictions.json"
+    record = json.loads(path.read_text())
+    split = next(iter(record["splits"].values()))
+    split["prediction"] = [[y, y] for y in split["label"]]  # every BoolQ answer right
+    path.write_text(json.dumps(record))
+    six = tuple(t for t in ZEROSHOT if t != "boolq")
+    for average, moved in ((ZEROSHOT, True), (six, False)):
+        rows = {r["cell"]: r for r in rows_of(read_cells(grid), resamples=200, average=average)}
+        michel, taylor = rows["oneshot/heads135/michel"], rows["oneshot/heads135/taylor"]
+        assert michel["scores"]["mean"]["tasks"] == list(average)
+        gap = michel["scores"]["mean"]["value"] - taylor["scores"]["mean"]["value"]
+        assert (gap > 0.01) == moved and (michel["vs_random"]["delta"] - taylor["vs_random"]["delta"] > 0.01) == moved
+        expected = sum(michel["scores"][t]["value"] for t in average) / len(average)
+        assert michel["scores"]["mean"]["value"] == pytest.approx(expected)
+    out = tmp_path / "report" / "llm_runs"
+    main([str(grid), "--llm", "--llm-without", "boolq", "--resamples", "50", "--out", str(out)])
+    assert "| Average without BoolQ | vs random (Average without BoolQ) |" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        main([str(grid), "--llm", "--llm-without", "boolx", "--out", str(out)])
+    assert "--llm-without='boolx': not a zero-shot task" in capsys.readouterr().err

@@ -54,12 +54,23 @@ def main(argv=None) -> None:
     parser.add_argument("--llm", action="store_true",
                         help="the LLM table (scripts/llm_grid.sh's records: one folder per cell, one run per score) "
                         "in LLM-Pruner's layout, with --published's LLM tables (llm_pruner.yaml, flap.yaml) beside it")
+    parser.add_argument("--llm-without", default="", metavar="TASK[,TASK]",
+                        help="with --llm: zero-shot tasks left out of the mean accuracy and of every comparison "
+                        "of it (e.g. boolq, whose yes/no bias swings a small model's mean); the table still "
+                        "prints them")
     args = parser.parse_args(argv)
     if args.llm:
-        from prune_cli.reports.llm import report
+        from prune_cli.reports.llm import ZEROSHOT, report
 
+        without = [t for t in args.llm_without.split(",") if t]
+        for task in without:
+            if task not in ZEROSHOT:
+                parser.error(f"--llm-without={task!r}: not a zero-shot task (one of {', '.join(ZEROSHOT)})")
+        average = tuple(t for t in ZEROSHOT if t not in without)
+        if not average:
+            parser.error(f"--llm-without={args.llm_without!r}: leaves no task to average")
         source = published_source(args.published) if args.published else None
-        md, rows = report(args.roots[0], source, args.resamples)
+        md, rows = report(args.roots[0], source, args.resamples, average)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".md").write_text(md)
         args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))

@@ -84,8 +84,9 @@ def _perplexity(nll: np.ndarray, tokens: np.ndarray) -> float:
     return float(np.mean([math.exp(x.sum() / t.sum()) for x, t in zip(nll, tokens)]))
 
 
-def _row_scores(seeds: list[dict], resamples: int, seed: int) -> dict:
-    """Point value and 95 % interval of every score of one row (its seeds' cells)."""
+def _row_scores(seeds: list[dict], resamples: int, seed: int, average: tuple[str, ...] = ZEROSHOT) -> dict:
+    """Point value and 95 % interval of every score of one row (its seeds' cells); "mean" averages
+    the tasks in `average`."""
     rng = np.random.default_rng(seed)
     k = len(seeds)
     out = {}
@@ -107,23 +108,26 @@ def _row_scores(seeds: list[dict], resamples: int, seed: int) -> dict:
         task_resamples[task] = boot
         out[task] = {"value": float(correct.mean()), "low": float(np.percentile(boot, 2.5)),
                      "high": float(np.percentile(boot, 97.5)), "n": int(correct.shape[1])}
-    if len(task_resamples) == len(ZEROSHOT):
-        boot = np.mean(list(task_resamples.values()), axis=0)
-        out["mean"] = {"value": float(np.mean([out[t]["value"] for t in ZEROSHOT])),
-                       "low": float(np.percentile(boot, 2.5)), "high": float(np.percentile(boot, 97.5))}
+    if all(t in task_resamples for t in average):
+        boot = np.mean([task_resamples[t] for t in average], axis=0)
+        out["mean"] = {"value": float(np.mean([out[t]["value"] for t in average])),
+                       "low": float(np.percentile(boot, 2.5)), "high": float(np.percentile(boot, 97.5)),
+                       "tasks": list(average)}
     return out
 
 
-def versus(a: list[dict], b: list[dict], resamples: int = 1000, seed: int = 0) -> dict | None:
-    """Paired bootstrap of the mean zero-shot accuracy, row a minus row b: every task's examples
-    drawn once for both rows, each row's seeds drawn on their own; None unless both have every task."""
-    if not all(t in s for s in a + b for t in ZEROSHOT):
+def versus(a: list[dict], b: list[dict], resamples: int = 1000, seed: int = 0,
+           tasks: tuple[str, ...] = ZEROSHOT) -> dict | None:
+    """Paired bootstrap of the mean zero-shot accuracy over `tasks`, row a minus row b: every task's
+    examples drawn once for both rows, each row's seeds drawn on their own; None unless both have
+    every task."""
+    if not all(t in s for s in a + b for t in tasks):
         return None
     rng = np.random.default_rng(seed)
     wa = _seed_weights(np.random.default_rng([seed, 1]), resamples, len(a))
     wb = _seed_weights(np.random.default_rng([seed, 2]), resamples, len(b))
     deltas, observed = [], []
-    for task in ZEROSHOT:
+    for task in tasks:
         ca = np.stack([_per_example(s[task]) for s in a])
         cb = np.stack([_per_example(s[task]) for s in b])
         if ca.shape[1] != cb.shape[1]:
@@ -158,7 +162,7 @@ def perplexity_ratio(a: list[dict], b: list[dict], resamples: int = 1000, seed: 
             "p": float(p)}
 
 
-def _groups_vs_heads(rows: list[dict], resamples: int) -> None:
+def _groups_vs_heads(rows: list[dict], resamples: int, average: tuple[str, ...]) -> None:
     """Each whole-group (units=kv) row against the scattered-heads rows of the same method and
     recovery: at the same query heads kept (kv then also removes the groups' key/value rows), and
     at the nearest parameter count within 1 % (fewer query heads kept)."""
@@ -174,18 +178,19 @@ def _groups_vs_heads(rows: list[dict], resamples: int) -> None:
             if h is None or (label == "same params" and abs(h["params"] - r["params"]) > 0.01 * r["params"]):
                 continue
             r["vs_heads"].append({"at": label, "heads_cell": h["cell"], "heads_kept": h["heads"],
-                                  "params": h["params"], "accuracy": versus(r["_seeds"], h["_seeds"], resamples),
+                                  "params": h["params"],
+                                  "accuracy": versus(r["_seeds"], h["_seeds"], resamples, tasks=average),
                                   "perplexity": perplexity_ratio(r["_seeds"], h["_seeds"], resamples)})
 
 
-def _recovery_gain(rows: list[dict], resamples: int) -> None:
+def _recovery_gain(rows: list[dict], resamples: int, average: tuple[str, ...]) -> None:
     """Each row with a recovery fine-tune against the one-shot row of the same method, units and
     budget: what the fine-tune gave back (paired over the same examples and windows)."""
     by = {(r["recovery"], r["units"], r["heads"], r["method"]): r for r in rows}
     for r in rows:
         base = by.get(("oneshot", r["units"], r["heads"], r["method"])) if r["recovery"] in RECOVERIES else None
         r["vs_oneshot"] = None if base is None else {
-            "accuracy": versus(r["_seeds"], base["_seeds"], resamples),
+            "accuracy": versus(r["_seeds"], base["_seeds"], resamples, tasks=average),
             "perplexity": perplexity_ratio(r["_seeds"], base["_seeds"], resamples)}
 
 
@@ -246,7 +251,9 @@ def _random_for_learner(r: dict, rows: list[dict]) -> dict | None:
     return near if near is not None and abs(near["params"] - r["params"]) <= 0.01 * r["params"] else None
 
 
-def rows_of(cells: dict, resamples: int = 1000) -> list[dict]:
+def rows_of(cells: dict, resamples: int = 1000, average: tuple[str, ...] = ZEROSHOT) -> list[dict]:
+    """The table's rows; the mean accuracy and every paired comparison of it average the tasks in
+    `average` (all seven, LLM-Pruner's "Average", by default)."""
     groups: dict[str, list[dict]] = {}
     for cell, runs in cells.items():
         groups.setdefault(re.sub(r"_s\d+$", "", cell), []).append(runs)
@@ -259,15 +266,15 @@ def rows_of(cells: dict, resamples: int = 1000) -> list[dict]:
         rows.append({"cell": name, **info, "seeds": len(seeds),
                      "heads_kept": (prune or any_score).get("heads_kept"), "heads_total": heads_total,
                      "params": (prune or any_score).get("params"), "params_dense": any_score.get("params_dense"),
-                     "scores": _row_scores(seeds, resamples, seed=0), "_seeds": seeds})
+                     "scores": _row_scores(seeds, resamples, seed=0, average=average), "_seeds": seeds})
     by = {(r["recovery"], r["units"], r["heads"], r["method"]): r for r in rows}
     for r in rows:
         base = by.get((r["recovery"], r["units"], r["heads"], "random"))
         if r["recovery"] == "learned":
             base = _random_for_learner(r, rows)
-        r["vs_random"] = versus(r["_seeds"], base["_seeds"], resamples) if base and base is not r else None
-    _groups_vs_heads(rows, resamples)
-    _recovery_gain(rows, resamples)
+        r["vs_random"] = versus(r["_seeds"], base["_seeds"], resamples, tasks=average) if base and base is not r else None
+    _groups_vs_heads(rows, resamples, average)
+    _recovery_gain(rows, resamples, average)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (r["recovery"] != "", r["recovery"], -(r["heads"] or 10**9), r["units"],
                              order.get(r["method"], len(order)), r["method"]))
@@ -285,10 +292,17 @@ def _cell(score: dict | None, perplexity: bool = False) -> str:
     return f"{100 * score['value']:.1f} ±{half:.1f}"
 
 
-def table(rows: list[dict]) -> str:
+def average_label(average: tuple[str, ...] = ZEROSHOT) -> str:
+    """"Average", or what it leaves out."""
+    left = [HEADS[t] for t in ZEROSHOT if t not in average]
+    return "Average" if not left else f"Average without {', '.join(left)}"
+
+
+def table(rows: list[dict], average: tuple[str, ...] = ZEROSHOT) -> str:
     """Our rows in LLM-Pruner's layout, intervals beside every number."""
+    mean = average_label(average)
     head = ("| removed | recovery | units | method | seeds | params | WikiText2 ↓ | "
-            + " | ".join(HEADS[t] for t in ZEROSHOT) + " | Average | vs random (Average) |")
+            + " | ".join(HEADS[t] for t in ZEROSHOT) + f" | {mean} | vs random ({mean}) |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         s = r["scores"]
@@ -333,11 +347,12 @@ def published_table(path: Path) -> str:
     return "\n".join(out) + "\n"
 
 
-def report(root: Path, published: Path | None = None, resamples: int = 1000) -> tuple[str, list[dict]]:
+def report(root: Path, published: Path | None = None, resamples: int = 1000,
+           average: tuple[str, ...] = ZEROSHOT) -> tuple[str, list[dict]]:
     cells = read_cells(root)
     if not cells:
         raise SystemExit(f"no metrics.json under {root}")
-    rows = rows_of(cells, resamples)
+    rows = rows_of(cells, resamples, average)
     dense = next((r for r in rows if r["method"] == "none"), None)
     first = (dense or rows[0])["scores"]
     ns = {t: v["n"] for t, v in first.items() if "n" in v}
@@ -349,8 +364,10 @@ def report(root: Path, published: Path | None = None, resamples: int = 1000) -> 
            "the half-width of their 95 % bootstrap interval (examples, and seeds where a row has several); "
            "perplexity with its interval over windows. vs random: the mean accuracy minus the random row's of the "
            "same recovery, units and budget (paired bootstrap over the same examples, both rows' seeds "
-           "resampled).\n"),
-          table(rows)]
+           "resampled)."
+           + ("" if average == ZEROSHOT else f" Every mean accuracy here, in the table and in each comparison, is "
+              f"the {average_label(average)}.") + "\n"),
+          table(rows, average)]
     groups = groups_table(rows)
     if groups:
         md += [("\nWhole key/value groups against scattered query heads of the same method and recovery "
