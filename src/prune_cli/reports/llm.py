@@ -293,7 +293,7 @@ def _cell(score: dict | None, perplexity: bool = False) -> str:
 
 
 def average_label(average: tuple[str, ...] = ZEROSHOT) -> str:
-    """"Average", or what it leaves out."""
+    """The mean column's name: "Average" (LLM-Pruner's), or which tasks it leaves out."""
     left = [HEADS[t] for t in ZEROSHOT if t not in average]
     return "Average" if not left else f"Average without {', '.join(left)}"
 
