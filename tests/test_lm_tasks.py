@@ -21,7 +21,16 @@ from omegaconf import OmegaConf
 
 from prune_cli.errors import ConfigError
 from prune_cli.tasks import get_task
-from prune_cli.tasks.lm import EVAL_JOIN, TRAIN_JOIN, encode_text, perplexity_metrics, wikitext_rows, windows
+from prune_cli.tasks.lm import (
+    EVAL_JOIN,
+    TRAIN_JOIN,
+    encode_text,
+    perplexity_metrics,
+    wikitext_rows,
+    window_nlls,
+    windows,
+    windows_per_forward,
+)
 from prune_cli.tasks.zeroshot import (
     SPECS,
     choice_metrics,
@@ -154,6 +163,24 @@ def test_perplexity_is_exp_of_the_mean_token_nll(llama):
     assert task.metric_on(pred["prediction"], pred["label"])["perplexity"] == pytest.approx(metrics["perplexity"])
     assert task.greater_is_better is False and task.primary_metric == "perplexity"
     assert perplexity_metrics([2.0, 4.0], [1, 3])["nll"] == pytest.approx(1.5)
+
+
+def test_windows_per_forward_keep_the_logits_under_their_budget(llama):
+    """A large eval batch of long windows is split so that one forward's float32 logits stay under
+    the budget (64 SmolLM2 windows of 2048 tokens asked for 25.8 GB); the NLLs do not change."""
+    model, tok = llama
+    vocab = model.get_output_embeddings().weight.shape[0]
+    one = 96 * vocab * 4  # one 96-token window's float32 logits
+    assert windows_per_forward(model, 96, 64, logits_bytes=2 * one + 1) == 2
+    assert windows_per_forward(model, 96, 64, logits_bytes=1) == 1  # never zero
+    assert windows_per_forward(model, 96, 3, logits_bytes=10**12) == 3  # never more than asked
+    task = wikitext_task(WIKI, max_length=96, max_eval_samples=5)
+    task.validate()
+    ids = list(task.splits(tok).eval["test"]["input_ids"])
+    alone = window_nlls(model, ids, None, batch_size=1)
+    capped = window_nlls(model, ids, None, batch_size=64, logits_bytes=2 * one + 1)
+    assert capped[1] == alone[1] == [95] * 5
+    assert capped[0] == pytest.approx(alone[0], rel=1e-6)
 
 
 def test_wikitext_refusals(tmp_path):

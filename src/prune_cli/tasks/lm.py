@@ -147,11 +147,29 @@ class Runner:
         return "logits_to_keep" in inspect.signature(self.net.forward).parameters
 
 
-def window_nlls(model, windows_ids: list[list[int]], accelerator, batch_size: int) -> tuple[list[float], list[int]]:
+# The float32 logits one forward of window_nlls may hold. A window's logits are its length times the
+# vocabulary: 2048 x 49,152 x 4 bytes = 403 MB for SmolLM2, so trainer.eval_batch_size's 64 windows
+# asked for 25.8 GB and the full WikiText-2 test set could not be scored on a 24 GB machine.
+LOGITS_BYTES = 2 * 1024**3
+
+
+def windows_per_forward(model, length: int, batch_size: int, logits_bytes: int = LOGITS_BYTES) -> int:
+    """At most `batch_size` windows of `length` tokens, fewer when their float32 logits would pass
+    `logits_bytes` (never fewer than one: a longer window is the user's choice)."""
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0] if head is not None else int(model.config.vocab_size)
+    return max(1, min(batch_size, logits_bytes // (length * vocab * 4)))
+
+
+def window_nlls(model, windows_ids: list[list[int]], accelerator, batch_size: int,
+                logits_bytes: int = LOGITS_BYTES) -> tuple[list[float], list[int]]:
     """(summed NLL, predicted tokens) of every window, each scored on its own."""
-    batches = [list(range(i, min(i + batch_size, len(windows_ids)))) for i in range(0, len(windows_ids), batch_size)]
     out = []
     with Runner(model, accelerator) as run:
+        if windows_ids:
+            batch_size = windows_per_forward(run.net, len(windows_ids[0]), batch_size, logits_bytes)
+        batches = [list(range(i, min(i + batch_size, len(windows_ids))))
+                   for i in range(0, len(windows_ids), batch_size)]
         for batch in run.shard(batches):
             ids = torch.tensor([windows_ids[i] for i in batch], dtype=torch.long)
             logits = run.logits(ids)
