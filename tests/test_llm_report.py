@@ -156,3 +156,27 @@ def test_the_mean_can_leave_tasks_out_and_a_wrong_task_is_refused(grid, tmp_path
     with pytest.raises(SystemExit):
         main([str(grid), "--llm", "--llm-without", "boolx", "--out", str(out)])
     assert "--llm-without='boolx': not a zero-shot task" in capsys.readouterr().err
+
+
+def test_full_sets_print_each_tasks_size_and_leave_unscored_tasks_empty(grid, tmp_path):
+    """scripts/llm_fullset.sh's records: tasks of different sizes, BoolQ and HellaSwag not scored."""
+    full = tmp_path / "full"
+    _cell(full, "dense")
+    for task in ("boolq", "hellaswag"):
+        shutil.rmtree(full / "dense" / task)
+    path = full / "dense" / "piqa" / "predictions.json"
+    record = json.loads(path.read_text())
+    split = next(iter(record["splits"].values()))
+    for key in split:
+        split[key] = split[key][:60]
+    path.write_text(json.dumps(record))
+    out = tmp_path / "report" / "llm_full"
+    main([str(full), "--llm", "--llm-without", "boolq,hellaswag", "--resamples", "50", "--out", str(out)])
+    md = out.with_suffix(".md").read_text()
+    assert "the first 60 of PIQA, 100 of WinoGrande, 100 of ARC-e, 100 of ARC-c, 100 of OBQA." in md
+    row = next(line for line in md.splitlines() if "| dense |" in line).split(" | ")
+    assert row[7] == row[9] == "..."  # BoolQ, HellaSwag
+    scores = json.loads(out.with_suffix(".json").read_text())[0]["scores"]
+    five = [t for t in ZEROSHOT if t not in ("boolq", "hellaswag")]
+    assert "boolq" not in scores and scores["piqa"]["n"] == 60
+    assert scores["mean"]["value"] == pytest.approx(sum(scores[t]["value"] for t in five) / 5)

@@ -358,9 +358,12 @@ def report(root: Path, published: Path | None = None, resamples: int = 1000,
     ns = {t: v["n"] for t, v in first.items() if "n" in v}
     wiki = first.get("wikitext2", {})
     window = wiki["tokens"] // wiki["n"] + 1 if wiki else "?"  # a window of L tokens predicts L - 1 of them
+    sizes = {ns[t] for t in ZEROSHOT if t in ns}
+    examples = (f"the first {sizes.pop() if sizes else '?'} examples of each zero-shot task" if len(sizes) <= 1
+                else "the first " + ", ".join(f"{ns[t]} of {HEADS[t]}" for t in ZEROSHOT if t in ns))
     md = [f"### {len(rows)} rows from {root}\n",
           (f"Every cell scored on the same subsets: WikiText-2 test, the first {ns.get('wikitext2', '?')} windows of "
-           f"{window} tokens; the first {ns.get('piqa', '?')} examples of each zero-shot task. Accuracies in % with "
+           f"{window} tokens; {examples}. Accuracies in % with "
            "the half-width of their 95 % bootstrap interval (examples, and seeds where a row has several); "
            "perplexity with its interval over windows. vs random: the mean accuracy minus the random row's of the "
            "same recovery, units and budget (paired bootstrap over the same examples, both rows' seeds "
