@@ -3,16 +3,19 @@
 # scores every cell on fixed subsets so that it fits a 2-core CPU; this scores the dense model and
 # the cells named on every WikiText-2 test window and every example of the seven zero-shot tasks
 # (about 22k examples: hours per model on that CPU, minutes on a GPU; prune-run picks the GPU when
-# there is one).
+# there is one). Measured here, one thread beside another worker: WikiText-2 (148 windows) 26 min,
+# PIQA + WinoGrande + ARC-e + ARC-c + OBQA 36 min per model; BoolQ and HellaSwag (13k examples)
+# would add about 2.5 h (estimated from the grid's 100-example runs), so a CPU session leaves them out:
 #
-#   bash scripts/llm_fullset.sh [OUT=outputs/llm_grid] [DATA=../shared/data] [CELL ...]
-#   prune-report --llm docs/results/runs/llm_full --out docs/results/llm_full
+#   SCORES="wikitext2 piqa arc_easy arc_challenge openbookqa winogrande" bash scripts/llm_fullset.sh \
+#     outputs/llm_grid ../shared/data dense tuned/heads204/taylor tuned/kv204/taylor learned/density0.951/grain
+#   prune-report --llm docs/results/runs/llm_full --llm-without boolq,hellaswag --out docs/results/llm_full
 #
 # A CELL is a grid cell whose exported model is at $OUT/<cell>/prune/model (run the grid, or its
 # `cell` line, first); `dense` is the model itself. Records: $RECORDS/<cell>/<score>, as the grid's.
 # SCORES="wikitext2 piqa ..." scores those only (default: all eight); LIMIT=N the first N examples /
-# windows only (a smoke test of the script). Memory: a full WikiText-2 run held 6.2 GB here; beside
-# two grid workers running APD / GRAIN (8-14 GB each) it got a learner killed for memory.
+# windows only (a smoke test of the script). Memory: a full WikiText-2 run held 4.3 GB (its windows
+# go 5 to a forward: their logits are 403 MB each); APD / GRAIN grid workers beside it take 7-8 GB each.
 set -uo pipefail
 OUT=${1:-outputs/llm_grid}
 DATA=${2:-../shared/data}
