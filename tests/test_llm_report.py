@@ -56,6 +56,10 @@ def test_rows_aggregate_seeds_and_compare_with_random(grid):
     vs = taylor["vs_random"]
     assert vs["delta"] > 0 and vs["low"] > 0 and vs["p"] < 0.05  # right on examples random got wrong
     assert rows["oneshot/heads135/random"]["vs_random"] is None and dense["vs_random"] is None
+    # against the dense model: taylor's copy of it loses nothing, random loses every flipped example
+    assert dense["vs_dense"] is None
+    assert taylor["vs_dense"]["accuracy"]["delta"] == 0 and taylor["vs_dense"]["perplexity"]["ratio"] == 1
+    assert random["vs_dense"]["accuracy"]["high"] < 0
 
 
 def test_the_command_writes_the_table_with_the_published_rows(grid, tmp_path, capsys):
@@ -64,6 +68,7 @@ def test_the_command_writes_the_table_with_the_published_rows(grid, tmp_path, ca
     md = out.with_suffix(".md").read_text()
     assert "| 50.0 % of heads (135 kept) | one-shot | heads | taylor | 1 |" in md
     assert "ANOTHER MODEL" in md and "| Ratio = 20% w/ tune, Element1 | 17.58 |" in md
+    assert "| one-shot | heads | 135 heads | taylor | 134.5 M | +0.0 [+0.0, +0.0] p=1.000 | 1.00 [1.00, 1.00] p=1.000 |" in md
     assert len(json.loads(out.with_suffix(".json").read_text())) == 3
 
 

@@ -194,6 +194,16 @@ def _recovery_gain(rows: list[dict], resamples: int, average: tuple[str, ...]) -
             "perplexity": perplexity_ratio(r["_seeds"], base["_seeds"], resamples)}
 
 
+def _versus_dense(rows: list[dict], resamples: int, average: tuple[str, ...]) -> None:
+    """Each pruned row against the dense model, paired over the same examples and windows: what
+    the method costs (LLM-Pruner's Table 1 prints both rows; the pairing gives the interval)."""
+    dense = next((r for r in rows if r["method"] == "dense"), None)
+    for r in rows:
+        r["vs_dense"] = None if dense is None or r is dense else {
+            "accuracy": versus(r["_seeds"], dense["_seeds"], resamples, tasks=average),
+            "perplexity": perplexity_ratio(r["_seeds"], dense["_seeds"], resamples)}
+
+
 def _pair_text(pair: dict) -> tuple[str, str]:
     acc, ppl = pair["accuracy"], pair["perplexity"]
     acc_text = "..." if not acc else (f"{100 * acc['delta']:+.1f} [{100 * acc['low']:+.1f}, "
@@ -211,6 +221,20 @@ def recovery_table(rows: list[dict]) -> str:
             acc_text, ppl_text = _pair_text(r["vs_oneshot"])
             out.append(f"| {RECOVERY[r['recovery']]} | {r['units']} | {r['heads']} heads | {r['method']} | {acc_text} "
                        f"| {ppl_text} |")
+    return "\n".join(out) + "\n" if len(out) > 2 else ""
+
+
+def dense_table(rows: list[dict]) -> str:
+    """Every pruned row against the dense model, paired: mean accuracy lost, perplexity ratio."""
+    out = ["| recovery | units | kept | method | params | mean accuracy, pruned - dense | perplexity, pruned / dense |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("vs_dense"):
+            acc_text, ppl_text = _pair_text(r["vs_dense"])
+            params = f"{r['params'] / 1e6:.1f} M" if r.get("params") else ""
+            kept = f"{r['heads']} heads" if r["heads"] else r["units"]
+            out.append(f"| {RECOVERY.get(r['recovery'], '')} | {r['units']} | {kept} | {r['method']} | {params} "
+                       f"| {acc_text} | {ppl_text} |")
     return "\n".join(out) + "\n" if len(out) > 2 else ""
 
 
@@ -275,6 +299,7 @@ def rows_of(cells: dict, resamples: int = 1000, average: tuple[str, ...] = ZEROS
         r["vs_random"] = versus(r["_seeds"], base["_seeds"], resamples, tasks=average) if base and base is not r else None
     _groups_vs_heads(rows, resamples, average)
     _recovery_gain(rows, resamples, average)
+    _versus_dense(rows, resamples, average)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda r: (r["recovery"] != "", r["recovery"], -(r["heads"] or 10**9), r["units"],
                              order.get(r["method"], len(order)), r["method"]))
@@ -308,7 +333,7 @@ def table(rows: list[dict], average: tuple[str, ...] = ZEROSHOT) -> str:
         s = r["scores"]
         if r["units"].startswith("density"):  # a weight budget: the cell names the density kept
             removed = f"{r['units']} of the attention + FFN weights"
-        elif r["method"] == "none" or not r["heads"]:
+        elif r["method"] == "dense" or not r["heads"]:
             removed = "0 %"
         else:
             removed = f"{100 * (1 - r['heads'] / r['heads_total']):.1f} % of heads ({r['heads']} kept)"
@@ -353,7 +378,7 @@ def report(root: Path, published: Path | None = None, resamples: int = 1000,
     if not cells:
         raise SystemExit(f"no metrics.json under {root}")
     rows = rows_of(cells, resamples, average)
-    dense = next((r for r in rows if r["method"] == "none"), None)
+    dense = next((r for r in rows if r["method"] == "dense"), None)
     first = (dense or rows[0])["scores"]
     ns = {t: v["n"] for t, v in first.items() if "n" in v}
     wiki = first.get("wikitext2", {})
@@ -381,6 +406,10 @@ def report(root: Path, published: Path | None = None, resamples: int = 1000,
         md += [("\nWhat the recovery fine-tune gives back: each tuned row against the one-shot row of the same "
                 "method, units and budget (paired bootstrap; the tuned cell's scorer read the 64 recovery windows, "
                 "the one-shot cell's 32, so their kept units may differ).\n"), recovery]
+    against_dense = dense_table(rows)
+    if against_dense:
+        md += [("\nEach pruned row against the dense model (paired bootstrap over the same examples and windows; "
+                "seeds resampled): the mean accuracy lost and the perplexity ratio.\n"), against_dense]
     published = Path(published) if published is not None else None
     files = ([published] if published.is_file() else [published / f for f in PUBLISHED_LLM if (published / f).is_file()]) \
         if published is not None and published.exists() else []
