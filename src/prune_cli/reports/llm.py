@@ -212,30 +212,29 @@ def _pair_text(pair: dict) -> tuple[str, str]:
     return acc_text, ppl_text
 
 
-def recovery_table(rows: list[dict]) -> str:
-    """The recovery fine-tune against one-shot, paired: mean accuracy gained, perplexity ratio."""
-    out = ["| recovery | units | kept | method | mean accuracy, tuned - one-shot | perplexity, tuned / one-shot |",
-           "|---|---|---|---|---|---|"]
-    for r in rows:
-        if r.get("vs_oneshot"):
-            acc_text, ppl_text = _pair_text(r["vs_oneshot"])
-            out.append(f"| {RECOVERY[r['recovery']]} | {r['units']} | {r['heads']} heads | {r['method']} | {acc_text} "
-                       f"| {ppl_text} |")
-    return "\n".join(out) + "\n" if len(out) > 2 else ""
-
-
-def dense_table(rows: list[dict]) -> str:
-    """Every pruned row against the dense model, paired: mean accuracy lost, perplexity ratio."""
-    out = ["| recovery | units | kept | method | params | mean accuracy, pruned - dense | perplexity, pruned / dense |",
+def _paired_table(rows: list[dict], key: str, a: str, b: str) -> str:
+    """Each row's paired comparison `key` (row a against row b): mean accuracy difference and
+    perplexity ratio, each with its 95 % interval and two-sided p."""
+    out = [f"| recovery | units | kept | method | params | mean accuracy, {a} - {b} | perplexity, {a} / {b} |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
-        if r.get("vs_dense"):
-            acc_text, ppl_text = _pair_text(r["vs_dense"])
+        if r.get(key):
+            acc_text, ppl_text = _pair_text(r[key])
             params = f"{r['params'] / 1e6:.1f} M" if r.get("params") else ""
             kept = f"{r['heads']} heads" if r["heads"] else r["units"]
             out.append(f"| {RECOVERY.get(r['recovery'], '')} | {r['units']} | {kept} | {r['method']} | {params} "
                        f"| {acc_text} | {ppl_text} |")
     return "\n".join(out) + "\n" if len(out) > 2 else ""
+
+
+def recovery_table(rows: list[dict]) -> str:
+    """The recovery fine-tune against one-shot: what it gave back."""
+    return _paired_table(rows, "vs_oneshot", "tuned", "one-shot")
+
+
+def dense_table(rows: list[dict]) -> str:
+    """Every pruned row against the dense model: what the method costs."""
+    return _paired_table(rows, "vs_dense", "pruned", "dense")
 
 
 def groups_table(rows: list[dict]) -> str:
